@@ -1,0 +1,100 @@
+"""Python API behind the CLI: each CLI command builds a config and makes one call here.
+
+Example::
+
+    from curate import api
+    result = api.run("ws", "examples/sample/curate.yaml")
+    print(result["summary"]["kept"])
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from curate.catalog import STAGES, Workspace
+from curate.config import RunConfig, load_config
+from curate.errors import CurateError
+from curate.stages import run_stage
+
+CONFIG_FILE = "config.json"
+
+
+def open_workspace(root: str | Path, cfg: RunConfig | None = None) -> Workspace:
+    ic = cfg.ingest if cfg else None
+    return Workspace(root, threads=ic.duckdb_threads if ic else None, memory_limit=ic.duckdb_memory_limit if ic else None)
+
+
+def save_config(ws_root: Path, cfg: RunConfig) -> None:
+    data = cfg.model_dump(mode="json", by_alias=True)
+    data["__base_dir__"] = cfg.base_dir
+    (Path(ws_root) / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def workspace_config(ws_root: str | Path, config_path: str | Path | None = None) -> RunConfig:
+    """The config for a stage command: ``config_path`` if given, else the workspace's saved one.
+
+    Raises:
+        CurateError: neither exists.
+    """
+    if config_path:
+        return load_config(config_path)
+    p = Path(ws_root) / CONFIG_FILE
+    if not p.is_file():
+        raise CurateError(f"no config given and {p} does not exist; pass --config CONFIG.yaml or run `curate run CONFIG.yaml` first")
+    data = json.loads(p.read_text())
+    base = data.pop("__base_dir__")
+    cfg = RunConfig.model_validate(data)
+    cfg.base_dir = base
+    return cfg
+
+
+def with_overrides(cfg: RunConfig, section: str, overrides: dict[str, Any]) -> RunConfig:
+    """A copy of ``cfg`` with the non-None ``overrides`` applied to one section (validated)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if not overrides:
+        return cfg
+    data = cfg.model_dump(mode="json", by_alias=True)
+    data[section].update(overrides)
+    new = RunConfig.model_validate(data)
+    new.base_dir = cfg.base_dir
+    return new
+
+
+def run(workspace: str | Path, config: str | Path | RunConfig, *, stages: list[str] | None = None,
+        force: bool = False) -> dict[str, Any]:
+    """Run the pipeline (all stages, or ``stages`` in pipeline order).
+
+    Returns:
+        {'stages': [per-stage result], 'summary': out/summary.json contents or None}
+    """
+    cfg = config if isinstance(config, RunConfig) else load_config(config)
+    ws = open_workspace(workspace, cfg)
+    try:
+        save_config(ws.root, cfg)
+        results = [run_stage(ws, cfg, st, force=force) for st in STAGES if stages is None or st in stages]
+    finally:
+        ws.close()
+    summ = Path(workspace) / "out" / "summary.json"
+    return {"stages": results, "summary": json.loads(summ.read_text()) if summ.is_file() else None}
+
+
+def run_one(workspace: str | Path, stage: str, cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
+    """Run one stage with ``cfg`` (saved as the workspace config for later stage commands)."""
+    ws = open_workspace(workspace, cfg)
+    try:
+        save_config(ws.root, cfg)
+        return run_stage(ws, cfg, stage, force=force)
+    finally:
+        ws.close()
+
+
+def status(workspace: str | Path) -> dict[str, Any]:
+    """Per stage: last run status and counters. Raises CurateError if there is no catalog."""
+    if not (Path(workspace) / "catalog.duckdb").is_file():
+        raise CurateError(f"{workspace} holds no curate catalog (run `curate --workspace {workspace} run CONFIG.yaml`)")
+    ws = open_workspace(workspace)
+    try:
+        return ws.status()
+    finally:
+        ws.close()

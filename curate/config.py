@@ -1,0 +1,147 @@
+"""Typed, closed run configuration (``curate.yaml``).
+
+A config names the inputs (``sources``) and one section per stage. Unknown keys are
+errors that name the file and line (see :mod:`curate.yamlconf`). Relative paths are
+resolved against the config file's folder. Example: ``examples/sample/curate.yaml``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from curate.yamlconf import load_model
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SourceConfig(_Closed):
+    """One input. Exactly one of ``metadata``, ``webdataset`` or ``images`` alone.
+
+    - ``metadata`` (parquet path or glob) with optional ``images``: a folder that the
+      layout's ``image_ref`` column (e.g. fondant's ``file``) is relative to.
+    - ``images`` alone: a plain folder; every image file under it becomes one sample,
+      with a caption from a ``<stem>.txt`` sidecar when present.
+    - ``webdataset``: tar shard path or glob; members grouped by key (the name before the
+      first dot); sample identity is (shard, key).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    metadata: str | None = None
+    schema_: str = Field("auto", alias="schema")
+    images: str | None = None
+    webdataset: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SourceConfig":
+        if self.webdataset and (self.metadata or self.images):
+            raise ValueError("a webdataset source takes no 'metadata' or 'images' (use a separate source)")
+        if not (self.metadata or self.images or self.webdataset):
+            raise ValueError("a source needs 'metadata', 'images' or 'webdataset'")
+        return self
+
+
+class IngestConfig(_Closed):
+    batch_rows: int = Field(65536, ge=1, description="rows per insert batch")
+    duckdb_threads: int | None = Field(None, ge=1)
+    duckdb_memory_limit: str | None = Field(None, description="e.g. '4GB'")
+
+
+class HashConfig(_Closed):
+    max_pixels: int = Field(89_478_485, ge=1, description="decode refused above this many pixels (header size)")
+    batch_size: int = Field(256, ge=1, description="samples per committed batch")
+    workers: int = Field(2, ge=0, description="decoding processes (0 = in the main process)")
+
+
+class EmbedConfig(_Closed):
+    model: str = Field("efficientnet_lite0", description="registry name, see curate.models")
+    batch_size: int = Field(32, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(2, ge=0, description="decoding worker processes")
+    part_rows: int = Field(4096, ge=1, description="rows per embedding part file")
+
+
+class DedupConfig(_Closed):
+    sha256: bool = True
+    phash_max_distance: int | None = Field(
+        10, ge=0, le=64, description="pHash Hamming distance ≤ this is an edge (bits, 0–64); null disables"
+    )
+    phash_min_side: int = Field(
+        32, ge=1, description="images smaller than this on either side get no pHash edges (too little signal)"
+    )
+    embedding_min_cosine: float | None = Field(
+        0.92, ge=-1.0, le=1.0, description="cosine similarity ≥ this is an edge; null disables"
+    )
+    caption_exact: bool = Field(False, description="edge between samples with equal normalised captions")
+    keeper_rule: list[
+        Literal["image_ok", "not_flagged", "has_caption", "pixels", "aesthetic", "similarity", "smallest_id"]
+    ] = ["image_ok", "not_flagged", "has_caption", "pixels", "aesthetic", "similarity", "smallest_id"]
+
+    @field_validator("keeper_rule")
+    @classmethod
+    def _ends_total(cls, v: list[str]) -> list[str]:
+        if "smallest_id" not in v:
+            v = [*v, "smallest_id"]  # ties always broken deterministically
+        return v
+
+
+class FlagConfig(_Closed):
+    packs: list[str] = Field(default_factory=lambda: ["laion-safety"], description="shipped pack names or YAML paths")
+
+
+class ExportConfig(_Closed):
+    pass
+
+
+class ReportConfig(_Closed):
+    max_clusters: int = Field(24, ge=0)
+    thumbs_per_cluster: int = Field(8, ge=1)
+    thumb_px: int = Field(128, ge=16, le=512)
+
+
+class RunConfig(_Closed):
+    """The whole configuration; ``base_dir`` is the config file's folder (not a YAML key)."""
+
+    sources: list[SourceConfig]
+    ingest: IngestConfig = IngestConfig()
+    hash: HashConfig = HashConfig()
+    embed: EmbedConfig = EmbedConfig()
+    dedup: DedupConfig = DedupConfig()
+    flag: FlagConfig = FlagConfig()
+    export: ExportConfig = ExportConfig()
+    report: ReportConfig = ReportConfig()
+    base_dir: str = Field(".", exclude=True)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
+        if not v:
+            raise ValueError("at least one source is needed")
+        return v
+
+    def path(self, p: str) -> Path:
+        """Resolve ``p`` against the config file's folder."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else (Path(self.base_dir) / q).resolve()
+
+    def section_digest(self, section: str) -> str:
+        """sha256 hex of one section's canonical JSON (stage skip decisions use it)."""
+        data = self.model_dump(mode="json", by_alias=True)[section]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config. Raises ConfigError naming file and line."""
+    path = Path(path).resolve()
+    cfg = load_model(RunConfig, path)
+    cfg.base_dir = str(path.parent)
+    return cfg

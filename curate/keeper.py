@@ -1,0 +1,65 @@
+"""The keeper rule: which member of a duplicate cluster stays in the manifest.
+
+Dedup semantics (docs/ARCHITECTURE.md states them in full): samples are nodes; an edge
+joins two samples with equal sha256, pHash Hamming distance ≤ r, embedding cosine ≥ t, or
+(optionally) equal normalised caption. Clusters are the connected components. Exactly
+one member of each cluster is the keeper; all others are removed as ``duplicate``.
+
+The keeper is the first member under an ordered list of criteria (config
+``dedup.keeper_rule``), each a SQL sort key, always ending with the smallest sample_id,
+so the choice never depends on iteration or batch order:
+
+- ``image_ok``     image decoded (status 'ok') before undecodable or missing images
+- ``not_flagged``  no ``remove`` flag before flagged
+- ``has_caption``  non-empty caption first
+- ``pixels``       more decoded pixels (metadata width×height when not decoded)
+- ``aesthetic``    higher LAION aesthetic score (unknown last)
+- ``similarity``   higher CLIP image–text similarity (unknown last)
+- ``smallest_id``  smaller sample_id
+"""
+from __future__ import annotations
+
+CRITERIA: dict[str, str] = {
+    "image_ok": "CAST(coalesce(i.status = 'ok', false) AS INTEGER) DESC",
+    "not_flagged": "CAST(f.sample_id IS NULL AS INTEGER) DESC",
+    "has_caption": "CAST(coalesce(trim(s.caption) <> '', false) AS INTEGER) DESC",
+    "pixels": "coalesce(CAST(i.width AS BIGINT) * i.height, CAST(s.width AS BIGINT) * s.height, 0) DESC",
+    "aesthetic": "coalesce(s.aesthetic, -1e308) DESC",
+    "similarity": "coalesce(s.similarity, -1e308) DESC",
+    "smallest_id": "s.sample_id ASC",
+}
+
+
+def _value(expr: str) -> str:
+    return expr.rsplit(" ", 1)[0]
+
+
+def ranked_sql(rule: list[str], members_table: str, removal_flags: str | None) -> str:
+    """SQL ranking every member of ``members_table`` (sample_id, cluster_id) in its cluster.
+
+    Returns a query with columns sample_id, cluster_id, keeper_rank (1 = keeper) and
+    keeper_reason (for rank 1: the first criterion on which it beats the runner-up).
+    ``removal_flags`` is a table/subquery of sample_ids with a remove flag, or None.
+    """
+    flags = removal_flags or "(SELECT CAST(NULL AS BIGINT) AS sample_id WHERE false)"
+    order = ", ".join(CRITERIA[c] for c in rule)
+    vals = ", ".join(f"{_value(CRITERIA[c])} AS c{k}" for k, c in enumerate(rule))
+    reason_cases = " ".join(
+        f"WHEN r1.c{k} IS DISTINCT FROM r2.c{k} THEN '{c}'" for k, c in enumerate(rule)
+    )
+    return f"""
+    WITH m AS (
+        SELECT c.sample_id, c.cluster_id, {vals},
+               row_number() OVER (PARTITION BY c.cluster_id ORDER BY {order}) AS keeper_rank
+        FROM {members_table} c
+        JOIN samples s ON s.sample_id = c.sample_id
+        LEFT JOIN images i ON i.sample_id = c.sample_id
+        LEFT JOIN (SELECT DISTINCT sample_id FROM {flags}) f ON f.sample_id = c.sample_id
+    )
+    SELECT m.sample_id, m.cluster_id, m.keeper_rank,
+           CASE WHEN m.keeper_rank = 1 THEN (
+               SELECT CASE {reason_cases} ELSE 'smallest_id' END
+               FROM m r1 JOIN m r2 ON r2.cluster_id = r1.cluster_id AND r2.keeper_rank = 2
+               WHERE r1.sample_id = m.sample_id) END AS keeper_reason
+    FROM m
+    """

@@ -1,0 +1,160 @@
+"""Metadata layouts: declarative column mappings in ``schemas/*.yaml`` and auto-detection.
+
+Each layout maps canonical columns (below) to the alternative names a source file may use.
+Detection (``--schema auto``): a layout is a candidate when every one of its ``required``
+canonical columns is present in the file; the candidate mapping the most columns wins; a
+tie is an error naming the candidates. Names are matched exactly (case-sensitive) after a
+check that no two columns of the file differ only in case (case K01).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from curate.errors import ConfigError, InputError
+from curate.resources import shipped_dir
+from curate.yamlconf import load_model
+
+# canonical column -> DuckDB type. Scores are DOUBLE; NaN becomes NULL at ingest.
+CANONICAL: dict[str, str] = {
+    "key": "VARCHAR",
+    "url": "VARCHAR",
+    "caption": "VARCHAR",
+    "width": "INTEGER",
+    "height": "INTEGER",
+    "image_ref": "VARCHAR",
+    "license": "VARCHAR",
+    "nsfw": "VARCHAR",
+    "similarity": "DOUBLE",
+    "punsafe": "DOUBLE",
+    "pwatermark": "DOUBLE",
+    "aesthetic": "DOUBLE",
+    "laion_hash": "BIGINT",
+    "sha256_meta": "VARCHAR",
+}
+
+# columns that name an image file relative to a source's ``images`` folder, tried when a
+# layout maps no image_ref itself
+IMAGE_REF_ALIASES = ["file", "filepath", "file_path", "image_path"]
+
+
+class Layout(BaseModel):
+    """One ``schemas/<name>.yaml`` file."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str
+    reference: str | None = None
+    required: list[str]
+    columns: dict[str, list[str]]
+
+    def model_post_init(self, _ctx) -> None:
+        bad = [c for c in [*self.columns, *self.required] if c not in CANONICAL]
+        if bad:
+            raise ValueError(f"unknown canonical column(s) {bad}; known: {sorted(CANONICAL)}")
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """The outcome of matching a layout to a file: canonical -> source column name."""
+
+    layout: str
+    columns: dict[str, str]
+    unmapped: list[str]
+
+    def describe(self) -> str:
+        pairs = ", ".join(f"{src}→{dst}" for dst, src in self.columns.items())
+        extra = f"; into extra: {', '.join(self.unmapped)}" if self.unmapped else ""
+        return f"layout {self.layout}: {pairs}{extra}"
+
+
+def load_layouts(folder: Path | None = None) -> dict[str, Layout]:
+    """All layouts in ``folder`` (default: the shipped ``schemas/``), keyed by name.
+
+    Raises:
+        ConfigError: a layout file is invalid (file and line named).
+    """
+    folder = folder or shipped_dir("schemas")
+    layouts = {}
+    for p in sorted(folder.glob("*.yaml")):
+        lay = load_model(Layout, p)
+        layouts[lay.name] = lay
+    return layouts
+
+
+def check_case_collisions(columns: list[str], where: str) -> None:
+    """Raise InputError if two column names differ only in case (e.g. ``url`` and ``URL``)."""
+    seen: dict[str, str] = {}
+    for c in columns:
+        k = c.casefold()
+        if k in seen:
+            raise InputError(
+                f"{where}: columns {seen[k]!r} and {c!r} differ only in case; rename one "
+                "(curate never guesses which is the real one)"
+            )
+        seen[k] = c
+    dup = {c for c in columns if columns.count(c) > 1}
+    if dup:
+        raise InputError(f"{where}: repeated column name(s) {sorted(dup)}")
+
+
+def match(layout: Layout, columns: list[str]) -> Mapping | None:
+    """Map ``layout`` onto a file's ``columns``; None if a required column is missing."""
+    present = set(columns)
+    mapped: dict[str, str] = {}
+    for canon, alts in layout.columns.items():
+        for a in alts:
+            if a in present:
+                mapped[canon] = a
+                break
+    if any(r not in mapped for r in layout.required):
+        return None
+    if "image_ref" not in mapped:
+        for a in IMAGE_REF_ALIASES:
+            if a in present and a not in mapped.values():
+                mapped["image_ref"] = a
+                break
+    used = set(mapped.values())
+    return Mapping(layout.name, mapped, [c for c in columns if c not in used])
+
+
+def resolve(columns: list[str], schema: str, where: str, layouts: dict[str, Layout] | None = None) -> Mapping:
+    """Choose the mapping for a file.
+
+    Args:
+        columns: the file's column names, in file order.
+        schema: a layout name, or ``"auto"``.
+        where: file name used in error messages.
+
+    Raises:
+        InputError: case-colliding columns; the named layout does not fit; no layout or
+            more than one equally good layout fits (candidates named).
+        ConfigError: unknown layout name.
+    """
+    check_case_collisions(columns, where)
+    layouts = layouts or load_layouts()
+    if schema != "auto":
+        if schema not in layouts:
+            raise ConfigError(f"unknown schema {schema!r}; known: {', '.join(sorted(layouts))} (or 'auto')")
+        m = match(layouts[schema], columns)
+        if m is None:
+            lay = layouts[schema]
+            missing = [r for r in lay.required if not any(a in columns for a in lay.columns[r])]
+            raise InputError(f"{where}: does not fit schema {schema!r}: missing {missing}; columns are {columns}")
+        return m
+    cands = [m for lay in layouts.values() if (m := match(lay, columns)) is not None]
+    if not cands:
+        raise InputError(
+            f"{where}: no known layout fits columns {columns}; name one with --schema "
+            f"({', '.join(sorted(layouts))}) or add a file to schemas/"
+        )
+    best = max(len(m.columns) for m in cands)
+    top = [m for m in cands if len(m.columns) == best]
+    if len(top) > 1:
+        raise InputError(
+            f"{where}: ambiguous layout, candidates {[m.layout for m in top]} each map {best} columns; "
+            "choose one with schema: in the config or --schema"
+        )
+    return top[0]

@@ -1,0 +1,126 @@
+"""dedup: duplicate edges from every signal → ``dup_edges``; components → ``clusters``.
+
+Signals and their edge ``distance`` column:
+
+- ``sha256``    equal bytes; star edges to the group's smallest id; distance 0
+- ``phash``     Hamming distance ≤ ``phash_max_distance`` bits (faiss binary index);
+                distance = bits. Images under ``phash_min_side`` px on a side get no pHash
+                edges (a 5×5 icon's DCT hash says little).
+- ``embedding`` cosine ≥ ``embedding_min_cosine`` on L2-normalised vectors (faiss inner
+                product); distance = 1 − cosine
+- ``caption``   equal normalised caption (lower-case, collapsed spaces), if enabled; star
+                edges; distance 0
+
+Clusters are connected components (union of all signals). The keeper of each cluster is
+chosen by :mod:`curate.keeper` (flags are taken into account again at export). The stage
+recomputes everything from the catalog, so re-running it is safe.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curate.catalog import Workspace
+from curate.config import RunConfig
+from curate.embstore import load_all
+from curate.index import components, cosine_pairs, phash_pairs
+from curate.keeper import ranked_sql
+
+_EDGE_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("signal", pa.string()), ("distance", pa.float64())])
+
+
+def inputs(ws: Workspace, cfg: RunConfig) -> Any:
+    return None
+
+
+def _add_edges(ws: Workspace, a: np.ndarray, b: np.ndarray, signal: str, dist: np.ndarray) -> int:
+    if len(a) == 0:
+        return 0
+    t = pa.table(
+        [pa.array(a, pa.int64()), pa.array(b, pa.int64()), pa.array([signal] * len(a), pa.string()),
+         pa.array(np.asarray(dist, np.float64), pa.float64())],
+        schema=_EDGE_SCHEMA,
+    )
+    ws.con.register("_edges", t)
+    try:
+        ws.con.execute("INSERT INTO dup_edges SELECT * FROM _edges")
+    finally:
+        ws.con.unregister("_edges")
+    return len(a)
+
+
+def _star_edges(ws: Workspace, signal: str, group_sql: str) -> int:
+    """Edges from each member of a group to the group's smallest id; group_sql yields (sample_id, g)."""
+    ws.con.execute(
+        f"""INSERT INTO dup_edges
+        SELECT m.first, x.sample_id, '{signal}', 0.0 FROM ({group_sql}) x
+        JOIN (SELECT g, min(sample_id) AS first, count(*) AS n FROM ({group_sql}) GROUP BY g HAVING n > 1) m USING (g)
+        WHERE x.sample_id <> m.first"""
+    )
+    return int(ws.scalar("SELECT count(*) FROM dup_edges WHERE signal = ?", [signal]))
+
+
+def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
+    dc = cfg.dedup
+    counters: dict[str, Any] = {"edges": {}}
+    with ws.transaction() as con:
+        con.execute("DELETE FROM dup_edges")
+        con.execute("DELETE FROM clusters")
+        if dc.sha256:
+            counters["edges"]["sha256"] = _star_edges(
+                ws, "sha256", "SELECT sample_id, sha256 AS g FROM images WHERE sha256 IS NOT NULL"
+            )
+        if dc.caption_exact:
+            counters["edges"]["caption"] = _star_edges(
+                ws, "caption",
+                "SELECT sample_id, lower(trim(regexp_replace(caption, '\\s+', ' ', 'g'))) AS g FROM samples "
+                "WHERE caption IS NOT NULL AND trim(caption) <> ''",
+            )
+        if dc.phash_max_distance is not None:
+            rows = ws.q(
+                "SELECT sample_id, phash FROM images WHERE status = 'ok' AND phash IS NOT NULL "
+                "AND least(width, height) >= ? ORDER BY sample_id", [dc.phash_min_side],
+            )
+            ids = np.array([r[0] for r in rows], np.int64)
+            hashes = np.array([r[1] for r in rows], np.uint64)
+            i, j, d = phash_pairs(hashes, dc.phash_max_distance)
+            counters["phash_hashed"] = len(ids)
+            counters["edges"]["phash"] = _add_edges(ws, ids[i], ids[j], "phash", d)
+        if dc.embedding_min_cosine is not None:
+            ok = {r[0] for r in ws.q("SELECT sample_id FROM embeddings WHERE model = ? AND status = 'ok'", [cfg.embed.model])}
+            ids, vecs = load_all(ws.embeddings_dir(cfg.embed.model), only=ok)
+            counters["embedded_searched"] = len(ids)
+            i, j, s = cosine_pairs(vecs, dc.embedding_min_cosine) if len(ids) else (np.zeros(0, int),) * 3
+            counters["edges"]["embedding"] = _add_edges(ws, ids[i], ids[j], "embedding", 1.0 - np.asarray(s, np.float64))
+        ea = np.array([r[0] for r in ws.q("SELECT a FROM dup_edges")], np.int64)
+        eb = np.array([r[0] for r in ws.q("SELECT b FROM dup_edges")], np.int64)
+        nodes, cids = components(np.zeros(0, np.int64), ea, eb)
+        t = pa.table({"sample_id": pa.array(nodes, pa.int64()), "cluster_id": pa.array(cids, pa.int64())})
+        con.register("_members", t)
+        try:
+            con.execute("CREATE OR REPLACE TEMP TABLE _m AS SELECT * FROM _members")
+        finally:
+            con.unregister("_members")
+        con.execute(
+            f"""INSERT INTO clusters
+            SELECT r.sample_id, r.cluster_id, count(*) OVER (PARTITION BY r.cluster_id), r.keeper_rank,
+                   r.keeper_rank = 1, r.keeper_reason, NULL
+            FROM ({ranked_sql(dc.keeper_rule, '_m', None)}) r"""
+        )
+        con.execute(
+            """UPDATE clusters SET signals = x.sig FROM (
+                 SELECT c.cluster_id, list_sort(list_distinct(list(e.signal))) AS sig
+                 FROM dup_edges e JOIN clusters c ON c.sample_id = e.a GROUP BY c.cluster_id) x
+               WHERE clusters.cluster_id = x.cluster_id"""
+        )
+        con.execute("DROP TABLE _m")
+    n_clusters, n_members, largest = ws.q(
+        "SELECT count(DISTINCT cluster_id), count(*), coalesce(max(cluster_size), 0) FROM clusters"
+    )[0]
+    counters.update(
+        clusters=int(n_clusters), samples_in_clusters=int(n_members), duplicates=int(n_members - n_clusters),
+        largest_cluster=int(largest),
+    )
+    return counters

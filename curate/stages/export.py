@@ -1,0 +1,167 @@
+"""export: decisions → ``out/manifest.parquet``, ``out/removals/all.csv``, ``out/summary.json``.
+
+Decision per sample (table ``decisions``), every ingested sample exactly once:
+
+- ``image:<status>``   its image could not be used (missing, truncated, not_an_image, …)
+- ``flag:<pack>/<rule>`` a rule with action ``remove`` hit it
+- ``duplicate``        it is in a duplicate cluster and is not the cluster's keeper
+
+A sample with no reason is kept. The keeper is re-chosen here with the current flags (the
+``not_flagged`` criterion), so a flagged sample never keeps a cluster alive while an
+unflagged copy exists. ``review`` and ``tag`` hits are columns of the manifest, not removals.
+Rows rejected at ingest are counted as ``rejected``; ``input_rows == kept + removed + rejected``
+is checked before anything is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from curate.catalog import Workspace, atomic_write_bytes
+from curate.config import RunConfig
+from curate.errors import CurateError
+from curate.keeper import ranked_sql
+
+REMOVE_FLAGS = "(SELECT sample_id FROM flags WHERE action = 'remove')"
+
+
+def inputs(ws: Workspace, cfg: RunConfig) -> Any:
+    return None
+
+
+def compute_decisions(ws: Workspace, cfg: RunConfig) -> None:
+    """Rebuild the ``decisions`` table from images, flags and clusters."""
+    con = ws.con
+    con.execute("DELETE FROM decisions")
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _final AS
+        SELECT r.sample_id, r.cluster_id, r.keeper_rank,
+               min(CASE WHEN r.keeper_rank = 1 THEN r.sample_id END) OVER (PARTITION BY r.cluster_id) AS keeper
+        FROM ({ranked_sql(cfg.dedup.keeper_rule, 'clusters', REMOVE_FLAGS)}) r"""
+    )
+    con.execute(
+        """INSERT INTO decisions
+        WITH fr AS (
+            SELECT sample_id,
+                   list(DISTINCT 'flag:' || pack || '/' || rule_id ORDER BY 'flag:' || pack || '/' || rule_id)
+                       FILTER (action = 'remove') AS rm,
+                   list(DISTINCT pack || '/' || rule_id ORDER BY pack || '/' || rule_id) FILTER (action = 'review') AS rv,
+                   list(DISTINCT pack || '/' || rule_id ORDER BY pack || '/' || rule_id) FILTER (action = 'tag') AS tg
+            FROM flags GROUP BY sample_id
+        ), parts AS (
+            SELECT s.sample_id,
+                   list_concat(
+                       CASE WHEN i.status IS NOT NULL AND i.status <> 'ok' THEN ['image:' || i.status] ELSE [] END,
+                       coalesce(fr.rm, []),
+                       CASE WHEN f.keeper_rank > 1 THEN ['duplicate'] ELSE [] END
+                   ) AS reasons,
+                   f.cluster_id, f.keeper, coalesce(fr.rv, []) AS rv, coalesce(fr.tg, []) AS tg
+            FROM samples s
+            LEFT JOIN images i USING (sample_id)
+            LEFT JOIN fr USING (sample_id)
+            LEFT JOIN _final f USING (sample_id)
+        )
+        SELECT sample_id, len(reasons) = 0, reasons, cluster_id, keeper, rv, tg FROM parts"""
+    )
+    con.execute("DROP TABLE _final")
+
+
+def _copy_query(ws: Workspace, sql: str, dest: Path, fmt: str) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    opts = "(FORMAT parquet, COMPRESSION zstd)" if fmt == "parquet" else "(FORMAT csv, HEADER true)"
+    ws.con.execute(f"COPY ({sql}) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' {opts}")
+    os.replace(tmp, dest)
+
+
+MANIFEST_SQL = """
+SELECT s.sample_id, s.url, s.caption,
+       coalesce(i.width, s.width) AS width, coalesce(i.height, s.height) AS height,
+       o.name AS source, o.uri AS source_uri, s.source_row, s.key, s.image_ref, s.license,
+       i.sha256, d.cluster_id, c.cluster_size, d.review, d.tags
+FROM decisions d JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
+LEFT JOIN images i USING (sample_id) LEFT JOIN clusters c USING (sample_id)
+WHERE d.keep ORDER BY s.sample_id
+"""
+
+REMOVALS_SQL = """
+SELECT d.sample_id, s.url, array_to_string(d.reasons, ';') AS reasons, d.cluster_id,
+       d.keeper_sample_id,
+       (SELECT string_agg(f.pack || '/' || f.rule_id || ': ' || f.evidence, ' | ' ORDER BY f.pack, f.rule_id)
+          FROM flags f WHERE f.sample_id = d.sample_id AND f.action = 'remove') AS evidence,
+       i.status AS image_status, i.detail AS image_detail, o.name AS source, s.image_ref
+FROM decisions d JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
+LEFT JOIN images i USING (sample_id)
+WHERE NOT d.keep ORDER BY d.sample_id
+"""
+
+
+def summary(ws: Workspace) -> dict[str, Any]:
+    """The numbers a user checks first (also written to out/summary.json)."""
+    input_rows = int(ws.scalar("SELECT coalesce(sum(n_rows), 0) FROM sources"))
+    kept = int(ws.scalar("SELECT count(*) FROM decisions WHERE keep"))
+    removed = int(ws.scalar("SELECT count(*) FROM decisions WHERE NOT keep"))
+    rejected = int(ws.scalar("SELECT count(*) FROM rejects"))
+    reasons = dict(
+        ws.q(
+            "SELECT r, count(*) FROM (SELECT unnest(reasons) AS r FROM decisions) GROUP BY r ORDER BY r"
+        )
+    )
+    rej = dict(ws.q("SELECT split_part(reason, ':', 1), count(*) FROM rejects GROUP BY 1 ORDER BY 1"))
+    sizes = dict(ws.q(
+        "SELECT cluster_size, count(*) FROM (SELECT DISTINCT cluster_id, cluster_size FROM clusters) "
+        "GROUP BY cluster_size ORDER BY cluster_size"
+    ))
+    cl = ws.q("SELECT count(DISTINCT cluster_id), count(*), coalesce(max(cluster_size), 0) FROM clusters")[0]
+    edges = dict(ws.q("SELECT signal, count(*) FROM dup_edges GROUP BY signal ORDER BY signal"))
+    return {
+        "input_rows": input_rows,
+        "kept": kept,
+        "removed": removed,
+        "rejected": rejected,
+        "reasons": reasons,
+        "rejected_reasons": rej,
+        "clusters": {
+            "count": int(cl[0]),
+            "samples_in_clusters": int(cl[1]),
+            "duplicates_removed": int(reasons.get("duplicate", 0)),
+            "largest": int(cl[2]),
+            "size_histogram": {str(k): int(v) for k, v in sizes.items()},
+            "edges_by_signal": {k: int(v) for k, v in edges.items()},
+        },
+        "images": dict(ws.q("SELECT status, count(*) FROM images GROUP BY status ORDER BY status")),
+        "flags": {
+            f"{p}/{r}": {"action": a, "samples": int(n)}
+            for p, r, a, n in ws.q(
+                "SELECT pack, rule_id, action, count(DISTINCT sample_id) FROM flags GROUP BY ALL ORDER BY pack, rule_id"
+            )
+        },
+        "sources": [
+            {"name": n, "uri": u, "format": f, "schema": s, "rows": int(r), "samples": int(k), "rejected": int(j)}
+            for n, u, f, s, r, k, j in ws.q(
+                "SELECT name, uri, format, schema_name, n_rows, n_samples, n_rejected FROM sources ORDER BY source_id"
+            )
+        ],
+    }
+
+
+def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
+    with ws.transaction():
+        compute_decisions(ws, cfg)
+    s = summary(ws)
+    if s["input_rows"] != s["kept"] + s["removed"] + s["rejected"]:
+        raise CurateError(
+            f"accounting mismatch: input_rows {s['input_rows']} != kept {s['kept']} + removed {s['removed']} "
+            f"+ rejected {s['rejected']} — please report this as a bug"
+        )
+    out = ws.out
+    rem = out / "removals"
+    if rem.exists():
+        shutil.rmtree(rem)
+    rem.mkdir(parents=True)
+    _copy_query(ws, MANIFEST_SQL, out / "manifest.parquet", "parquet")
+    _copy_query(ws, REMOVALS_SQL, rem / "all.csv", "csv")
+    atomic_write_bytes(out / "summary.json", (json.dumps(s, indent=2, sort_keys=True) + "\n").encode())
+    return {k: s[k] for k in ("input_rows", "kept", "removed", "rejected")} | {"reasons": s["reasons"]}

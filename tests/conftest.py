@@ -1,0 +1,86 @@
+"""Shared fixtures: the bundled real sample run once per test session."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "examples" / "sample"
+SHARED = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("CURATE_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def sample_ws(tmp_path_factory):
+    """Workspace after `curate run examples/sample/curate.yaml` (the README's demo)."""
+    from curate import api
+
+    ws = tmp_path_factory.mktemp("sample") / "ws"
+    result = api.run(ws, SAMPLE / "curate.yaml")
+    return ws, result
+
+
+class _ReadOnly:
+    """Runs each query on a short-lived read-only connection (the pipeline may write between)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def execute(self, sql, params=None):
+        import duckdb
+
+        con = duckdb.connect(self.path, read_only=True)
+        try:
+            rows = con.execute(sql, params or []).fetchall()
+        finally:
+            con.close()
+        return _Rows(rows)
+
+
+class _Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def fetchall(self):
+        return self.rows
+
+
+@pytest.fixture(scope="session")
+def sample_db(sample_ws):
+    ws, _ = sample_ws
+    return _ReadOnly(ws / "catalog.duckdb")
+
+
+def sample_file_of(image_ref: str) -> str:
+    """'near-dup/imagededup/x.jpg' or 'webdataset/clip-retrieval/image1.tar/123_456.jpg'."""
+    if image_ref.startswith("tar:"):
+        shard, member = image_ref.split(":", 3)[3].rsplit("#", 1)
+        return shard.split("/examples/sample/")[-1] + "/" + member
+    return image_ref.split("/examples/sample/")[-1]
+
+
+@pytest.fixture(scope="session")
+def by_file(sample_db):
+    """sample file path (relative to examples/sample) → decision row dict."""
+    rows = sample_db.execute(
+        """SELECT s.sample_id, s.image_ref, c.cluster_id, d.keep, d.reasons, i.status, d.keeper_sample_id
+           FROM samples s JOIN decisions d USING (sample_id) LEFT JOIN clusters c USING (sample_id)
+           LEFT JOIN images i USING (sample_id) WHERE s.image_ref IS NOT NULL"""
+    ).fetchall()
+    out = {}
+    for sid, ref, cid, keep, reasons, status, keeper in rows:
+        out.setdefault(sample_file_of(ref), []).append(
+            dict(sample_id=sid, cluster_id=cid, keep=keep, reasons=reasons, status=status, keeper=keeper)
+        )
+    return out
+
+
+@pytest.fixture(scope="session")
+def expected():
+    with open(SAMPLE / "EXPECTED.csv", newline="") as f:
+        return list(csv.DictReader(f))

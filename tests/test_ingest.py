@@ -1,0 +1,141 @@
+"""ingest: layouts, casting without silent rounding, rejects with reasons, webdataset identity."""
+from __future__ import annotations
+
+import io
+import math
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate import api
+from curate.config import RunConfig
+from curate.errors import InputError
+from curate.schemas import resolve
+
+from conftest import SHARED
+
+
+def _cfg(tmp_path, sources, **sections) -> RunConfig:
+    cfg = RunConfig.model_validate({"sources": sources, **sections})
+    cfg.base_dir = str(tmp_path)
+    return cfg
+
+
+def _ingest(tmp_path, sources):
+    ws = tmp_path / "ws"
+    api.run_one(ws, "ingest", _cfg(tmp_path, sources))
+    import duckdb
+
+    return duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+
+
+def test_laion2b_joined_layout_detected_and_nan_becomes_null(tmp_path):
+    t = pa.table({
+        "URL": ["https://a.example/1.jpg", "https://a.example/2.jpg", "https://a.example/3.jpg"],
+        "TEXT": ["one", "two", None],
+        "WIDTH": pa.array([256, 512, 64], pa.int32()),
+        "HEIGHT": pa.array([256, 512, 64], pa.int32()),
+        "similarity": [0.31, 0.29, 0.4],
+        "hash": pa.array([1, 2, 3], pa.int64()),
+        "punsafe": pa.array([float("nan"), 0.9, None], pa.float32()),
+        "pwatermark": pa.array([0.1, 0.85, 0.2], pa.float32()),
+    })
+    pq.write_table(t, tmp_path / "part.parquet")
+    con = _ingest(tmp_path, [{"name": "l", "metadata": "part.parquet"}])
+    assert con.execute("SELECT schema_name FROM sources").fetchall() == [("laion2b_joined",)]
+    rows = con.execute("SELECT punsafe, pwatermark, caption, notes FROM samples ORDER BY sample_id").fetchall()
+    assert rows[0][0] is None and "punsafe: nan is not a finite number; stored NULL" in rows[0][3]
+    assert math.isclose(rows[1][0], 0.9, rel_tol=1e-6)
+    assert rows[2][0] is None and rows[2][3] == []  # NULL stays NULL, no note
+    assert rows[2][2] is None  # missing caption stays NULL (not '')
+
+
+def test_width_that_does_not_fit_integer_is_null_with_note_never_rounded(tmp_path):
+    for i, arr in enumerate([pa.array([256], pa.int64()), pa.array([256.5, None], pa.float64()), pa.array(["640"])]):
+        n = len(arr)
+        pq.write_table(pa.table({"URL": [f"https://x.example/{i}/{k}" for k in range(n)], "TEXT": ["c"] * n,
+                                 "WIDTH": arr}), tmp_path / f"f{i}.parquet")
+    con = _ingest(tmp_path, [{"name": "m", "metadata": "f*.parquet"}])
+    got = dict(con.execute("SELECT url, width FROM samples").fetchall())
+    assert got["https://x.example/0/0"] == 256
+    assert got["https://x.example/1/0"] is None  # 256.5 never rounds
+    assert got["https://x.example/2/0"] == 640
+    note = con.execute("SELECT notes FROM samples WHERE url = 'https://x.example/1/0'").fetchall()[0][0]
+    assert note == ["width: 256.5 does not fit INTEGER; stored NULL"]
+
+
+def test_case_colliding_columns_are_an_error_naming_both(tmp_path):
+    t = pa.Table.from_arrays([pa.array(["https://a/1"]), pa.array(["https://a/2"])], names=["url", "URL"])
+    with pytest.raises(InputError, match="'url' and 'URL' differ only in case"):
+        resolve(t.column_names, "auto", "f.parquet")
+
+
+def test_ambiguous_layout_names_candidates():
+    from curate.schemas import Layout
+
+    lays = {
+        "a": Layout(name="a", description="", required=["url"], columns={"url": ["u"]}),
+        "b": Layout(name="b", description="", required=["url"], columns={"url": ["u"]}),
+    }
+    with pytest.raises(InputError, match=r"ambiguous layout, candidates \['a', 'b'\]"):
+        resolve(["u"], "auto", "f.parquet", lays)
+
+
+@pytest.mark.skipif(not (SHARED / "laion-meta").is_dir(), reason="needs ../shared/data")
+def test_real_column_shifted_row_is_rejected_with_reason(tmp_path):
+    src = SHARED / "laion-meta" / "img2dataset_test_10000.parquet"
+    con = _ingest(tmp_path, [{"name": "i2d", "metadata": str(src)}])
+    rej = con.execute("SELECT reason, raw FROM rejects").fetchall()
+    assert len(rej) == 1
+    assert rej[0][0] == "invalid_url: UNLIKELY" and "0.32893747091293335" in rej[0][1]
+    n = con.execute("SELECT count(*) FROM samples").fetchall()[0][0]
+    assert n == 9999  # every other row survives
+    assert con.execute("SELECT n_rows, n_samples, n_rejected FROM sources").fetchall() == [(10000, 9999, 1)]
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+
+
+def test_webdataset_repeated_member_noted_and_cross_shard_keys_not_merged(tmp_path):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, "JPEG")
+    jpg = buf.getvalue()
+    (tmp_path / "wds").mkdir()
+    _tar(tmp_path / "wds" / "a.tar", [("000001.jpg", jpg), ("000001.txt", b"a red square"), ("000001.jpg", jpg)])
+    _tar(tmp_path / "wds" / "b.tar", [("000001.jpg", jpg), ("000002.txt", b"caption without image")])
+    ws = tmp_path / "ws"
+    res = api.run_one(ws, "ingest", _cfg(tmp_path, [{"name": "w", "webdataset": "wds/*.tar"}]))
+    import duckdb
+
+    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+    rows = con.execute("SELECT o.uri, s.key, s.caption FROM samples s JOIN sources o USING (source_id) ORDER BY sample_id").fetchall()
+    assert [(r[0].rsplit("/", 1)[1], r[1], r[2]) for r in rows] == [("a.tar", "000001", "a red square"), ("b.tar", "000001", None)]
+    notes = con.execute("SELECT notes FROM sources WHERE uri LIKE '%a.tar'").fetchall()[0][0]
+    assert "repeated member '000001.jpg'" in notes
+    assert con.execute("SELECT reason FROM rejects").fetchall() == [("no_url_or_image",)]
+    assert res["counters"]["webdataset_keys_in_several_shards"] == 1
+
+
+def test_changed_input_file_is_a_clear_error(tmp_path):
+    pq.write_table(pa.table({"URL": ["https://a/1"], "TEXT": ["x"]}), tmp_path / "m.parquet")
+    ws = tmp_path / "ws"
+    cfg = _cfg(tmp_path, [{"name": "m", "metadata": "m.parquet"}])
+    api.run_one(ws, "ingest", cfg)
+    pq.write_table(pa.table({"URL": ["https://a/1", "https://a/2"], "TEXT": ["x", "y"]}), tmp_path / "m.parquet")
+    with pytest.raises(InputError, match="changed since it was ingested"):
+        api.run_one(ws, "ingest", cfg)
+
+
+def test_workspace_inside_an_input_folder_is_refused(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(InputError, match="inside the workspace|curate never reads its own outputs"):
+        api.run_one(tmp_path / "imgs", "ingest", _cfg(tmp_path, [{"name": "f", "images": "imgs"}]))
