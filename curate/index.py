@@ -41,18 +41,8 @@ def phash_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.n
     codes = _hashes_to_codes(hashes)
     index = faiss.IndexBinaryFlat(64)
     index.add(codes)
-    out_i, out_j, out_d = [], [], []
-    for start in range(0, n, QUERY_BLOCK):
-        q = codes[start : start + QUERY_BLOCK]
-        lims, dist, labels = index.range_search(q, max_distance + 1)  # faiss: strictly below radius
-        rows = np.repeat(np.arange(start, start + len(q), dtype=np.int64), np.diff(lims).astype(np.int64))
-        keep = labels > rows
-        out_i.append(rows[keep])
-        out_j.append(labels[keep].astype(np.int64))
-        out_d.append(dist[keep].astype(np.int32))
-    i, j, d = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
-    order = np.lexsort((j, i))
-    return i[order], j[order], d[order]
+    i, j, d = _range_pairs(index, codes, max_distance + 1)  # faiss: strictly below radius
+    return i, j, d.astype(np.int32)
 
 
 def check_normalised(vecs: np.ndarray, tol: float = 1e-2) -> None:
@@ -82,18 +72,30 @@ def cosine_pairs(vecs: np.ndarray, min_cosine: float) -> tuple[np.ndarray, np.nd
     check_normalised(x)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
-    out_i, out_j, out_s = [], [], []
-    for start in range(0, n, QUERY_BLOCK):
+    i, j, sims = _range_pairs(index, x, float(min_cosine) - 1e-4, min_value=min_cosine)
+    return i, j, sims.astype(np.float32)
+
+
+def _range_pairs(index, x: np.ndarray, radius, min_value: float | None = None):
+    """Range-search every row of ``x`` against ``index`` in bounded query blocks.
+
+    Returns (i int64, j int64, value) for pairs i < j, sorted by (i, j); ``min_value`` drops
+    pairs whose value is below it (inner-product searches return similarities).
+    """
+    out_i, out_j, out_v = [], [], []
+    for start in range(0, len(x), QUERY_BLOCK):
         q = x[start : start + QUERY_BLOCK]
-        lims, sims, labels = index.range_search(q, float(min_cosine) - 1e-4)
+        lims, vals, labels = index.range_search(q, radius)
         rows = np.repeat(np.arange(start, start + len(q), dtype=np.int64), np.diff(lims).astype(np.int64))
-        keep = (labels > rows) & (sims >= min_cosine)
+        keep = labels > rows
+        if min_value is not None:
+            keep &= vals >= min_value
         out_i.append(rows[keep])
         out_j.append(labels[keep].astype(np.int64))
-        out_s.append(sims[keep].astype(np.float32))
-    i, j, s = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+        out_v.append(vals[keep])
+    i, j, v = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_v)
     order = np.lexsort((j, i))
-    return i[order], j[order], s[order]
+    return i[order], j[order], v[order]
 
 
 def components(ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -139,3 +139,33 @@ def test_workspace_inside_an_input_folder_is_refused(tmp_path):
     (tmp_path / "imgs").mkdir()
     with pytest.raises(InputError, match="inside the workspace|curate never reads its own outputs"):
         api.run_one(tmp_path / "imgs", "ingest", _cfg(tmp_path, [{"name": "f", "images": "imgs"}]))
+
+
+@pytest.mark.parametrize(
+    "columns, layout",
+    [
+        (["SAMPLE_ID", "URL", "TEXT", "HEIGHT", "WIDTH", "LICENSE", "NSFW", "similarity"], "laion400m"),
+        (["URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "hash", "punsafe", "pwatermark"], "laion2b_joined"),
+        (["URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "punsafe", "pwatermark", "AESTHETIC_SCORE", "hash"],
+         "laion_aesthetics_v2"),
+        (["URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "hash", "punsafe", "pwatermark", "aesthetic"],
+         "laion_aesthetics_v2"),
+        (["url", "caption", "key", "status", "error_message", "width", "height", "original_width",
+          "original_height", "exif", "sha256"], "img2dataset"),
+        (["id", "alt+text", "url", "license+type", "license+location", "webpage+url", "surt+url", "top+level+domain"],
+         "fondant_cc"),
+    ],
+)
+def test_published_layouts_are_detected(columns, layout):
+    m = resolve(columns, "auto", "f.parquet")
+    assert m.layout == layout
+    assert m.columns["url"] in ("URL", "url") and "caption" in m.columns
+
+
+@pytest.mark.skipif(not (SHARED / "laion-meta").is_dir(), reason="needs ../shared/data")
+def test_real_fondant_file_maps_caption_and_license():
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(SHARED / "laion-meta" / "fondant_cc25m_1000.parquet").schema_arrow.names
+    m = resolve(names, "auto", "fondant")
+    assert m.layout == "fondant_cc" and m.columns["caption"] == "alt+text" and m.columns["license"] == "license+type"
