@@ -4,18 +4,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml Makefile) | sha256sum | cut -c1-12)
 
 $(STAMP): pyproject.toml Makefile
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch/torchvision pinned: on this platform they come from the local disk cache
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
-	rm -f $(VENV)/.installed-* && touch $@
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@# torch/torchvision pinned: on this platform they come from the local disk cache
+	@$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	@$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
 
 .PHONY: install demo test
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/curate --workspace workspace run examples/sample/curate.yaml
+	@$(VENV)/bin/curate --workspace workspace run examples/sample/curate.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	@$(PY) -m pytest -q

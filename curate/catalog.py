@@ -31,7 +31,7 @@ DDL = """
 CREATE TABLE IF NOT EXISTS sources (
     source_id INTEGER PRIMARY KEY, name VARCHAR NOT NULL, uri VARCHAR NOT NULL UNIQUE,
     format VARCHAR NOT NULL, schema_name VARCHAR, n_rows BIGINT, n_samples BIGINT,
-    n_rejected BIGINT, fingerprint VARCHAR, column_map JSON, notes JSON
+    n_rejected BIGINT, fingerprint VARCHAR, column_map JSON, notes JSON, columns JSON
 );
 CREATE TABLE IF NOT EXISTS samples (
     sample_id BIGINT PRIMARY KEY, source_id INTEGER NOT NULL, source_row BIGINT NOT NULL,

@@ -169,3 +169,22 @@ def test_real_fondant_file_maps_caption_and_license():
     names = pq.ParquetFile(SHARED / "laion-meta" / "fondant_cc25m_1000.parquet").schema_arrow.names
     m = resolve(names, "auto", "fondant")
     assert m.layout == "fondant_cc" and m.columns["caption"] == "alt+text" and m.columns["license"] == "license+type"
+
+
+def test_invalid_utf8_caption_replaced_with_note_and_file_survives_k05(tmp_path):
+    text = pa.array([b"caf\xe9", b"ok"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"URL": ["https://a.example/1", "https://a.example/2"], "TEXT": text}), tmp_path / "u.parquet")
+    con = _ingest(tmp_path, [{"name": "u", "metadata": "u.parquet"}])
+    rows = con.execute("SELECT caption, notes FROM samples ORDER BY sample_id").fetchall()
+    assert rows == [("caf\ufffd", ["TEXT: invalid UTF-8 replaced with U+FFFD"]), ("ok", [])]
+
+
+def test_null_typed_caption_column_and_partial_columns_are_reported_k03_k04(tmp_path):
+    pq.write_table(pa.table({"URL": ["https://a.example/1"], "TEXT": pa.array([None], pa.null())}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"URL": ["https://a.example/2"], "TEXT": [""], "CATEGORY": ["x"], "blip2_caption1": ["y"]}),
+                   tmp_path / "b.parquet")
+    ws = tmp_path / "ws"
+    res = api.run_one(ws, "ingest", _cfg(tmp_path, [{"name": "m", "metadata": "*.parquet"}]))
+    c = res["counters"]
+    assert c["captions_missing"] == 1 and c["captions_empty"] == 1  # NULL stays distinct from ''
+    assert c["columns_only_in_some_files"] == {"m": ["CATEGORY", "blip2_caption1"]}

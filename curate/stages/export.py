@@ -89,11 +89,15 @@ WHERE d.keep ORDER BY s.sample_id
 REMOVALS_SQL = """
 SELECT d.sample_id, s.url, array_to_string(d.reasons, ';') AS reasons, d.cluster_id,
        d.keeper_sample_id,
-       (SELECT string_agg(f.pack || '/' || f.rule_id || ': ' || f.evidence, ' | ' ORDER BY f.pack, f.rule_id)
-          FROM flags f WHERE f.sample_id = d.sample_id AND f.action = 'remove') AS evidence,
+       concat_ws(' | ',
+           (SELECT string_agg(f.pack || '/' || f.rule_id || ': ' || f.evidence, ' | ' ORDER BY f.pack, f.rule_id)
+              FROM flags f WHERE f.sample_id = d.sample_id AND f.action = 'remove'),
+           CASE WHEN list_contains(d.reasons, 'duplicate') THEN
+               'duplicate of ' || d.keeper_sample_id || ' in cluster of ' || c.cluster_size || ' (signals: '
+               || array_to_string(c.signals, ',') || ')' END) AS evidence,
        i.status AS image_status, i.detail AS image_detail, o.name AS source, s.image_ref
 FROM decisions d JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
-LEFT JOIN images i USING (sample_id)
+LEFT JOIN images i USING (sample_id) LEFT JOIN clusters c USING (sample_id)
 WHERE NOT d.keep ORDER BY d.sample_id
 """
 
@@ -130,6 +134,16 @@ def summary(ws: Workspace) -> dict[str, Any]:
             "largest": int(cl[2]),
             "size_histogram": {str(k): int(v) for k, v in sizes.items()},
             "edges_by_signal": {k: int(v) for k, v in edges.items()},
+        },
+        "ingest": {
+            "captions_missing": int(ws.scalar("SELECT count(*) FROM samples WHERE caption IS NULL")),
+            "captions_empty": int(ws.scalar("SELECT count(*) FROM samples WHERE caption IS NOT NULL AND trim(caption) = ''")),
+            "rows_with_notes": int(ws.scalar("SELECT count(*) FROM samples WHERE len(notes) > 0")),
+            "notes": dict(ws.q(
+                "SELECT split_part(n, ':', 1) || ': ' || CASE WHEN n LIKE '%not a finite number%' THEN 'not finite → NULL' "
+                "WHEN n LIKE '%does not fit%' THEN 'does not fit type → NULL' WHEN n LIKE '%invalid UTF-8%' "
+                "THEN 'invalid UTF-8 replaced' ELSE 'other' END AS k, count(*) FROM "
+                "(SELECT unnest(notes) AS n FROM samples) GROUP BY k ORDER BY k")),
         },
         "images": dict(ws.q("SELECT status, count(*) FROM images GROUP BY status ORDER BY status")),
         "flags": {

@@ -120,12 +120,43 @@ def _parquet_batches(path: Path, batch_rows: int) -> tuple[list[str], Iterator[p
     def gen() -> Iterator[pa.Table]:
         offset = 0
         for rb in pf.iter_batches(batch_size=batch_rows):
-            t = pa.Table.from_batches([rb])
+            t = _repair_utf8(pa.Table.from_batches([rb]))
             t = t.append_column("__row", pa.array(range(offset, offset + t.num_rows), pa.int64()))
             offset += t.num_rows
             yield t
 
     return names, gen()
+
+
+def _repair_utf8(t: pa.Table) -> pa.Table:
+    """Replace invalid UTF-8 in string columns with U+FFFD, row by row, with a per-row note
+    (column ``__fix_notes``); every other row of the file survives (case K05)."""
+    notes: list[list[str]] | None = None
+    for k, name in enumerate(t.column_names):
+        col = t.column(k)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        try:
+            col.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = col.cast(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary()).to_pylist()
+        fixed = []
+        for i, b in enumerate(raw):
+            if b is None:
+                fixed.append(None)
+                continue
+            try:
+                fixed.append(b.decode("utf-8"))
+            except UnicodeDecodeError:
+                fixed.append(b.decode("utf-8", errors="replace"))
+                notes = notes if notes is not None else [[] for _ in range(t.num_rows)]
+                notes[i].append(f"{name}: invalid UTF-8 replaced with U+FFFD")
+        t = t.set_column(k, name, pa.array(fixed, pa.string()))
+    if notes is not None:
+        t = t.append_column("__fix_notes", pa.array(notes, pa.list_(pa.string())))
+    return t
 
 
 def _folder_table(root: Path, ws: Workspace) -> pa.Table:
@@ -246,7 +277,7 @@ def _select_sql(mapping: Mapping, columns: list[str], source_id: int, images_roo
     if images_root is not None and "image_ref" in mapping.columns:
         root = str(images_root.resolve()).rstrip("/") + "/"
         exprs["image_ref"] = f"(CASE WHEN {exprs['image_ref']} IS NOT NULL THEN {_lit(root)} || {exprs['image_ref']} END)"
-    extra_cols = [c for c in mapping.unmapped if c != "__row" and not c.startswith("__index_level_")]
+    extra_cols = [c for c in mapping.unmapped if c not in ("__row", "__fix_notes") and not c.startswith("__index_level_")]
     extra = (
         "json_object(" + ", ".join(f"{_lit(c)}, {_q(c)}" for c in extra_cols) + ")" if extra_cols else "CAST(NULL AS JSON)"
     )
@@ -260,6 +291,8 @@ def _select_sql(mapping: Mapping, columns: list[str], source_id: int, images_roo
         f"CASE WHEN {url} IS NOT NULL AND NOT regexp_matches({url}, {_lit(URL_RE)}) THEN 'url: not a URL: ' || left({url}, 80) END"
     )
     notes_sql = "list_filter([" + ", ".join([*notes, url_note]) + "], lambda x: x IS NOT NULL)"
+    if "__fix_notes" in columns:
+        notes_sql = f"list_concat(coalesce(__fix_notes, []), {notes_sql})"
     base = source_id << ROW_BITS
     cols = ", ".join(f"{exprs[c]} AS {c}" for c in CANONICAL)
     return (
@@ -349,10 +382,11 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
                 table = _folder_table(path, ws)
                 mapping = Mapping("folder", _IDENTITY.columns, [])
                 n_ok, n_rej = _insert(ws, table, mapping, source_id, None)
+            file_columns = names if fmt == "parquet" else []
             ws.con.execute(
-                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [source_id, src.name, uri, fmt, mapping.layout, n_ok + n_rej, n_ok, n_rej, fp,
-                 json.dumps(mapping.columns), json.dumps(unit_notes)],
+                 json.dumps(mapping.columns), json.dumps(unit_notes), json.dumps(file_columns)],
             )
         counters["units"] += 1
         counters["rows"] += n_ok + n_rej
@@ -365,7 +399,17 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         "WHERE o.format = 'webdataset' GROUP BY o.name, s.key HAVING count(DISTINCT s.source_id) > 1)"
     )
     counters["webdataset_keys_in_several_shards"] = int(reuse or 0)
+    # columns that only some files of a source have (case K04): unioned by name, NULL elsewhere
+    partial: dict[str, list[str]] = {}
+    for name, in ws.q("SELECT DISTINCT name FROM sources WHERE format = 'parquet' ORDER BY name"):
+        cols = [set(json.loads(c)) for c, in ws.q("SELECT columns FROM sources WHERE name = ?", [name])]
+        some = sorted(set().union(*cols) - set.intersection(*cols)) if len(cols) > 1 else []
+        if some:
+            partial[name] = some
+    counters["columns_only_in_some_files"] = partial
     counters["total_samples"] = int(ws.scalar("SELECT count(*) FROM samples"))
+    counters["captions_missing"] = int(ws.scalar("SELECT count(*) FROM samples WHERE caption IS NULL"))
+    counters["captions_empty"] = int(ws.scalar("SELECT count(*) FROM samples WHERE caption IS NOT NULL AND trim(caption) = ''"))
     counters["total_rejected"] = int(ws.scalar("SELECT count(*) FROM rejects"))
     counters["rows_with_notes"] = int(ws.scalar("SELECT count(*) FROM samples WHERE len(notes) > 0"))
     return counters
