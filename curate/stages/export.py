@@ -24,6 +24,7 @@ from curate.catalog import Workspace, atomic_write_bytes
 from curate.config import RunConfig
 from curate.errors import CurateError
 from curate.keeper import ranked_sql
+from curate.stages.ingest import caption_and_note_counts
 
 REMOVE_FLAGS = "(SELECT sample_id FROM flags WHERE action = 'remove')"
 
@@ -136,9 +137,7 @@ def summary(ws: Workspace) -> dict[str, Any]:
             "edges_by_signal": {k: int(v) for k, v in edges.items()},
         },
         "ingest": {
-            "captions_missing": int(ws.scalar("SELECT count(*) FROM samples WHERE caption IS NULL")),
-            "captions_empty": int(ws.scalar("SELECT count(*) FROM samples WHERE caption IS NOT NULL AND trim(caption) = ''")),
-            "rows_with_notes": int(ws.scalar("SELECT count(*) FROM samples WHERE len(notes) > 0")),
+            **caption_and_note_counts(ws),
             "notes": dict(ws.q(
                 "SELECT split_part(n, ':', 1) || ': ' || CASE WHEN n LIKE '%not a finite number%' THEN 'not finite → NULL' "
                 "WHEN n LIKE '%does not fit%' THEN 'does not fit type → NULL' WHEN n LIKE '%invalid UTF-8%' "

@@ -408,8 +408,15 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             partial[name] = some
     counters["columns_only_in_some_files"] = partial
     counters["total_samples"] = int(ws.scalar("SELECT count(*) FROM samples"))
-    counters["captions_missing"] = int(ws.scalar("SELECT count(*) FROM samples WHERE caption IS NULL"))
-    counters["captions_empty"] = int(ws.scalar("SELECT count(*) FROM samples WHERE caption IS NOT NULL AND trim(caption) = ''"))
     counters["total_rejected"] = int(ws.scalar("SELECT count(*) FROM rejects"))
-    counters["rows_with_notes"] = int(ws.scalar("SELECT count(*) FROM samples WHERE len(notes) > 0"))
+    counters.update(caption_and_note_counts(ws))
     return counters
+
+
+def caption_and_note_counts(ws: Workspace) -> dict[str, int]:
+    """Samples with a NULL caption, an empty/blank caption, and at least one ingest note."""
+    missing, empty, noted = ws.q(
+        "SELECT count(*) FILTER (caption IS NULL), count(*) FILTER (caption IS NOT NULL AND trim(caption) = ''), "
+        "count(*) FILTER (len(notes) > 0) FROM samples"
+    )[0]
+    return {"captions_missing": int(missing), "captions_empty": int(empty), "rows_with_notes": int(noted)}
