@@ -131,6 +131,8 @@ def schemas(as_json):
         return
     for n, lay in lays.items():
         click.echo(f"{n}: {lay.description}")
+        if lay.names:
+            click.echo(f"    (headerless {lay.format}: {' <TAB> '.join(lay.names)})")
         for canon, alts in lay.columns.items():
             req = " (required)" if canon in lay.required else ""
             click.echo(f"    {canon:12s} <- {' | '.join(alts)}{req}")

@@ -21,14 +21,22 @@ class _Closed(BaseModel):
 
 
 class SourceConfig(_Closed):
-    """One input. Exactly one of ``metadata``, ``webdataset`` or ``images`` alone.
+    """One input: exactly one of ``metadata``, ``webdataset``, ``img2dataset``, ``hf_dataset``,
+    or ``images`` alone.
 
-    - ``metadata`` (parquet path or glob) with optional ``images``: a folder that the
-      layout's ``image_ref`` column (e.g. fondant's ``file``) is relative to.
+    - ``metadata`` (path or glob of ``.parquet``, ``.tsv``/``.tsv.gz`` files) with optional
+      ``images``: a folder that the layout's file column (e.g. fondant's ``file``) is relative
+      to. Image bytes inside the parquet (img2dataset's parquet format, HF ``Image``
+      columns) are referenced, never copied.
     - ``images`` alone: a plain folder; every image file under it becomes one sample,
       with a caption from a ``<stem>.txt`` sidecar when present.
     - ``webdataset``: tar shard path or glob; members grouped by key (the name before the
       first dot); sample identity is (shard, key).
+    - ``img2dataset``: an img2dataset output folder in any of its three output formats
+      (``files``, ``webdataset``, ``parquet``): one unit per ``NNNNN.parquet`` with its
+      ``NNNNN.tar`` or ``NNNNN/`` images; rows that failed to download stay as samples
+      whose image is ``missing``.
+    - ``hf_dataset``: a folder written by ``datasets.Dataset.save_to_disk``.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -36,14 +44,26 @@ class SourceConfig(_Closed):
     schema_: str = Field("auto", alias="schema")
     images: str | None = None
     webdataset: str | None = None
+    img2dataset: str | None = None
+    hf_dataset: str | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> "SourceConfig":
-        if self.webdataset and (self.metadata or self.images):
-            raise ValueError("a webdataset source takes no 'metadata' or 'images' (use a separate source)")
-        if not (self.metadata or self.images or self.webdataset):
-            raise ValueError("a source needs 'metadata', 'images' or 'webdataset'")
+        kinds = [k for k in ("metadata", "webdataset", "img2dataset", "hf_dataset") if getattr(self, k)]
+        if len(kinds) > 1:
+            raise ValueError(f"a source takes one of metadata/webdataset/img2dataset/hf_dataset, not {kinds}")
+        if kinds and kinds[0] != "metadata" and self.images:
+            raise ValueError(f"a {kinds[0]} source takes no 'images' (its images are inside it)")
+        if not (kinds or self.images):
+            raise ValueError("a source needs 'metadata', 'images', 'webdataset', 'img2dataset' or 'hf_dataset'")
         return self
+
+    @property
+    def kind(self) -> str:
+        for k in ("metadata", "webdataset", "img2dataset", "hf_dataset"):
+            if getattr(self, k):
+                return k
+        return "folder"
 
 
 class IngestConfig(_Closed):

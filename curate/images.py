@@ -4,7 +4,9 @@ Image references (``samples.image_ref``):
 
 - a plain path (absolute) to an image file;
 - ``tar:<offset>:<size>:<shard path>#<member>`` for a member of a tar shard
-  (``offset`` is the byte offset of the member's data, so reads need no tar scan).
+  (``offset`` is the byte offset of the member's data, so reads need no tar scan);
+- ``parquet:…``, ``arrow:…``, ``missing:…`` for image bytes inside a table (see
+  :mod:`curate.refs`).
 
 Decoding rules (cases K07–K11 in shared/cases/CASES.md):
 
@@ -65,6 +67,10 @@ def read_ref(image_ref: str) -> bytes | None:
     Raises:
         ValueError: malformed reference.
     """
+    if image_ref.startswith(("parquet:", "arrow:", "missing:")):
+        from curate.refs import read_table_ref  # image bytes inside a table (see curate.refs)
+
+        return read_table_ref(image_ref)
     if image_ref.startswith("tar:"):
         _, off, size, rest = image_ref.split(":", 3)
         shard = rest.rsplit("#", 1)[0]

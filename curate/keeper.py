@@ -9,7 +9,8 @@ The keeper is the first member under an ordered list of criteria (config
 ``dedup.keeper_rule``), each a SQL sort key, always ending with the smallest sample_id,
 so the choice never depends on iteration or batch order:
 
-- ``image_ok``     image decoded (status 'ok') before undecodable or missing images
+- ``image_ok``     image decoded (status 'ok') and its bytes match the metadata's sha256 (when
+                   there is one) before undecodable, missing or mismatched images
 - ``not_flagged``  no ``remove`` flag before flagged
 - ``has_caption``  non-empty caption first
 - ``pixels``       more decoded pixels (metadata width×height when not decoded)
@@ -19,8 +20,15 @@ so the choice never depends on iteration or batch order:
 """
 from __future__ import annotations
 
+# the metadata's sha256 (img2dataset --verify_hash, DataComp, fondant) disagrees with the bytes;
+# over ``samples s LEFT JOIN images i``
+SHA_MISMATCH = (
+    "coalesce(regexp_matches(trim(s.sha256_meta), '^[0-9A-Fa-f]{64}$') AND i.sha256 IS NOT NULL "
+    "AND lower(trim(s.sha256_meta)) <> i.sha256, false)"
+)
+
 CRITERIA: dict[str, str] = {
-    "image_ok": "CAST(coalesce(i.status = 'ok', false) AS INTEGER) DESC",
+    "image_ok": f"CAST(coalesce(i.status = 'ok', false) AND NOT {SHA_MISMATCH} AS INTEGER) DESC",
     "not_flagged": "CAST(f.sample_id IS NULL AS INTEGER) DESC",
     "has_caption": "CAST(coalesce(trim(s.caption) <> '', false) AS INTEGER) DESC",
     "pixels": "coalesce(CAST(i.width AS BIGINT) * i.height, CAST(s.width AS BIGINT) * s.height, 0) DESC",

@@ -1,15 +1,22 @@
 """Metadata layouts: declarative column mappings in ``schemas/*.yaml`` and auto-detection.
 
 Each layout maps canonical columns (below) to the alternative names a source file may use.
-Detection (``--schema auto``): a layout is a candidate when every one of its ``required``
-canonical columns is present in the file; the candidate mapping the most columns wins; a
-tie is an error naming the candidates. Names are matched exactly (case-sensitive) after a
-check that no two columns of the file differ only in case (case K01).
+Detection (``--schema auto``): a layout is a candidate when its file format matches and
+every one of its ``required`` canonical columns is present in the file; ``generic`` layouts
+(``url_caption``, ``image_text``) are candidates only when no specific layout fits; the
+candidate mapping the most columns wins; a tie is an error naming the candidates. Names are
+matched exactly (case-sensitive) after a check that no two columns of the file differ only
+in case (case K01).
+
+Headerless TSV layouts (CC3M ``caption<TAB>url``, CC12M ``url<TAB>caption``) are told apart
+by content: the field holding URLs in the first rows (:func:`detect_headerless`).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,11 +56,19 @@ class Layout(BaseModel):
     reference: str | None = None
     required: list[str]
     columns: dict[str, list[str]]
+    format: Literal["parquet", "tsv"] = "parquet"
+    header: bool = Field(True, description="tsv only: first line holds column names")
+    names: list[str] | None = Field(None, description="tsv without header: the column names, in file order")
+    generic: bool = Field(False, description="candidate only when no specific layout fits")
 
     def model_post_init(self, _ctx) -> None:
         bad = [c for c in [*self.columns, *self.required] if c not in CANONICAL]
         if bad:
             raise ValueError(f"unknown canonical column(s) {bad}; known: {sorted(CANONICAL)}")
+        if not self.header and not self.names:
+            raise ValueError("a layout without header needs 'names'")
+        if self.names and self.format != "tsv":
+            raise ValueError("'names' is only for tsv layouts without header")
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,9 @@ def match(layout: Layout, columns: list[str]) -> Mapping | None:
     return Mapping(layout.name, mapped, [c for c in columns if c not in used])
 
 
-def resolve(columns: list[str], schema: str, where: str, layouts: dict[str, Layout] | None = None) -> Mapping:
+def resolve(
+    columns: list[str], schema: str, where: str, layouts: dict[str, Layout] | None = None
+) -> Mapping:
     """Choose the mapping for a file.
 
     Args:
@@ -144,7 +161,10 @@ def resolve(columns: list[str], schema: str, where: str, layouts: dict[str, Layo
             missing = [r for r in lay.required if not any(a in columns for a in lay.columns[r])]
             raise InputError(f"{where}: does not fit schema {schema!r}: missing {missing}; columns are {columns}")
         return m
-    cands = [m for lay in layouts.values() if (m := match(lay, columns)) is not None]
+    usable = [lay for lay in layouts.values() if lay.header]  # headerless TSV layouts: detect_headerless
+    cands = [m for lay in usable if not lay.generic and (m := match(lay, columns)) is not None]
+    if not cands:
+        cands = [m for lay in usable if lay.generic and (m := match(lay, columns)) is not None]
     if not cands:
         raise InputError(
             f"{where}: no known layout fits columns {columns}; name one with --schema "
@@ -158,3 +178,43 @@ def resolve(columns: list[str], schema: str, where: str, layouts: dict[str, Layo
             "choose one with schema: in the config or --schema"
         )
     return top[0]
+
+
+URL_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#]+")
+
+
+def detect_headerless(rows: list[list[str]], where: str, layouts: dict[str, Layout] | None = None) -> Layout | None:
+    """Pick the headerless TSV layout whose ``url`` position holds the URLs of ``rows``.
+
+    Args:
+        rows: the first lines of the file split on tabs (a few hundred are plenty).
+
+    Returns:
+        The layout, or None when the first row looks like a header (no field of it is a URL
+        while most later rows have one) — the caller then matches by column names.
+
+    Raises:
+        InputError: no headerless layout has its URL column where the URLs are, or several do.
+    """
+    layouts = layouts or load_layouts()
+    rows = [r for r in rows if any(f.strip() for f in r)]
+    if not rows:
+        raise InputError(f"{where}: empty file")
+    width = max(set(len(r) for r in rows), key=[len(r) for r in rows].count)
+    hits = [sum(bool(URL_FIELD.match(r[i].strip())) for r in rows if len(r) > i) for i in range(width)]
+    url_at = max(range(width), key=lambda i: hits[i])
+    if hits[url_at] * 2 < len(rows):
+        raise InputError(f"{where}: no tab-separated field holds URLs in most of the first {len(rows)} rows")
+    if len(rows) > 1 and not any(URL_FIELD.match(f.strip()) for f in rows[0]):
+        return None  # a header line
+    cands = [
+        lay for lay in layouts.values()
+        if lay.format == "tsv" and not lay.header and len(lay.names or []) == width and lay.names.index("url") == url_at
+    ]
+    if len(cands) != 1:
+        known = [f"{lay.name} ({' <TAB> '.join(lay.names or [])})" for lay in layouts.values() if lay.names]
+        what = "no" if not cands else f"several ({[c.name for c in cands]})"
+        raise InputError(
+            f"{where}: {what} headerless layout has {width} fields with the URL in field {url_at + 1}; known: {known}"
+        )
+    return cands[0]

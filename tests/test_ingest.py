@@ -46,7 +46,7 @@ def test_laion2b_joined_layout_detected_and_nan_becomes_null(tmp_path):
     con = _ingest(tmp_path, [{"name": "l", "metadata": "part.parquet"}])
     assert con.execute("SELECT schema_name FROM sources").fetchall() == [("laion2b_joined",)]
     rows = con.execute("SELECT punsafe, pwatermark, caption, notes FROM samples ORDER BY sample_id").fetchall()
-    assert rows[0][0] is None and "punsafe: nan is not a finite number; stored NULL" in rows[0][3]
+    assert rows[0][0] is None and rows[0][3] == ["not_finite(punsafe): nan stored as NULL"]
     assert math.isclose(rows[1][0], 0.9, rel_tol=1e-6)
     assert rows[2][0] is None and rows[2][3] == []  # NULL stays NULL, no note
     assert rows[2][2] is None  # missing caption stays NULL (not '')
@@ -63,7 +63,7 @@ def test_width_that_does_not_fit_integer_is_null_with_note_never_rounded(tmp_pat
     assert got["https://x.example/1/0"] is None  # 256.5 never rounds
     assert got["https://x.example/2/0"] == 640
     note = con.execute("SELECT notes FROM samples WHERE url = 'https://x.example/1/0'").fetchall()[0][0]
-    assert note == ["width: 256.5 does not fit INTEGER; stored NULL"]
+    assert note == ["not_integer(width): 256.5 does not fit INTEGER; stored NULL"]
 
 
 def test_case_colliding_columns_are_an_error_naming_both(tmp_path):
@@ -119,8 +119,9 @@ def test_webdataset_repeated_member_noted_and_cross_shard_keys_not_merged(tmp_pa
     con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
     rows = con.execute("SELECT o.uri, s.key, s.caption FROM samples s JOIN sources o USING (source_id) ORDER BY sample_id").fetchall()
     assert [(r[0].rsplit("/", 1)[1], r[1], r[2]) for r in rows] == [("a.tar", "000001", "a red square"), ("b.tar", "000001", None)]
-    notes = con.execute("SELECT notes FROM sources WHERE uri LIKE '%a.tar'").fetchall()[0][0]
-    assert "repeated member '000001.jpg'" in notes
+    notes = con.execute("SELECT s.notes FROM samples s JOIN sources o USING (source_id) WHERE o.uri LIKE '%a.tar'").fetchall()
+    assert notes == [(["repeated_member(jpg): '000001.jpg' appears again; kept the first"],)]
+    assert res["counters"]["notes_by_code"] == {"repeated_member(jpg)": 1}
     assert con.execute("SELECT reason FROM rejects").fetchall() == [("no_url_or_image",)]
     assert res["counters"]["webdataset_keys_in_several_shards"] == 1
 
@@ -176,7 +177,7 @@ def test_invalid_utf8_caption_replaced_with_note_and_file_survives_k05(tmp_path)
     pq.write_table(pa.table({"URL": ["https://a.example/1", "https://a.example/2"], "TEXT": text}), tmp_path / "u.parquet")
     con = _ingest(tmp_path, [{"name": "u", "metadata": "u.parquet"}])
     rows = con.execute("SELECT caption, notes FROM samples ORDER BY sample_id").fetchall()
-    assert rows == [("caf\ufffd", ["TEXT: invalid UTF-8 replaced with U+FFFD"]), ("ok", [])]
+    assert rows == [("caf\ufffd", ["invalid_utf8(TEXT): replaced with U+FFFD"]), ("ok", [])]
 
 
 def test_null_typed_caption_column_and_partial_columns_are_reported_k03_k04(tmp_path):
@@ -188,3 +189,119 @@ def test_null_typed_caption_column_and_partial_columns_are_reported_k03_k04(tmp_
     c = res["counters"]
     assert c["captions_missing"] == 1 and c["captions_empty"] == 1  # NULL stays distinct from ''
     assert c["columns_only_in_some_files"] == {"m": ["CATEGORY", "blip2_caption1"]}
+
+
+def test_k02_cast_whatever_the_file_order(tmp_path):
+    """The same three files read in reverse order give the same values and notes."""
+    arrays = [pa.array([256], pa.int64()), pa.array([256.5, None], pa.float64()), pa.array(["640"])]
+    got = []
+    for order in (range(3), reversed(range(3))):
+        d = tmp_path / f"o{len(got)}"
+        d.mkdir()
+        for rank, i in enumerate(order):
+            arr = arrays[i]
+            pq.write_table(pa.table({"URL": [f"https://x.example/{i}/{k}" for k in range(len(arr))],
+                                     "TEXT": ["c"] * len(arr), "WIDTH": arr}), d / f"f{rank}.parquet")
+        con = _ingest(d, [{"name": "m", "metadata": "f*.parquet"}])
+        got.append(sorted(con.execute("SELECT url, width, notes FROM samples").fetchall()))
+    assert got[0] == got[1]
+    assert ("https://x.example/1/0", None, ["not_integer(width): 256.5 does not fit INTEGER; stored NULL"]) in got[0]
+
+
+def test_k15_nan_scores_in_three_files_become_null_and_are_counted(tmp_path):
+    for i, vals in enumerate([[float("nan"), float("nan")], [None, 0.3], [0.1, 0.99]]):
+        pq.write_table(pa.table({"URL": [f"https://k15.example/{i}/{k}" for k in range(2)], "TEXT": ["t", "t"],
+                                 "WIDTH": [64, 64], "HEIGHT": [64, 64], "similarity": [0.3, 0.3],
+                                 "hash": pa.array([1, 2], pa.int64()), "punsafe": pa.array(vals, pa.float32()),
+                                 "pwatermark": pa.array([0.1, 0.1], pa.float32())}), tmp_path / f"p{i}.parquet")
+    ws = tmp_path / "ws"
+    res = api.run_one(ws, "ingest", _cfg(tmp_path, [{"name": "k", "metadata": "p*.parquet"}]))
+    assert res["counters"]["notes_by_code"] == {"not_finite(punsafe)": 2}
+    import duckdb
+
+    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FILTER (punsafe IS NULL), count(*) FILTER (punsafe >= 0.5), "
+                       "count(*) FILTER (isnan(punsafe)) FROM samples").fetchall() == [(3, 1, 0)]
+
+
+def _laion_files(folder, n_files, rows):
+    """``n_files`` LAION-400M-style parquet files of real URLs/captions (made unique per row)."""
+    src = pq.read_table(SHARED / "laion-meta" / "img2dataset_test_10000.parquet")
+    urls, caps = src.column("URL").to_pylist(), src.column("TEXT").to_pylist()
+    folder.mkdir(exist_ok=True)
+    for f in range(n_files):
+        idx = [(f * rows + k) % len(urls) for k in range(rows)]
+        pq.write_table(pa.table({
+            "SAMPLE_ID": pa.array(range(f * rows, (f + 1) * rows), pa.int64()),
+            "URL": [f"{urls[i]}?f={f}&r={k}" for k, i in enumerate(idx)], "TEXT": [caps[i] for i in idx],
+            "WIDTH": pa.array([512] * rows, pa.int32()), "HEIGHT": pa.array([384] * rows, pa.int32()),
+            "similarity": [0.3] * rows,
+        }), folder / f"part-{f:05d}.parquet")
+
+
+CHECKSUM = ("SELECT (SELECT count(*) FROM samples), (SELECT sum(hash(s)) FROM samples s), "
+            "(SELECT count(*) FROM rejects), (SELECT sum(hash(r)) FROM rejects r), "
+            "(SELECT list(source_id || ':' || uri || ':' || n_rows ORDER BY source_id) FROM sources)")
+
+
+@pytest.mark.skipif(not (SHARED / "laion-meta").is_dir(), reason="needs ../shared/data")
+def test_ingest_killed_with_sigkill_and_rerun_equals_uninterrupted(tmp_path):
+    import duckdb
+    import os
+    import signal
+    import subprocess
+    import sys
+    import yaml
+
+    _laion_files(tmp_path / "meta", 8, 40_000)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"sources": [{"name": "l", "metadata": "meta/*.parquet"}]}))
+    env = {k: v for k, v in os.environ.items() if k != "CURATE_QUIET"}
+    cmd = [sys.executable, "-m", "curate", "--workspace", str(tmp_path / "killed"), "ingest", "--config",
+           str(tmp_path / "c.yaml")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    seen = 0
+    for line in proc.stderr:
+        if line.startswith("[ingest] part-"):
+            seen += 1
+            if seen == 4:  # inside the 4th file's transaction
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    con = duckdb.connect(str(tmp_path / "killed" / "catalog.duckdb"))
+    partial = con.execute("SELECT count(*), (SELECT count(*) FROM samples) + (SELECT count(*) FROM rejects) "
+                          "FROM sources").fetchall()[0]
+    con.close()
+    assert 0 < partial[0] < 8 and partial[1] == partial[0] * 40_000  # whole files only
+    subprocess.run(cmd, check=True, env={**env, "CURATE_QUIET": "1"}, stdout=subprocess.DEVNULL)
+    api.run_one(tmp_path / "clean", "ingest", api.workspace_config(tmp_path / "clean", str(tmp_path / "c.yaml")))
+    sums = []
+    for name in ("killed", "clean"):
+        con = duckdb.connect(str(tmp_path / name / "catalog.duckdb"), read_only=True)
+        sums.append(con.execute(CHECKSUM).fetchall()[0])
+        con.close()
+    assert sums[0] == sums[1] and sums[0][0] + sums[0][2] == 320_000
+
+
+@pytest.mark.skipif(not (SHARED / "laion-meta").is_dir(), reason="needs ../shared/data")
+def test_adding_a_file_ingests_only_that_file_and_workspace_outputs_never_inputs(tmp_path):
+    data = tmp_path / "data"
+    _laion_files(data, 2, 1000)
+    ws = data / "ws"  # the workspace lives inside the folder the glob covers
+    cfg = _cfg(tmp_path, [{"name": "l", "metadata": "data/**/*.parquet"}])
+    api.run_one(ws, "ingest", cfg)
+    api.run_one(ws, "export", cfg)  # writes ws/out/manifest.parquet, matched by the glob
+    import duckdb
+
+    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+    before = con.execute("SELECT sample_id, url FROM samples ORDER BY sample_id").fetchall()
+    con.close()
+    _laion_files(tmp_path / "more", 3, 1000)
+    (tmp_path / "more" / "part-00002.parquet").rename(data / "part-00002.parquet")
+    c = api.run_one(ws, "ingest", cfg)["counters"]
+    assert (c["units"], c["units_skipped"], c["samples"]) == (1, 2, 1000)
+    assert c["inputs_inside_workspace_skipped"] >= 1 and c["total_samples"] == 3000
+    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+    after = con.execute("SELECT sample_id, url FROM samples ORDER BY sample_id").fetchall()
+    assert after[:2000] == before  # earlier samples keep their ids
+    assert not con.execute("SELECT * FROM sources WHERE uri LIKE '%/ws/%'").fetchall()

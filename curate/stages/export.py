@@ -3,6 +3,8 @@
 Decision per sample (table ``decisions``), every ingested sample exactly once:
 
 - ``image:<status>``   its image could not be used (missing, truncated, not_an_image, …)
+- ``sha256_mismatch``  the metadata's sha256 is not the sha256 of the image bytes (the bytes
+  are not the image the metadata describes, e.g. a changed URL; img2dataset's ``--verify_hash``)
 - ``flag:<pack>/<rule>`` a rule with action ``remove`` hit it
 - ``duplicate``        it is in a duplicate cluster and is not the cluster's keeper
 
@@ -23,8 +25,8 @@ from typing import Any
 from curate.catalog import Workspace, atomic_write_bytes
 from curate.config import RunConfig
 from curate.errors import CurateError
-from curate.keeper import ranked_sql
-from curate.stages.ingest import caption_and_note_counts
+from curate.keeper import SHA_MISMATCH, ranked_sql
+from curate.stages.ingest import caption_and_note_counts, notes_by_code, rejected_by_reason
 
 REMOVE_FLAGS = "(SELECT sample_id FROM flags WHERE action = 'remove')"
 
@@ -56,6 +58,7 @@ def compute_decisions(ws: Workspace, cfg: RunConfig) -> None:
             SELECT s.sample_id,
                    list_concat(
                        CASE WHEN i.status IS NOT NULL AND i.status <> 'ok' THEN ['image:' || i.status] ELSE [] END,
+                       CASE WHEN """ + SHA_MISMATCH + """ THEN ['sha256_mismatch'] ELSE [] END,
                        coalesce(fr.rm, []),
                        CASE WHEN f.keeper_rank > 1 THEN ['duplicate'] ELSE [] END
                    ) AS reasons,
@@ -93,6 +96,8 @@ SELECT d.sample_id, s.url, array_to_string(d.reasons, ';') AS reasons, d.cluster
        concat_ws(' | ',
            (SELECT string_agg(f.pack || '/' || f.rule_id || ': ' || f.evidence, ' | ' ORDER BY f.pack, f.rule_id)
               FROM flags f WHERE f.sample_id = d.sample_id AND f.action = 'remove'),
+           CASE WHEN list_contains(d.reasons, 'sha256_mismatch') THEN
+               'sha256 in metadata ' || lower(trim(s.sha256_meta)) || ' but bytes hash to ' || i.sha256 END,
            CASE WHEN list_contains(d.reasons, 'duplicate') THEN
                'duplicate of ' || d.keeper_sample_id || ' in cluster of ' || c.cluster_size || ' (signals: '
                || array_to_string(c.signals, ',') || ')' END) AS evidence,
@@ -114,7 +119,7 @@ def summary(ws: Workspace) -> dict[str, Any]:
             "SELECT r, count(*) FROM (SELECT unnest(reasons) AS r FROM decisions) GROUP BY r ORDER BY r"
         )
     )
-    rej = dict(ws.q("SELECT split_part(reason, ':', 1), count(*) FROM rejects GROUP BY 1 ORDER BY 1"))
+    rej = rejected_by_reason(ws)
     sizes = dict(ws.q(
         "SELECT cluster_size, count(*) FROM (SELECT DISTINCT cluster_id, cluster_size FROM clusters) "
         "GROUP BY cluster_size ORDER BY cluster_size"
@@ -138,11 +143,7 @@ def summary(ws: Workspace) -> dict[str, Any]:
         },
         "ingest": {
             **caption_and_note_counts(ws),
-            "notes": dict(ws.q(
-                "SELECT split_part(n, ':', 1) || ': ' || CASE WHEN n LIKE '%not a finite number%' THEN 'not finite → NULL' "
-                "WHEN n LIKE '%does not fit%' THEN 'does not fit type → NULL' WHEN n LIKE '%invalid UTF-8%' "
-                "THEN 'invalid UTF-8 replaced' ELSE 'other' END AS k, count(*) FROM "
-                "(SELECT unnest(notes) AS n FROM samples) GROUP BY k ORDER BY k")),
+            "notes": notes_by_code(ws),
         },
         "images": dict(ws.q("SELECT status, count(*) FROM images GROUP BY status ORDER BY status")),
         "flags": {

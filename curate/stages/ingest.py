@@ -1,26 +1,40 @@
-"""ingest: metadata parquet, image folders and webdataset shards → ``sources``, ``samples``, ``rejects``.
+"""ingest: metadata tables, image folders, webdataset shards, img2dataset outputs and HF
+datasets → ``sources``, ``samples``, ``rejects``.
 
 Every input row ends as exactly one ``samples`` row or one ``rejects`` row with a reason.
-One source file is ingested in one transaction, so a run killed mid-file leaves no partial
-file behind and the re-run ingests it whole; files already ingested with the same
-fingerprint are skipped, so adding a file to a set ingests only that file.
 
-Canonical columns and their types come from :mod:`curate.schemas`. Casting never rounds or
-drops silently: a value that does not fit its target type becomes NULL with a per-row note
-(e.g. ``width: '256.5' does not fit INTEGER``); NaN/±inf scores become NULL with a note
-(DuckDB sorts NaN above every number, so a threshold rule would otherwise treat it as
-"unsafe", case K15).
+Units and resumability: an input is split into *units* (one metadata file, one shard, one
+folder). One unit is ingested in one transaction, so a run killed mid-unit (even SIGKILL)
+leaves nothing of it and the re-run ingests it whole; units already ingested with the same
+fingerprint are skipped, so adding a file to a set ingests only that file. A unit that
+changed after it was ingested is an error (sample ids would silently change meaning).
+Paths inside the workspace are never inputs: a glob skips them, a named path is an error.
 
-Reject reasons: ``no_url_or_image`` (nothing identifies the sample), ``invalid_url``
-(a URL that is not ``scheme://…`` and no image either — e.g. LAION's NSFW/similarity values
-shifted into URL/TEXT).
+Reading: parquet goes straight through DuckDB's ``read_parquet`` (streamed, never whole in
+Python memory); a file DuckDB refuses for invalid UTF-8 is re-read through pyarrow in batches
+with the bad values repaired per row (case K05). Columns holding image bytes are never read
+by ingest — samples get a reference (:mod:`curate.refs`). TSV (CC3M/CC12M) is read in
+batches of lines; a line with the wrong number of fields is rejected (``malformed_row``).
+
+Casting never rounds or drops silently: a value that does not fit its canonical type becomes
+NULL with a per-row note; NaN/±inf scores become NULL with a note (DuckDB sorts NaN above
+every number, so a threshold rule would otherwise treat it as "unsafe", case K15).
+
+Per-row notes are ``<code>(<column>): <detail>``; codes: ``not_integer``, ``not_bigint``,
+``not_finite``, ``invalid_utf8``, ``not_a_url``, ``repeated_member``, ``bad_json``.
+
+Reject reasons: ``no_url_or_image`` (nothing identifies the sample), ``invalid_url`` (a URL
+that is not ``scheme://host…`` and no image either — e.g. LAION's NSFW/similarity values
+shifted into URL/TEXT), ``malformed_row`` (a TSV line with the wrong number of fields).
 """
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import os
 import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,51 +45,118 @@ from curate.config import RunConfig, SourceConfig
 from curate.errors import InputError
 from curate.images import tar_ref
 from curate.progress import bar, info
-from curate.schemas import CANONICAL, Mapping, resolve
+from curate.refs import ref_prefix_sql
+from curate.schemas import CANONICAL, Mapping, detect_headerless, load_layouts, match, resolve
 
 IMAGE_EXTS = {
     ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ico", ".ppm", ".pgm", ".pbm",
     ".pnm", ".psd", ".avif", ".heic", ".jp2", ".j2k", ".mpo", ".svg", ".jfif", ".tga", ".dib",
 }
 URL_RE = r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#]+"  # scheme://host…; spaces later in a path are real (browsers encode them)
+TSV_EXTS = (".tsv", ".tsv.gz", ".txt", ".txt.gz")
+# preference among several image-bytes columns of one table
+BYTES_COLUMN_ORDER = ["jpg", "jpeg", "png", "webp", "image", "img", "image_bytes", "images", "data", "bytes"]
 
 
 # ----------------------------------------------------------------------------------------------
 # input discovery
 
 
-def _expand(cfg: RunConfig, pattern: str) -> list[Path]:
+@dataclass
+class Unit:
+    """One ingest unit: one transaction, one ``sources`` row."""
+
+    source: SourceConfig
+    fmt: str  # parquet | tsv | webdataset | folder | hf_arrow
+    path: Path
+    images: Path | None = None  # img2dataset companion: NNNNN.tar or NNNNN/ folder
+    img2dataset: bool = False
+
+    @property
+    def uri(self) -> str:
+        return str(self.path.resolve())
+
+
+def _inside(ws: Workspace, p: Path) -> bool:
+    p = p.resolve()
+    return ws.root == p or ws.root in p.parents
+
+
+def _expand(ws: Workspace, cfg: RunConfig, pattern: str, skipped: list[str]) -> list[Path]:
     p = cfg.path(pattern)
     if any(ch in pattern for ch in "*?["):
         files = sorted(Path(x) for x in glob.glob(str(p), recursive=True))
-    else:
-        files = [p]
-    return files
+        skipped += [str(f) for f in files if _inside(ws, f)]
+        return [f for f in files if not _inside(ws, f)]
+    if _inside(ws, p):
+        raise InputError(f"input {p} lies inside the workspace {ws.root}; curate never reads its own outputs")
+    return [p]
 
 
-def _unit_list(ws: Workspace, cfg: RunConfig) -> list[tuple[SourceConfig, str, Path]]:
-    """(source, format, path) for every input unit, in config order then path order."""
-    units: list[tuple[SourceConfig, str, Path]] = []
+def _img2dataset_units(src: SourceConfig, root: Path) -> list[Unit]:
+    """One unit per ``NNNNN.parquet`` of an img2dataset output folder, with its images."""
+    if not root.is_dir():
+        raise InputError(f"source {src.name!r}: img2dataset folder {root} does not exist")
+    units = []
+    for pq_path in sorted(root.glob("*.parquet")):
+        stem = pq_path.name[: -len(".parquet")]
+        tar, folder = root / f"{stem}.tar", root / stem
+        images = tar if tar.is_file() else folder if folder.is_dir() else None
+        units.append(Unit(src, "parquet", pq_path, images=images, img2dataset=True))
+    if not units:
+        raise InputError(
+            f"source {src.name!r}: {root} holds no NNNNN.parquet; is it an img2dataset output folder "
+            "(written with --save_additional_columns / the default parquet metadata)?"
+        )
+    return units
+
+
+def _hf_units(src: SourceConfig, root: Path) -> list[Unit]:
+    """Arrow files of a ``save_to_disk`` folder, in the order its state.json lists them."""
+    state = root / "state.json"
+    if not state.is_file():
+        raise InputError(f"source {src.name!r}: {root} has no state.json; write it with datasets' save_to_disk")
+    try:
+        files = [root / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"source {src.name!r}: unreadable {state}: {e}") from None
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise InputError(f"source {src.name!r}: state.json lists missing files {missing}")
+    return [Unit(src, "hf_arrow", f) for f in files]
+
+
+def _unit_list(ws: Workspace, cfg: RunConfig) -> tuple[list[Unit], list[str]]:
+    """All input units, in config order then path order, and the paths skipped because they
+    lie inside the workspace."""
+    units: list[Unit] = []
+    skipped: list[str] = []
     for src in cfg.sources:
-        if src.metadata:
-            files = _expand(cfg, src.metadata)
+        kind = src.kind
+        if kind == "metadata":
+            files = _expand(ws, cfg, src.metadata, skipped)
             if not files or not all(f.is_file() for f in files):
                 raise InputError(f"source {src.name!r}: metadata {src.metadata!r} matches no file")
-            units += [(src, "parquet", f) for f in files]
-        elif src.webdataset:
-            files = _expand(cfg, src.webdataset)
+            for f in files:
+                fmt = "tsv" if f.name.lower().endswith(TSV_EXTS) else "parquet"
+                units.append(Unit(src, fmt, f, images=cfg.path(src.images) if src.images else None))
+        elif kind == "webdataset":
+            files = _expand(ws, cfg, src.webdataset, skipped)
             if not files or not all(f.is_file() for f in files):
                 raise InputError(f"source {src.name!r}: webdataset {src.webdataset!r} matches no tar file")
-            units += [(src, "webdataset", f) for f in files]
+            units += [Unit(src, "webdataset", f) for f in files]
+        elif kind == "img2dataset":
+            root = _expand(ws, cfg, src.img2dataset, skipped)[0]
+            units += _img2dataset_units(src, root)
+        elif kind == "hf_dataset":
+            root = _expand(ws, cfg, src.hf_dataset, skipped)[0]
+            units += _hf_units(src, root)
         else:
-            d = cfg.path(src.images or "")
+            d = _expand(ws, cfg, src.images or "", skipped)[0]
             if not d.is_dir():
                 raise InputError(f"source {src.name!r}: images folder {d} does not exist")
-            units.append((src, "folder", d))
-    for _, _, path in units:
-        if ws.root == path or ws.root in path.parents:
-            raise InputError(f"input {path} lies inside the workspace {ws.root}; curate never reads its own outputs")
-    return units
+            units.append(Unit(src, "folder", d))
+    return units, skipped
 
 
 def _folder_files(root: Path, skip: Path | None = None) -> list[Path]:
@@ -92,40 +173,24 @@ def _folder_files(root: Path, skip: Path | None = None) -> list[Path]:
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _fingerprint(fmt: str, path: Path, ws: Workspace) -> str:
-    if fmt != "folder":
-        return file_fingerprint(path)
-    return digest_of([(p.relative_to(path).as_posix(), file_fingerprint(p)) for p in _folder_files(path, ws.root)])
+def _fingerprint(unit: Unit, ws: Workspace) -> str:
+    def fp(p: Path) -> str:
+        if p.is_dir():
+            return digest_of([(f.relative_to(p).as_posix(), file_fingerprint(f)) for f in _folder_files(p, ws.root)])
+        return file_fingerprint(p)
+
+    return fp(unit.path) if unit.images is None or not unit.img2dataset else f"{fp(unit.path)}+{fp(unit.images)}"
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> list[Any]:
     """Fingerprints of all input units (the ingest digest depends on them)."""
-    units = _unit_list(ws, cfg)
-    return [(s.name, s.schema_, s.images, fmt, str(p), _fingerprint(fmt, p, ws)) for s, fmt, p in units]
+    units, _ = _unit_list(ws, cfg)
+    return [(u.source.name, u.source.schema_, u.source.images, u.fmt, u.uri, _fingerprint(u, ws)) for u in units]
 
 
 # ----------------------------------------------------------------------------------------------
-# row producers: each yields pyarrow tables with a __row column (0-based row in the unit)
-
-
-def _parquet_batches(path: Path, batch_rows: int) -> tuple[list[str], Iterator[pa.Table]]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: not a readable parquet file: {e}") from None
-    names = list(pf.schema_arrow.names)
-
-    def gen() -> Iterator[pa.Table]:
-        offset = 0
-        for rb in pf.iter_batches(batch_size=batch_rows):
-            t = _repair_utf8(pa.Table.from_batches([rb]))
-            t = t.append_column("__row", pa.array(range(offset, offset + t.num_rows), pa.int64()))
-            offset += t.num_rows
-            yield t
-
-    return names, gen()
+# row producers: pyarrow tables with __row (0-based row in the unit) and optionally
+# __fix_notes (list<string>), __reject (string), __raw (string)
 
 
 def _repair_utf8(t: pa.Table) -> pa.Table:
@@ -152,81 +217,206 @@ def _repair_utf8(t: pa.Table) -> pa.Table:
             except UnicodeDecodeError:
                 fixed.append(b.decode("utf-8", errors="replace"))
                 notes = notes if notes is not None else [[] for _ in range(t.num_rows)]
-                notes[i].append(f"{name}: invalid UTF-8 replaced with U+FFFD")
+                notes[i].append(f"invalid_utf8({name}): replaced with U+FFFD")
         t = t.set_column(k, name, pa.array(fixed, pa.string()))
     if notes is not None:
         t = t.append_column("__fix_notes", pa.array(notes, pa.list_(pa.string())))
     return t
 
 
+def _is_bytes_type(t: pa.DataType) -> bool:
+    """Image bytes: binary, struct with a binary ``bytes`` field (HF Image), or a list of those."""
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(t.field(i).name == "bytes" and _is_bytes_type(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _is_bytes_type(t.value_type)
+    return False
+
+
+def _arrow_batches(batches: Iterator[pa.RecordBatch], offset: int = 0) -> Iterator[pa.Table]:
+    for rb in batches:
+        t = _repair_utf8(pa.Table.from_batches([rb]))
+        t = t.append_column("__row", pa.array(range(offset, offset + t.num_rows), pa.int64()))
+        offset += t.num_rows
+        yield t
+
+
+def _tsv_batches(path: Path, names: list[str] | None, batch_rows: int) -> Iterator[pa.Table]:
+    """Batches of a tab-separated file (no quoting: CC3M/CC12M captions contain quotes).
+
+    ``names`` None: the first line is the header (and is not a row). A line whose field count
+    differs from the header's is rejected with ``malformed_row``; invalid UTF-8 is repaired
+    with a per-row note.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        if names is None:
+            names = f.readline().rstrip(b"\r\n").decode("utf-8", "replace").split("\t")
+        n = len(names)
+        cols: list[list[Any]] = [[] for _ in range(n)]
+        fix, rej, raw, rows = [], [], [], []
+        row = 0
+
+        def flush() -> pa.Table:
+            arrays = [pa.array(c, pa.string()) for c in cols]
+            arrays += [pa.array(rows, pa.int64()), pa.array(fix, pa.list_(pa.string())),
+                       pa.array(rej, pa.string()), pa.array(raw, pa.string())]
+            return pa.table(arrays, names=[*names, "__row", "__fix_notes", "__reject", "__raw"])
+
+        for line in f:
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue  # blank lines are not rows
+            try:
+                text, notes = line.decode("utf-8"), []
+            except UnicodeDecodeError:
+                text, notes = line.decode("utf-8", "replace"), ["invalid_utf8(line): replaced with U+FFFD"]
+            parts = text.split("\t")
+            if len(parts) != n:
+                rej.append(f"malformed_row: {len(parts)} tab-separated fields, expected {n}")
+                raw.append(text[:2000])
+                parts = [None] * n
+            else:
+                rej.append(None)
+                raw.append(None)
+            for c, v in zip(cols, parts):
+                c.append(v)
+            fix.append(notes)
+            rows.append(row)
+            row += 1
+            if len(rows) >= batch_rows:
+                yield flush()
+                cols = [[] for _ in range(n)]
+                fix, rej, raw, rows = [], [], [], []
+        if rows or row == 0:
+            yield flush()
+
+
+def _tsv_layout(path: Path, schema: str) -> tuple[list[str] | None, Mapping]:
+    """(column names if headerless else None, mapping) for a TSV file."""
+    layouts = load_layouts()
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        head = [ln.rstrip(b"\r\n").decode("utf-8", "replace").split("\t") for _, ln in zip(range(200), f)]
+    if schema != "auto" and schema in layouts and not layouts[schema].header:
+        lay = layouts[schema]
+    elif schema != "auto":
+        return None, resolve(head[0] if head else [], schema, str(path), layouts)
+    else:
+        lay = detect_headerless(head, str(path), layouts)
+        if lay is None:
+            return None, resolve(head[0], "auto", str(path), layouts)
+    m = match(lay, lay.names or [])
+    assert m is not None
+    return list(lay.names or []), m
+
+
 def _folder_table(root: Path, ws: Workspace) -> pa.Table:
-    rows: dict[str, list[Any]] = {"key": [], "caption": [], "url": [], "image_ref": [], "__row": []}
+    rows: dict[str, list[Any]] = {k: [] for k in _WDS_SCHEMA.names}
     for i, p in enumerate(_folder_files(root, ws.root)):
         side = p.with_suffix(".txt")
         caption = side.read_text(encoding="utf-8", errors="replace").strip() if side.is_file() else None
-        url = None
+        url = sha = None
+        notes: list[str] = []
         js = p.with_suffix(".json")
         if js.is_file():
             try:
                 meta = json.loads(js.read_text(encoding="utf-8", errors="replace"))
-                url = meta.get("url") if isinstance(meta, dict) else None
-                caption = caption if caption is not None else (meta.get("caption") if isinstance(meta, dict) else None)
+                if isinstance(meta, dict):
+                    url, sha = meta.get("url"), meta.get("sha256")
+                    caption = caption if caption is not None else meta.get("caption")
             except ValueError:
-                pass
-        rows["key"].append(p.relative_to(root).as_posix())
-        rows["caption"].append(caption)
-        rows["url"].append(url)
-        rows["image_ref"].append(str(p.resolve()))
-        rows["__row"].append(i)
+                notes.append(f"bad_json({js.name}): not valid JSON")
+        _wds_row(rows, p.relative_to(root).as_posix(), caption, url, str(p.resolve()), sha, i, notes)
     return pa.table(rows, schema=_WDS_SCHEMA)
 
 
-_WDS_SCHEMA = pa.schema(
-    [("key", pa.string()), ("caption", pa.string()), ("url", pa.string()), ("image_ref", pa.string()), ("__row", pa.int64())]
+_WDS_SCHEMA = pa.schema([
+    ("key", pa.string()), ("caption", pa.string()), ("url", pa.string()), ("image_ref", pa.string()),
+    ("sha256", pa.string()), ("__row", pa.int64()), ("__fix_notes", pa.list_(pa.string())),
+])
+_IDENTITY = Mapping(
+    "internal",
+    {"key": "key", "caption": "caption", "url": "url", "image_ref": "image_ref", "sha256_meta": "sha256"},
+    [],
 )
 
 
-def _webdataset_table(shard: Path) -> tuple[pa.Table, list[str]]:
-    """One row per key (webdataset convention: key = member path up to the first dot of its
-    basename). Repeated members within a key are noted; the first one is used."""
+def _wds_row(rows: dict[str, list[Any]], key, caption, url, ref, sha, i, notes) -> None:
+    for k, v in (("key", key), ("caption", caption), ("url", url), ("image_ref", ref), ("sha256", sha),
+                 ("__row", i), ("__fix_notes", notes)):
+        rows[k].append(v if v is None or k in ("__row", "__fix_notes") else str(v))
+
+
+def _tar_groups(shard: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], dict[str, list[str]]]:
+    """Members of a tar grouped by webdataset key (member path up to the first dot of its
+    basename); repeated members are noted per key, the first one is kept (case K06)."""
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-    notes: list[str] = []
+    notes: dict[str, list[str]] = {}
     try:
         with tarfile.open(shard, "r:*") as tf:
             for m in tf:
                 if not m.isfile():
                     continue
                 d, _, base = m.name.rpartition("/")
-                stem, dot, ext = base.partition(".")
+                stem, _, ext = base.partition(".")
                 key = f"{d}/{stem}" if d else stem
                 g = groups.setdefault(key, {})
                 ext = ext.lower()
                 if ext in g:
-                    notes.append(f"repeated member {m.name!r} (kept the first)")
+                    notes.setdefault(key, []).append(f"repeated_member({ext}): {m.name!r} appears again; kept the first")
                     continue
                 g[ext] = m
-            rows: dict[str, list[Any]] = {"key": [], "caption": [], "url": [], "image_ref": [], "__row": []}
-            for i, (key, g) in enumerate(groups.items()):
-                caption = url = None
-                if "json" in g:
-                    try:
-                        meta = json.loads(tf.extractfile(g["json"]).read().decode("utf-8", "replace"))
-                        if isinstance(meta, dict):
-                            caption = meta.get("caption")
-                            url = meta.get("url")
-                    except ValueError:
-                        notes.append(f"{key}.json is not valid JSON")
-                if "txt" in g:
-                    caption = tf.extractfile(g["txt"]).read().decode("utf-8", "replace").strip()
-                img = next((m for e, m in g.items() if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
-                rows["key"].append(key)
-                rows["caption"].append(None if caption is None else str(caption))
-                rows["url"].append(None if url is None else str(url))
-                rows["image_ref"].append(tar_ref(shard, img.name, img.offset_data, img.size) if img else None)
-                rows["__row"].append(i)
     except (tarfile.TarError, OSError) as e:
         raise InputError(f"{shard}: not a readable tar shard: {e}") from None
-    return pa.table(rows, schema=_WDS_SCHEMA), notes
+    return groups, notes
+
+
+def _image_member(g: dict[str, tarfile.TarInfo]) -> tarfile.TarInfo | None:
+    return next((m for e, m in g.items() if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
+
+
+def _webdataset_table(shard: Path) -> pa.Table:
+    """One row per key; caption from ``.txt`` (else the ``.json``'s caption), url and sha256
+    from ``.json`` (img2dataset writes both)."""
+    groups, notes = _tar_groups(shard)
+    rows: dict[str, list[Any]] = {k: [] for k in _WDS_SCHEMA.names}
+    with tarfile.open(shard, "r:*") as tf:
+        for i, (key, g) in enumerate(groups.items()):
+            caption = url = sha = None
+            kn = list(notes.get(key, []))
+            if "json" in g:
+                try:
+                    meta = json.loads(tf.extractfile(g["json"]).read().decode("utf-8", "replace"))
+                    if isinstance(meta, dict):
+                        caption, url, sha = meta.get("caption"), meta.get("url"), meta.get("sha256")
+                except ValueError:
+                    kn.append(f"bad_json({key}.json): not valid JSON")
+            if "txt" in g:
+                caption = tf.extractfile(g["txt"]).read().decode("utf-8", "replace").strip()
+            img = _image_member(g)
+            ref = tar_ref(shard, img.name, img.offset_data, img.size) if img else None
+            _wds_row(rows, key, caption, url, ref, sha, i, kn)
+    return pa.table(rows, schema=_WDS_SCHEMA)
+
+
+def _companion_refs(images: Path, ws: Workspace) -> pa.Table:
+    """key → image reference for an img2dataset shard's ``NNNNN.tar`` or ``NNNNN/`` folder."""
+    keys, refs = [], []
+    if images.is_file():
+        groups, _ = _tar_groups(images)
+        for key, g in groups.items():
+            img = _image_member(g)
+            if img is not None:
+                keys.append(key.rpartition("/")[2])
+                refs.append(tar_ref(images, img.name, img.offset_data, img.size))
+    else:
+        for p in _folder_files(images, ws.root):
+            keys.append(p.name.partition(".")[0])
+            refs.append(str(p.resolve()))
+    return pa.table({"__k": pa.array(keys, pa.string()), "__ref": pa.array(refs, pa.string())})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,16 +431,30 @@ def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _select_sql(mapping: Mapping, columns: list[str], source_id: int, images_root: Path | None) -> str:
-    """SELECT turning a registered ``batch`` into canonical columns + notes + reject reason."""
+@dataclass
+class _Plan:
+    """How one unit's rows become canonical columns."""
+
+    mapping: Mapping
+    columns: list[str]  # readable (non-bytes) columns of the rows, incl. internal __ columns
+    row_expr: str = "b.__row"
+    image_sql: str | None = None  # computed image_ref expression (overrides the mapping's)
+    images_root: Path | None = None  # a path column is relative to this folder
+    notes: list[str] = field(default_factory=list)
+
+
+def _select_sql(plan: _Plan, source_id: int, from_sql: str) -> str:
+    """SELECT turning the rows of ``from_sql`` (alias ``b``) into canonical columns, notes,
+    a reject reason (NULL = keep) and the raw row as JSON (only computed for rejected rows)."""
+    mapping, columns = plan.mapping, plan.columns
     exprs: dict[str, str] = {}
     notes: list[str] = []
     for canon, typ in CANONICAL.items():
         src = mapping.columns.get(canon)
-        if src is None:
+        if src is None or (canon == "image_ref" and plan.image_sql is not None):
             exprs[canon] = f"CAST(NULL AS {typ})"
             continue
-        col = _q(src)
+        col = "b." + _q(src)
         if typ == "VARCHAR":
             e = f"NULLIF(trim(CAST({col} AS VARCHAR)), '')" if canon in ("url", "image_ref") else f"CAST({col} AS VARCHAR)"
         elif typ == "DOUBLE":
@@ -258,70 +462,78 @@ def _select_sql(mapping: Mapping, columns: list[str], source_id: int, images_roo
             e = f"(CASE WHEN isfinite({d}) THEN {d} END)"
             notes.append(
                 f"CASE WHEN {col} IS NOT NULL AND {e} IS NULL THEN "
-                f"'{canon}: ' || CAST({col} AS VARCHAR) || ' is not a finite number; stored NULL' END"
+                f"'not_finite({canon}): ' || CAST({col} AS VARCHAR) || ' stored as NULL' END"
             )
         elif typ == "INTEGER":
             d = f"TRY_CAST({col} AS DOUBLE)"
             e = f"(CASE WHEN {d} = floor({d}) AND abs({d}) < 2147483648 THEN CAST({d} AS INTEGER) END)"
             notes.append(
                 f"CASE WHEN {col} IS NOT NULL AND {e} IS NULL THEN "
-                f"'{canon}: ' || CAST({col} AS VARCHAR) || ' does not fit INTEGER; stored NULL' END"
+                f"'not_integer({canon}): ' || CAST({col} AS VARCHAR) || ' does not fit INTEGER; stored NULL' END"
             )
         else:  # BIGINT
             e = f"TRY_CAST({col} AS BIGINT)"
             notes.append(
                 f"CASE WHEN {col} IS NOT NULL AND {e} IS NULL THEN "
-                f"'{canon}: ' || CAST({col} AS VARCHAR) || ' does not fit BIGINT; stored NULL' END"
+                f"'not_bigint({canon}): ' || CAST({col} AS VARCHAR) || ' does not fit BIGINT; stored NULL' END"
             )
         exprs[canon] = e
-    if images_root is not None and "image_ref" in mapping.columns:
-        root = str(images_root.resolve()).rstrip("/") + "/"
+    if plan.image_sql is not None:
+        exprs["image_ref"] = plan.image_sql
+    elif plan.images_root is not None and "image_ref" in mapping.columns:
+        root = str(plan.images_root.resolve()).rstrip("/") + "/"
         exprs["image_ref"] = f"(CASE WHEN {exprs['image_ref']} IS NOT NULL THEN {_lit(root)} || {exprs['image_ref']} END)"
-    extra_cols = [c for c in mapping.unmapped if c not in ("__row", "__fix_notes") and not c.startswith("__index_level_")]
+    used = set(mapping.columns.values())
+    extra_cols = [c for c in columns if c not in used and not c.startswith("__") and c != "file_row_number"]
     extra = (
-        "json_object(" + ", ".join(f"{_lit(c)}, {_q(c)}" for c in extra_cols) + ")" if extra_cols else "CAST(NULL AS JSON)"
+        "json_object(" + ", ".join(f"{_lit(c)}, b.{_q(c)}" for c in extra_cols) + ")" if extra_cols else "CAST(NULL AS JSON)"
     )
-    url = exprs["url"]
+    raw_cols = [c for c in columns if not c.startswith("__") and c != "file_row_number"]
+    raw = ("CAST(json_object(" + ", ".join(f"{_lit(c)}, b.{_q(c)}" for c in raw_cols) + ") AS VARCHAR)") if raw_cols else "'{}'"
+    if "__raw" in columns:
+        raw = f"coalesce(b.__raw, {raw})"
+    url, img = exprs["url"], exprs["image_ref"]
     reason = (
-        f"CASE WHEN {url} IS NULL AND {exprs['image_ref']} IS NULL THEN 'no_url_or_image' "
-        f"WHEN {url} IS NOT NULL AND NOT regexp_matches({url}, {_lit(URL_RE)}) AND {exprs['image_ref']} IS NULL "
+        f"CASE WHEN {url} IS NULL AND {img} IS NULL THEN 'no_url_or_image' "
+        f"WHEN {url} IS NOT NULL AND NOT regexp_matches({url}, {_lit(URL_RE)}) AND {img} IS NULL "
         f"THEN 'invalid_url: ' || left({url}, 80) END"
     )
-    url_note = (
-        f"CASE WHEN {url} IS NOT NULL AND NOT regexp_matches({url}, {_lit(URL_RE)}) THEN 'url: not a URL: ' || left({url}, 80) END"
-    )
+    if "__reject" in columns:
+        reason = f"coalesce(b.__reject, {reason})"
+    url_note = f"CASE WHEN {url} IS NOT NULL AND NOT regexp_matches({url}, {_lit(URL_RE)}) THEN 'not_a_url(url): ' || left({url}, 80) END"
     notes_sql = "list_filter([" + ", ".join([*notes, url_note]) + "], lambda x: x IS NOT NULL)"
     if "__fix_notes" in columns:
-        notes_sql = f"list_concat(coalesce(__fix_notes, []), {notes_sql})"
+        notes_sql = f"list_concat(coalesce(b.__fix_notes, []), {notes_sql})"
     base = source_id << ROW_BITS
     cols = ", ".join(f"{exprs[c]} AS {c}" for c in CANONICAL)
     return (
-        f"SELECT {base} + __row AS sample_id, {source_id} AS source_id, __row AS source_row, {cols}, "
-        f"{extra} AS extra, {notes_sql} AS notes, {reason} AS reject_reason, to_json(b) AS raw FROM batch b"
+        f"SELECT {base} + {plan.row_expr} AS sample_id, {source_id} AS source_id, {plan.row_expr} AS source_row, "
+        f"{cols}, {extra} AS extra, {notes_sql} AS notes, {reason} AS reject_reason, "
+        f"CASE WHEN ({reason}) IS NOT NULL THEN {raw} END AS raw FROM {from_sql}"
     )
 
 
-def _insert(ws: Workspace, table: pa.Table, mapping: Mapping, source_id: int, images_root: Path | None) -> tuple[int, int]:
-    con = ws.con
-    con.register("batch", table)
-    try:
-        sel = _select_sql(mapping, table.column_names, source_id, images_root)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _mapped AS {sel}")
-        cols = "sample_id, source_id, source_row, " + ", ".join(CANONICAL) + ", extra, notes"
-        con.execute(
-            f"INSERT INTO samples ({cols}) SELECT {cols} FROM _mapped WHERE reject_reason IS NULL"
-        )
-        con.execute(
-            "INSERT INTO rejects SELECT source_id, source_row, reject_reason, CAST(raw AS VARCHAR) "
-            "FROM _mapped WHERE reject_reason IS NOT NULL"
-        )
-        n_ok, n_rej = con.execute(
-            "SELECT count(*) FILTER (reject_reason IS NULL), count(*) FILTER (reject_reason IS NOT NULL) FROM _mapped"
-        ).fetchall()[0]
-        con.execute("DROP TABLE _mapped")
-    finally:
-        _unregister(con, "batch")
+_SAMPLE_COLS = "sample_id, source_id, source_row, " + ", ".join(CANONICAL) + ", extra, notes"
+
+
+def _insert_from(ws: Workspace, plan: _Plan, source_id: int, from_sql: str) -> tuple[int, int]:
+    """Insert the rows of ``from_sql`` into samples/rejects; returns (samples, rejects)."""
+    sel = _select_sql(plan, source_id, from_sql)
+    n_ok = ws.con.execute(
+        f"INSERT INTO samples ({_SAMPLE_COLS}) SELECT {_SAMPLE_COLS} FROM ({sel}) WHERE reject_reason IS NULL"
+    ).fetchall()[0][0]
+    n_rej = ws.con.execute(
+        f"INSERT INTO rejects SELECT source_id, source_row, reject_reason, raw FROM ({sel}) WHERE reject_reason IS NOT NULL"
+    ).fetchall()[0][0]
     return int(n_ok), int(n_rej)
+
+
+def _insert_table(ws: Workspace, table: pa.Table, plan: _Plan, source_id: int, join: str = "") -> tuple[int, int]:
+    ws.con.register("batch", table)
+    try:
+        return _insert_from(ws, plan, source_id, f"batch b{join}")
+    finally:
+        _unregister(ws.con, "batch")
 
 
 def _unregister(con, name: str) -> None:
@@ -334,7 +546,167 @@ def _unregister(con, name: str) -> None:
         pass
 
 
-_IDENTITY = Mapping("internal", {"key": "key", "caption": "caption", "url": "url", "image_ref": "image_ref"}, [])
+# ----------------------------------------------------------------------------------------------
+# units
+
+
+class _Utf8Fallback(Exception):
+    """DuckDB refused the file for invalid UTF-8; re-read it through pyarrow."""
+
+
+def _table_plan(unit: Unit, schema: pa.Schema, ws: Workspace, kind: str) -> tuple[_Plan, list[str]]:
+    """Mapping and image reference rules for a parquet / Arrow table."""
+    names = list(schema.names)
+    bytes_cols = [n for n in names if _is_bytes_type(schema.field(n).type)]
+    readable = [n for n in names if n not in bytes_cols]
+    mapping = resolve(names, unit.source.schema_, str(unit.path))
+    unit_notes: list[str] = []
+    plan = _Plan(mapping, readable)
+    img_col = mapping.columns.get("image_ref")
+    if bytes_cols:
+        chosen = img_col if img_col in bytes_cols else sorted(
+            bytes_cols, key=lambda c: (BYTES_COLUMN_ORDER.index(c) if c in BYTES_COLUMN_ORDER else 99, names.index(c))
+        )[0]
+        cols = {k: v for k, v in mapping.columns.items() if k != "image_ref"}
+        cols["image_ref"] = chosen
+        unmapped = [c for c in names if c not in cols.values()]
+        plan.mapping = Mapping(mapping.layout, cols, unmapped)
+        pre, suf = ref_prefix_sql("parquet" if kind == "parquet" else "arrow", unit.path, chosen)
+        plan.image_sql = f"({_lit(pre)} || CAST(__ROW__ AS VARCHAR) || {_lit(suf)})"
+        others = [c for c in bytes_cols if c != chosen]
+        unit_notes.append(f"images: bytes in column {chosen!r} (referenced, not copied)"
+                          + (f"; other bytes columns not read: {others}" if others else ""))
+    elif unit.img2dataset and unit.images is not None and "key" in mapping.columns:
+        status = "b.status" if "status" in names else "NULL"
+        err = "b.error_message" if "error_message" in names else "NULL"
+        plan.image_sql = (
+            f"coalesce(r.__ref, 'missing:img2dataset ' || coalesce(CAST({status} AS VARCHAR), 'no image') "
+            f"|| coalesce(': ' || CAST({err} AS VARCHAR), ''))"
+        )
+        unit_notes.append(f"images: {unit.images.name} matched by key")
+    elif img_col is not None and unit.images is not None:
+        plan.images_root = unit.images
+    elif img_col is not None:
+        unit_notes.append(f"column {img_col!r} names files but the source has no 'images' folder")
+        plan.mapping = Mapping(mapping.layout, {k: v for k, v in mapping.columns.items() if k != "image_ref"},
+                               mapping.unmapped + [img_col])
+    elif unit.img2dataset:
+        unit_notes.append("no images beside this parquet: metadata only")
+    return plan, unit_notes
+
+
+def _ingest_parquet(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int) -> tuple[Mapping, int, int, list[str], list[str]]:
+    import duckdb
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(unit.path)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{unit.path}: not a readable parquet file: {e}") from None
+    schema = pf.schema_arrow
+    plan, unit_notes = _table_plan(unit, schema, ws, "parquet")
+    info(f"[ingest] {unit.path.name}: {plan.mapping.describe()}")
+    join = ""
+    if plan.image_sql and "r.__ref" in plan.image_sql:
+        ws.con.register("_refs", _companion_refs(unit.images, ws))
+        join = f" LEFT JOIN _refs r ON r.__k = CAST(b.{_q(plan.mapping.columns['key'])} AS VARCHAR)"
+    try:
+        if plan.image_sql:
+            plan.image_sql = plan.image_sql.replace("__ROW__", "file_row_number")
+        plan.row_expr = "b.file_row_number"
+        proj = ", ".join(_q(c) for c in plan.columns)
+        src = f"(SELECT {proj}, file_row_number FROM read_parquet({_lit(str(unit.path.resolve()))}, file_row_number = true)) b"
+        try:
+            n_ok, n_rej = _insert_from(ws, plan, source_id, src + join)
+        except duckdb.InvalidInputException as e:
+            if "UTF8" not in str(e) and "encoding" not in str(e):
+                raise InputError(f"{unit.path}: {e}") from None
+            raise _Utf8Fallback() from None
+        return plan.mapping, n_ok, n_rej, unit_notes, list(schema.names)
+    finally:
+        if join:
+            _unregister(ws.con, "_refs")
+
+
+def _ingest_parquet_pyarrow(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
+    """The same as :func:`_ingest_parquet`, read through pyarrow in batches with invalid UTF-8
+    repaired per row (used only when DuckDB refuses the file)."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(unit.path)
+    schema = pf.schema_arrow
+    plan, unit_notes = _table_plan(unit, schema, ws, "parquet")
+    if plan.image_sql:
+        plan.image_sql = plan.image_sql.replace("__ROW__", "b.__row")
+    join = ""
+    if plan.image_sql and "r.__ref" in plan.image_sql:
+        ws.con.register("_refs", _companion_refs(unit.images, ws))
+        join = f" LEFT JOIN _refs r ON r.__k = CAST(b.{_q(plan.mapping.columns['key'])} AS VARCHAR)"
+    n_ok = n_rej = 0
+    try:
+        for t in _arrow_batches(pf.iter_batches(batch_size=cfg.ingest.batch_rows, columns=plan.columns)):
+            plan.columns = t.column_names
+            a, b = _insert_table(ws, t, plan, source_id, join)
+            n_ok, n_rej = n_ok + a, n_rej + b
+    finally:
+        if join:
+            _unregister(ws.con, "_refs")
+    unit_notes.append("invalid UTF-8 repaired per row (read through pyarrow)")
+    return plan.mapping, n_ok, n_rej, unit_notes, list(schema.names)
+
+
+def _ingest_hf_arrow(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
+    """One Arrow stream file of a ``save_to_disk`` folder (memory-mapped; bytes not read)."""
+    src = pa.memory_map(str(unit.path), "r")
+    try:
+        reader = pa.ipc.open_stream(src)
+    except pa.ArrowInvalid:
+        reader = pa.ipc.open_file(src)
+    schema = reader.schema
+    plan, unit_notes = _table_plan(unit, schema, ws, "arrow")
+    if plan.image_sql:
+        plan.image_sql = plan.image_sql.replace("__ROW__", "b.__row")
+    info(f"[ingest] {unit.path.name}: {plan.mapping.describe()}")
+    batches = reader if isinstance(reader, pa.ipc.RecordBatchStreamReader) else (
+        reader.get_batch(i) for i in range(reader.num_record_batches))
+    keep = plan.columns
+    n_ok = n_rej = 0
+    for t in _arrow_batches(rb.select(keep) for rb in batches):
+        plan.columns = t.column_names
+        a, b = _insert_table(ws, t, plan, source_id)
+        n_ok, n_rej = n_ok + a, n_rej + b
+    return plan.mapping, n_ok, n_rej, unit_notes, list(schema.names)
+
+
+def _ingest_tsv(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
+    names, mapping = _tsv_layout(unit.path, unit.source.schema_)
+    info(f"[ingest] {unit.path.name}: {mapping.describe()}" + (" (headerless)" if names else ""))
+    plan = _Plan(mapping, [])
+    n_ok = n_rej = 0
+    for t in _tsv_batches(unit.path, names, cfg.ingest.batch_rows):
+        plan.columns = t.column_names
+        a, b = _insert_table(ws, t, plan, source_id)
+        n_ok, n_rej = n_ok + a, n_rej + b
+    return mapping, n_ok, n_rej, [], names or []
+
+
+def _ingest_unit(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
+    """Ingest one unit (inside the caller's transaction). Returns (mapping, n_samples,
+    n_rejected, unit notes, file columns)."""
+    if unit.fmt == "parquet":
+        return _ingest_parquet(ws, cfg, unit, source_id)
+    if unit.fmt == "tsv":
+        return _ingest_tsv(ws, cfg, unit, source_id)
+    if unit.fmt == "hf_arrow":
+        return _ingest_hf_arrow(ws, cfg, unit, source_id)
+    if unit.fmt == "webdataset":
+        table = _webdataset_table(unit.path)
+        mapping = Mapping("webdataset", _IDENTITY.columns, [])
+    else:
+        table = _folder_table(unit.path, ws)
+        mapping = Mapping("folder", _IDENTITY.columns, [])
+    n_ok, n_rej = _insert_table(ws, table, _Plan(mapping, table.column_names), source_id)
+    return mapping, n_ok, n_rej, [], []
 
 
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
@@ -345,10 +717,11 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             case-colliding columns, a changed file that was already ingested).
     """
     counters: dict[str, Any] = {"units": 0, "units_skipped": 0, "rows": 0, "samples": 0, "rejected": 0, "layouts": {}}
-    units = _unit_list(ws, cfg)
-    for src, fmt, path in bar(units, desc="ingest", unit="file"):
-        uri = str(path.resolve())
-        fp = _fingerprint(fmt, path, ws)
+    units, skipped = _unit_list(ws, cfg)
+    counters["inputs_inside_workspace_skipped"] = len(skipped)
+    for unit in bar(units, desc="ingest", unit="file"):
+        uri = unit.uri
+        fp = _fingerprint(unit, ws)
         row = ws.q("SELECT source_id, fingerprint FROM sources WHERE uri = ?", [uri])
         if row:
             if row[0][1] != fp:
@@ -358,36 +731,16 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
                 )
             counters["units_skipped"] += 1
             continue
-        with ws.transaction():
-            source_id = (ws.scalar("SELECT max(source_id) FROM sources") or 0) + 1
-            unit_notes: list[str] = []
-            n_ok = n_rej = 0
-            if fmt == "parquet":
-                names, batches = _parquet_batches(path, cfg.ingest.batch_rows)
-                mapping = resolve(names, src.schema_, str(path))
-                images_root = cfg.path(src.images) if src.images else None
-                if "image_ref" in mapping.columns and images_root is None:
-                    unit_notes.append(f"column {mapping.columns['image_ref']!r} names files but the source has no 'images' folder")
-                    mapping = Mapping(mapping.layout, {k: v for k, v in mapping.columns.items() if k != "image_ref"},
-                                      mapping.unmapped + [mapping.columns["image_ref"]])
-                info(f"[ingest] {path.name}: {mapping.describe()}")
-                for t in batches:
-                    a, b = _insert(ws, t, mapping, source_id, images_root)
-                    n_ok, n_rej = n_ok + a, n_rej + b
-            elif fmt == "webdataset":
-                table, unit_notes = _webdataset_table(path)
-                mapping = Mapping("webdataset", _IDENTITY.columns, [])
-                n_ok, n_rej = _insert(ws, table, mapping, source_id, None)
-            else:
-                table = _folder_table(path, ws)
-                mapping = Mapping("folder", _IDENTITY.columns, [])
-                n_ok, n_rej = _insert(ws, table, mapping, source_id, None)
-            file_columns = names if fmt == "parquet" else []
-            ws.con.execute(
-                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [source_id, src.name, uri, fmt, mapping.layout, n_ok + n_rej, n_ok, n_rej, fp,
-                 json.dumps(mapping.columns), json.dumps(unit_notes), json.dumps(file_columns)],
-            )
+        source_id = (ws.scalar("SELECT max(source_id) FROM sources") or 0) + 1
+        try:
+            with ws.transaction():
+                res = _ingest_unit(ws, cfg, unit, source_id)
+                _record_source(ws, unit, source_id, fp, res)
+        except _Utf8Fallback:
+            with ws.transaction():
+                res = _ingest_parquet_pyarrow(ws, cfg, unit, source_id)
+                _record_source(ws, unit, source_id, fp, res)
+        mapping, n_ok, n_rej, _, _ = res
         counters["units"] += 1
         counters["rows"] += n_ok + n_rej
         counters["samples"] += n_ok
@@ -401,7 +754,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     counters["webdataset_keys_in_several_shards"] = int(reuse or 0)
     # columns that only some files of a source have (case K04): unioned by name, NULL elsewhere
     partial: dict[str, list[str]] = {}
-    for name, in ws.q("SELECT DISTINCT name FROM sources WHERE format = 'parquet' ORDER BY name"):
+    for name, in ws.q("SELECT DISTINCT name FROM sources WHERE format IN ('parquet', 'hf_arrow') ORDER BY name"):
         cols = [set(json.loads(c)) for c, in ws.q("SELECT columns FROM sources WHERE name = ?", [name])]
         some = sorted(set().union(*cols) - set.intersection(*cols)) if len(cols) > 1 else []
         if some:
@@ -410,7 +763,18 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     counters["total_samples"] = int(ws.scalar("SELECT count(*) FROM samples"))
     counters["total_rejected"] = int(ws.scalar("SELECT count(*) FROM rejects"))
     counters.update(caption_and_note_counts(ws))
+    counters["rejected_by_reason"] = rejected_by_reason(ws)
+    counters["notes_by_code"] = notes_by_code(ws)
     return counters
+
+
+def _record_source(ws: Workspace, unit: Unit, source_id: int, fp: str, res) -> None:
+    mapping, n_ok, n_rej, unit_notes, file_columns = res
+    ws.con.execute(
+        "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [source_id, unit.source.name, unit.uri, unit.fmt, mapping.layout, n_ok + n_rej, n_ok, n_rej, fp,
+         json.dumps(mapping.columns), json.dumps(unit_notes), json.dumps(file_columns)],
+    )
 
 
 def caption_and_note_counts(ws: Workspace) -> dict[str, int]:
@@ -420,3 +784,16 @@ def caption_and_note_counts(ws: Workspace) -> dict[str, int]:
         "count(*) FILTER (len(notes) > 0) FROM samples"
     )[0]
     return {"captions_missing": int(missing), "captions_empty": int(empty), "rows_with_notes": int(noted)}
+
+
+def rejected_by_reason(ws: Workspace) -> dict[str, int]:
+    """Rejected rows per reason code (the text before the first ':')."""
+    return {k: int(v) for k, v in ws.q(
+        "SELECT split_part(reason, ':', 1) AS k, count(*) FROM rejects GROUP BY k ORDER BY k")}
+
+
+def notes_by_code(ws: Workspace) -> dict[str, int]:
+    """Per-row ingest notes per ``code(column)`` (see the module doc for the codes)."""
+    return {k: int(v) for k, v in ws.q(
+        "SELECT split_part(n, ':', 1) AS k, count(*) FROM (SELECT unnest(notes) AS n FROM samples "
+        "WHERE len(notes) > 0) GROUP BY k ORDER BY k")}
