@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS embeddings (
     sample_id BIGINT NOT NULL, model VARCHAR NOT NULL, part INTEGER, status VARCHAR NOT NULL,
     PRIMARY KEY (sample_id, model)
 );
+CREATE TABLE IF NOT EXISTS embedding_imports (
+    model VARCHAR NOT NULL, uri VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL, n_rows BIGINT,
+    imported BIGINT, unmatched BIGINT, part INTEGER
+);
 CREATE TABLE IF NOT EXISTS dup_edges (
     a BIGINT NOT NULL, b BIGINT NOT NULL, signal VARCHAR NOT NULL, distance DOUBLE
 );

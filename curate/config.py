@@ -78,12 +78,30 @@ class HashConfig(_Closed):
     workers: int = Field(2, ge=0, description="decoding processes (0 = in the main process)")
 
 
+class PrecomputedEmbeddings(_Closed):
+    """Vectors made elsewhere (see :mod:`curate.embimport`), used when ``embed.model`` is
+    ``precomputed:<name>``."""
+
+    vectors: str = Field(description="glob of LAION/clip-retrieval img_emb_*.npy or DataComp *.npz")
+    metadata: str | None = Field(
+        None, description="glob of the row-aligned metadata_*.parquet, paired by the number in the file name; "
+        "for .npz the parquet of the same stem beside it"
+    )
+    key: str = Field("url", description="metadata column (or npz array) holding the join key")
+    on: Literal["url", "key"] = Field("url", description="catalog column the key must equal")
+    npz_array: str | None = Field(None, description="array of the .npz holding the vectors, e.g. l14_img")
+    allow_unmatched: bool = Field(False, description="keys absent from the catalog are counted, not an error")
+
+
 class EmbedConfig(_Closed):
     model: str = Field("efficientnet_lite0", description="registry name, see curate.models")
     batch_size: int = Field(32, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(2, ge=0, description="decoding worker processes")
     part_rows: int = Field(4096, ge=1, description="rows per embedding part file")
+    precomputed: list[PrecomputedEmbeddings] = Field(
+        default_factory=list, description="files to import when model is 'precomputed:<name>'"
+    )
 
 
 class DedupConfig(_Closed):

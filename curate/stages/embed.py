@@ -70,6 +70,12 @@ def normalise(vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
+    if cfg.embed.model.startswith("precomputed:"):  # imported files: re-run when one is added or changes
+        from curate.catalog import file_fingerprint
+        from curate.embimport import pairs
+
+        return [(str(v), file_fingerprint(v), str(m) if m else None) for spec in cfg.embed.precomputed
+                for v, m in pairs(cfg, spec)]
     return None
 
 
@@ -96,6 +102,10 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     from curate.models import load_image_model
 
     ec = cfg.embed
+    if ec.model.startswith("precomputed:"):  # vectors made elsewhere, joined by key (K14)
+        from curate import embimport
+
+        return embimport.run(ws, cfg)
     folder = ws.embeddings_dir(ec.model)
     recovered = _reconcile(ws, ec.model, folder)
     todo = ws.q(
