@@ -12,13 +12,21 @@ import click
 
 STAGE_OPTIONS = {
     # stage: [(option, config key, type, help)]
-    "ingest": [("--batch-rows", "batch_rows", int, "rows per insert batch")],
+    "ingest": [("--batch-rows", "batch_rows", int, "rows per insert batch"),
+               ("--schema", "schema", str, "layout of every metadata source: auto, or a name from `curate schemas`"),
+               ("--duckdb-threads", "duckdb_threads", int, "DuckDB threads"),
+               ("--duckdb-memory-limit", "duckdb_memory_limit", str, "DuckDB memory limit, e.g. 3GB")],
     "hash": [("--max-pixels", "max_pixels", int, "refuse to decode above this many pixels"),
              ("--workers", "workers", int, "decoding processes")],
     "embed": [("--model", "model", str, "efficientnet_lite0 | open_clip:<arch>/<tag|path|none> | sscd:<path>"),
               ("--device", "device", click.Choice(["auto", "cpu", "cuda"]), "where the model runs"),
               ("--batch-size", "batch_size", int, "images per forward pass"),
-              ("--num-workers", "num_workers", int, "decoding worker processes")],
+              ("--num-workers", "num_workers", int, "decoding worker processes"),
+              ("--precision", "precision", click.Choice(["auto", "fp32", "fp16", "bf16"]),
+               "autocast dtype (auto: bf16/fp16 on GPU, fp32 on CPU)"),
+              ("--preprocess", "preprocess", click.Choice(["model", "sscd_288", "sscd_320", "dcr_224"]),
+               "input preprocessing (SSCD presets; part of the embedding key)"),
+              ("--caption-model", "caption_model", str, "all-MiniLM-L6-v2 | open_clip:<arch>/<pretrained> (captions)")],
     "dedup": [("--phash-max-distance", "phash_max_distance", int, "pHash Hamming radius in bits (0-64)"),
               ("--embedding-min-cosine", "embedding_min_cosine", float, "cosine similarity threshold (-1..1)"),
               ("--caption-exact/--no-caption-exact", "caption_exact", None, "edges between equal normalised captions")],
@@ -28,10 +36,13 @@ STAGE_OPTIONS = {
 }
 
 HELP = {
-    "ingest": "Load metadata parquet, image folders and webdataset shards into the catalog.\n\n"
-              "Example: curate --workspace ws ingest --config examples/sample/curate.yaml",
-    "hash": "sha256, decode status and pHash (imagededup) for every image.\n\nExample: curate --workspace ws hash",
-    "embed": "Image embeddings (float16, L2-normalised parts).\n\nExample: curate --workspace ws embed --device cpu",
+    "ingest": "Load metadata (parquet, CC3M/CC12M TSV), image folders, webdataset shards, img2dataset outputs and\n"
+              "HF datasets into the catalog. The layout chosen for each file and its column mapping go to stderr.\n\n"
+              "Example: curate --workspace ws ingest --config examples/sample/curate.yaml --schema auto",
+    "hash": "sha256, decode status and pHash (bit-identical to imagededup's, on the loader's pixels) for every "
+            "image.\n\nExample: curate --workspace ws hash --workers 8",
+    "embed": "Image (and caption) embeddings: float16, L2-normalised parts keyed by model + preprocessing.\n\n"
+             "Example: curate --workspace ws embed --device cuda --batch-size 256 --caption-model all-MiniLM-L6-v2",
     "dedup": "Duplicate edges (sha256, pHash, embedding) and clusters with one keeper.\n\n"
              "Example: curate --workspace ws dedup --phash-max-distance 8",
     "flag": "Evaluate rule packs; --dry-run prints per-rule hit counts without writing.\n\n"
@@ -148,6 +159,9 @@ def _make_stage_command(stage: str):
             opts["packs"] = list(opts["packs"])
         elif stage == "flag":
             opts["packs"] = None
+        schema = opts.pop("schema", None)
+        if schema:
+            cfg = api.with_schema(cfg, schema)
         cfg = api.with_overrides(cfg, stage, opts)
         if dry_run:
             from curate.stages.flag import hit_counts, load_packs

@@ -7,7 +7,7 @@ The pipeline (see docs/ARCHITECTURE.md)::
 Every stage reads and writes one DuckDB catalog in a workspace directory, is idempotent
 (re-running it with the same configuration and inputs does nothing) and resumable.
 
-Heavy libraries (torch, faiss, open_clip, imagededup) are imported lazily inside the
+Heavy libraries (torch, faiss, open_clip, sentence-transformers) are imported lazily inside the
 stages that need them, so ``import curate`` and ``curate --help`` stay fast.
 """
 

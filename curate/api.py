@@ -61,6 +61,16 @@ def with_overrides(cfg: RunConfig, section: str, overrides: dict[str, Any]) -> R
     return new
 
 
+def with_schema(cfg: RunConfig, schema: str) -> RunConfig:
+    """A copy of ``cfg`` whose metadata sources all use layout ``schema`` (``auto`` or a name)."""
+    data = cfg.model_dump(mode="json", by_alias=True)
+    for src in data["sources"]:
+        src["schema"] = schema
+    new = RunConfig.model_validate(data)
+    new.base_dir = cfg.base_dir
+    return new
+
+
 def run(workspace: str | Path, config: str | Path | RunConfig, *, stages: list[str] | None = None,
         force: bool = False) -> dict[str, Any]:
     """Run the pipeline (all stages, or ``stages`` in pipeline order).

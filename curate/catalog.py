@@ -9,7 +9,9 @@ Layout of a workspace (one per dataset)::
     out/                manifest.parquet, removals/, summary.json, report/
 
 ``sample_id`` (BIGINT) is the only join key: ``source_id * 2**40 + source_row``, so it is
-stable across re-runs and independent of processing order.
+stable across re-runs and independent of processing order. It is unique by construction
+(ingest writes each source_id once, in one transaction), so ``samples`` carries no index —
+an index would cost LAION-scale ingest time and memory for lookups nobody makes.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ CREATE TABLE IF NOT EXISTS sources (
     n_rejected BIGINT, fingerprint VARCHAR, column_map JSON, notes JSON, columns JSON
 );
 CREATE TABLE IF NOT EXISTS samples (
-    sample_id BIGINT PRIMARY KEY, source_id INTEGER NOT NULL, source_row BIGINT NOT NULL,
+    sample_id BIGINT NOT NULL, source_id INTEGER NOT NULL, source_row BIGINT NOT NULL,
     key VARCHAR, url VARCHAR, caption VARCHAR, width INTEGER, height INTEGER,
     image_ref VARCHAR, license VARCHAR, nsfw VARCHAR, similarity DOUBLE, punsafe DOUBLE,
     pwatermark DOUBLE, aesthetic DOUBLE, laion_hash BIGINT, sha256_meta VARCHAR,
@@ -52,12 +54,21 @@ CREATE TABLE IF NOT EXISTS embeddings (
     sample_id BIGINT NOT NULL, model VARCHAR NOT NULL, part INTEGER, status VARCHAR NOT NULL,
     PRIMARY KEY (sample_id, model)
 );
+CREATE TABLE IF NOT EXISTS image_text (
+    sample_id BIGINT NOT NULL, image_model VARCHAR NOT NULL, caption_model VARCHAR NOT NULL,
+    similarity DOUBLE NOT NULL, PRIMARY KEY (sample_id, image_model, caption_model)
+);
 CREATE TABLE IF NOT EXISTS embedding_imports (
     model VARCHAR NOT NULL, uri VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL, n_rows BIGINT,
     imported BIGINT, unmatched BIGINT, part INTEGER
 );
 CREATE TABLE IF NOT EXISTS dup_edges (
     a BIGINT NOT NULL, b BIGINT NOT NULL, signal VARCHAR NOT NULL, distance DOUBLE
+);
+CREATE TABLE IF NOT EXISTS caption_stats (
+    sample_id BIGINT NOT NULL, caption_group BIGINT NOT NULL, caption_count INTEGER NOT NULL,
+    caption_images INTEGER NOT NULL, template_group BIGINT NOT NULL, template_count INTEGER NOT NULL,
+    template_variants INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS clusters (
     sample_id BIGINT NOT NULL, cluster_id BIGINT NOT NULL, cluster_size INTEGER NOT NULL,
@@ -107,6 +118,7 @@ class Workspace:
             self.con = duckdb.connect(str(self.root / "catalog.duckdb"))
         except duckdb.IOException as e:
             raise CurateError(f"cannot open catalog in {self.root}: {e} (is another curate running here?)") from None
+        self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar prints to stdout, which carries JSON
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:

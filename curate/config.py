@@ -69,7 +69,10 @@ class SourceConfig(_Closed):
 class IngestConfig(_Closed):
     batch_rows: int = Field(65536, ge=1, description="rows per insert batch")
     duckdb_threads: int | None = Field(None, ge=1)
-    duckdb_memory_limit: str | None = Field(None, description="e.g. '4GB'")
+    duckdb_memory_limit: str | None = Field(
+        "3GB", description="DuckDB memory limit for the catalog (it spills to disk beyond it); null = DuckDB's "
+        "default of 80% of RAM. Keeps 10M-row ingest under 4 GB peak RSS (docs/BENCHMARKS.md)"
+    )
 
 
 class HashConfig(_Closed):
@@ -94,11 +97,28 @@ class PrecomputedEmbeddings(_Closed):
 
 
 class EmbedConfig(_Closed):
+    """Image (and optionally caption) embeddings; see :mod:`curate.models` for the names.
+
+    The stored vectors are keyed by model + preprocessing identity (``trim_border``,
+    ``jpeg_draft``, ``preprocess`` and the model's own input size/mean/std), so changing any
+    of them embeds again into a new key instead of mixing vectors. ``device``,
+    ``precision``, ``batch_size`` and ``num_workers`` change speed, not the key.
+    """
+
     model: str = Field("efficientnet_lite0", description="registry name, see curate.models")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="images per forward pass")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto = bf16 (or fp16) autocast on GPU, fp32 on CPU")
     num_workers: int = Field(2, ge=0, description="decoding worker processes")
-    part_rows: int = Field(4096, ge=1, description="rows per embedding part file")
+    part_rows: int = Field(4096, ge=1, description="samples per work chunk = rows per embedding part file (at most)")
+    preprocess: Literal["model", "sscd_288", "sscd_320", "dcr_224"] = Field(
+        "model", description="model = the model's own; sscd_288 | sscd_320 | dcr_224 for sscd: models")
+    trim_border: bool = Field(True, description="crop flat padding before resizing (padded copies match)")
+    jpeg_draft: bool = Field(True, description="decode JPEGs at reduced DCT scale when the model input is smaller")
+    caption_model: str | None = Field(
+        None, description="caption embeddings: all-MiniLM-L6-v2 | open_clip:<arch>/<pretrained>; null = none")
+    caption_batch_size: int = Field(256, ge=1, description="captions per forward pass")
     precomputed: list[PrecomputedEmbeddings] = Field(
         default_factory=list, description="files to import when model is 'precomputed:<name>'"
     )

@@ -16,7 +16,8 @@ Hard errors (:class:`~curate.errors.InputError`), nothing written for the pair:
   LAION's embeddings for an ingested subset) — then they are counted, never guessed.
 
 Vectors are L2-normalised and stored as float16 parts like computed ones
-(:mod:`curate.embstore`); zero/NaN/inf vectors get status ``bad_vector`` (case K13). One pair is
+(:mod:`curate.embstore`); zero and NaN/inf vectors get status ``zero_vector`` /
+``nonfinite_vector`` and are not stored (case K13). One pair is
 one part and one transaction; a pair already imported (same fingerprint) is skipped, so an
 interrupted import resumes without loss or duplication.
 """
@@ -111,17 +112,19 @@ def _reconcile(ws: Workspace, model: str, folder: Path) -> None:
         if num not in known:
             ids = read_part_ids(folder, num)
             with ws.transaction() as con:
-                con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, 'ok') ON CONFLICT DO NOTHING",
+                con.executemany("INSERT INTO embeddings (sample_id, model, part, status) VALUES (?, ?, ?, 'ok') "
+                                "ON CONFLICT DO NOTHING",
                                 [(int(i), model, num) for i in ids])
 
 
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     """Import every configured pair not yet imported into ``embeddings/<embed.model>/``.
 
-    Returns counters: pairs, pairs_skipped, rows, imported, unmatched, bad_vector,
+    Returns counters: pairs, pairs_skipped, rows, imported, unmatched, bad_vector (zero or
+    non-finite),
     samples_sharing_a_key (catalog samples with the same url/key get the same vector).
     """
-    from curate.stages.embed import normalise
+    from curate.feeder import normalise, vector_status
 
     model = cfg.embed.model
     folder = ws.embeddings_dir(model)
@@ -194,16 +197,18 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         normed, ok = normalise(np.asarray(vecs[rows[order]], dtype=np.float32))
         good_sids, good_vecs = sids[order][ok], normed[ok]
         bad_sids = sids[order][~ok]
+        bad_status = vector_status(np.asarray(vecs[rows[order][~ok]], dtype=np.float32)) if len(bad_sids) else []
         part = (list_parts(folder) or [-1])[-1] + 1
         if len(good_sids):
             srt = np.argsort(good_sids, kind="stable")
             write_part(folder, part, good_sids[srt], good_vecs[srt])
         with ws.transaction() as con:
             if len(good_sids):
-                con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, 'ok')", [(int(s), model, part) for s in good_sids])
+                con.executemany("INSERT INTO embeddings (sample_id, model, part, status) VALUES (?, ?, ?, 'ok')",
+                                [(int(s), model, part) for s in good_sids])
             if len(bad_sids):
-                con.executemany("INSERT INTO embeddings VALUES (?, ?, NULL, 'bad_vector')",
-                                [(int(s), model) for s in bad_sids])
+                con.executemany("INSERT INTO embeddings (sample_id, model, part, status) VALUES (?, ?, NULL, ?)",
+                                [(int(s), model, st) for s, st in zip(bad_sids, bad_status)])
             con.execute("INSERT INTO embedding_imports VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [model, uri, fp, len(keys), int(len(good_sids)), int(unmatched[0]), part if len(good_sids) else None])
         c["pairs"] += 1

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-QUERY_BLOCK = 16384
+QUERY_BLOCK = 16384  # query rows per faiss range search (bounds the result buffers)
+ADD_BLOCK = 65536  # rows converted to float32 and added to a faiss index at a time
 
 
 def _hashes_to_codes(hashes: np.ndarray) -> np.ndarray:
@@ -57,8 +58,12 @@ def cosine_pairs(vecs: np.ndarray, min_cosine: float) -> tuple[np.ndarray, np.nd
     """Pairs (i < j) of rows with cosine similarity ≥ ``min_cosine`` (exact search).
 
     Args:
-        vecs: float32 (n, d), L2-normalised (checked).
+        vecs: float (n, d) — float32, or float16 as stored (converted to C-contiguous float32
+            in blocks of ``ADD_BLOCK``/``QUERY_BLOCK`` rows) — L2-normalised (checked per block).
         min_cosine: threshold in [-1, 1].
+
+    Raises:
+        ValueError: a row is not L2-normalised (K13: exclude zero/NaN vectors first).
 
     Returns:
         (i int64 (m,), j int64 (m,), cosine float32 (m,)), sorted by (i, j).
@@ -68,15 +73,16 @@ def cosine_pairs(vecs: np.ndarray, min_cosine: float) -> tuple[np.ndarray, np.nd
     n = len(vecs)
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    x = np.ascontiguousarray(vecs, dtype=np.float32)
-    check_normalised(x)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    i, j, sims = _range_pairs(index, x, float(min_cosine) - 1e-4, min_value=min_cosine)
+    index = faiss.IndexFlatIP(vecs.shape[1])
+    for start in range(0, n, ADD_BLOCK):  # faiss gets C-contiguous float32 blocks, never one big copy
+        block = np.ascontiguousarray(vecs[start : start + ADD_BLOCK], dtype=np.float32)
+        check_normalised(block)
+        index.add(block)
+    i, j, sims = _range_pairs(index, vecs, float(min_cosine) - 1e-4, min_value=min_cosine, dtype=np.float32)
     return i, j, sims.astype(np.float32)
 
 
-def _range_pairs(index, x: np.ndarray, radius, min_value: float | None = None):
+def _range_pairs(index, x: np.ndarray, radius, min_value: float | None = None, dtype=None):
     """Range-search every row of ``x`` against ``index`` in bounded query blocks.
 
     Returns (i int64, j int64, value) for pairs i < j, sorted by (i, j); ``min_value`` drops
@@ -84,7 +90,7 @@ def _range_pairs(index, x: np.ndarray, radius, min_value: float | None = None):
     """
     out_i, out_j, out_v = [], [], []
     for start in range(0, len(x), QUERY_BLOCK):
-        q = x[start : start + QUERY_BLOCK]
+        q = x[start : start + QUERY_BLOCK] if dtype is None else np.ascontiguousarray(x[start : start + QUERY_BLOCK], dtype=dtype)
         lims, vals, labels = index.range_search(q, radius)
         rows = np.repeat(np.arange(start, start + len(q), dtype=np.int64), np.diff(lims).astype(np.int64))
         keep = labels > rows

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -86,12 +87,19 @@ class Mapping:
 
 
 def load_layouts(folder: Path | None = None) -> dict[str, Layout]:
-    """All layouts in ``folder`` (default: the shipped ``schemas/``), keyed by name.
+    """All layouts in ``folder`` (default: the shipped ``schemas/``), keyed by name; parsed
+    once per process and folder state.
 
     Raises:
         ConfigError: a layout file is invalid (file and line named).
     """
     folder = folder or shipped_dir("schemas")
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.yaml")))
+    return dict(_load_layouts(folder, stamp))
+
+
+@lru_cache(maxsize=8)
+def _load_layouts(folder: Path, _stamp: tuple) -> dict[str, Layout]:
     layouts = {}
     for p in sorted(folder.glob("*.yaml")):
         lay = load_model(Layout, p)

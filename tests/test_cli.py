@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from click.testing import CliRunner
 from PIL import Image
@@ -60,3 +63,27 @@ def test_flag_dry_run_and_report_escapes_captions(tmp_path):
     assert counts["laion-safety/stock-photo-caption"]["samples"] == 1
     html = (tmp_path / "ws" / "out" / "report" / "index.html").read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+
+
+def test_ingest_schema_option_and_mapping_on_stderr(tmp_path):
+    import shutil
+
+    from conftest import SHARED
+
+    src = SHARED / "laion-meta" / "cc3m_Validation_GCC-1.1.0-Validation.tsv"
+    if not src.is_file():
+        pytest.skip("needs ../shared/data")
+    lines = src.read_bytes().splitlines()[:5]
+    (tmp_path / "v.tsv").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "c.yaml").write_text("sources:\n  - name: cc\n    metadata: v.tsv\n")
+    env = {k: v for k, v in os.environ.items() if k != "CURATE_QUIET"}
+    r = subprocess.run([sys.executable, "-m", "curate", "-w", str(tmp_path / "ws"), "ingest", "-c", str(tmp_path / "c.yaml"),
+                        "--schema", "cc3m"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["counters"]["samples"] == 5
+    assert "layout cc3m: url→url, caption→caption" in r.stderr
+    shutil.rmtree(tmp_path / "ws")
+    r = subprocess.run([sys.executable, "-m", "curate", "-w", str(tmp_path / "ws"), "ingest", "-c", str(tmp_path / "c.yaml"),
+                        "--schema", "cc12m"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0  # forced layout: the URL column holds captions, every row rejected with a reason
+    assert json.loads(r.stdout)["counters"]["rejected_by_reason"] == {"invalid_url": 5}

@@ -117,5 +117,5 @@ def test_datacomp_npz_beside_its_parquet_joined_on_uid_and_zero_vector_rejected(
     c = api.run_one(ws, "embed", cfg)["counters"]
     assert (c["imported"], c["bad_vector"], c["dim"]) == (11, 1, 8)
     con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
-    bad = con.execute("SELECT s.key FROM embeddings e JOIN samples s USING (sample_id) WHERE e.status = 'bad_vector'").fetchall()
+    bad = con.execute("SELECT s.key FROM embeddings e JOIN samples s USING (sample_id) WHERE e.status = 'zero_vector'").fetchall()
     assert bad == [(uids[11],)]

@@ -305,3 +305,18 @@ def test_adding_a_file_ingests_only_that_file_and_workspace_outputs_never_inputs
     after = con.execute("SELECT sample_id, url FROM samples ORDER BY sample_id").fetchall()
     assert after[:2000] == before  # earlier samples keep their ids
     assert not con.execute("SELECT * FROM sources WHERE uri LIKE '%/ws/%'").fetchall()
+
+
+def test_integer_columns_that_overflow_get_notes_not_wraparound(tmp_path):
+    pq.write_table(pa.table({
+        "URL": ["https://a.example/1", "https://a.example/2"], "TEXT": ["a", "b"],
+        "WIDTH": pa.array([640, 3_000_000_000], pa.int64()), "HEIGHT": pa.array([480, 7], pa.uint16()),
+        "similarity": [0.3, 0.3], "hash": pa.array([5, 2**63 + 1], pa.uint64()),
+        "punsafe": pa.array([0.1, 0.2], pa.float64()), "pwatermark": pa.array([1, 0], pa.int32()),
+    }), tmp_path / "o.parquet")
+    con = _ingest(tmp_path, [{"name": "o", "metadata": "o.parquet"}])
+    rows = con.execute("SELECT width, height, laion_hash, pwatermark, notes FROM samples ORDER BY sample_id").fetchall()
+    assert rows[0] == (640, 480, 5, 1.0, [])
+    assert rows[1][:4] == (None, 7, None, 0.0)
+    assert rows[1][4] == ["not_integer(width): 3000000000 does not fit INTEGER; stored NULL",
+                          "not_bigint(laion_hash): 9223372036854775809 does not fit BIGINT; stored NULL"]

@@ -89,13 +89,22 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             counters["phash_hashed"] = len(ids)
             counters["edges"]["phash"] = _add_edges(ws, ids[i], ids[j], "phash", d)
         if dc.embedding_min_cosine is not None:
-            ok = {r[0] for r in ws.q("SELECT sample_id FROM embeddings WHERE model = ? AND status = 'ok'", [cfg.embed.model])}
-            ids, vecs = load_all(ws.embeddings_dir(cfg.embed.model), only=ok)
+            from curate.stages.embed import image_key
+
+            key = image_key(cfg)  # model + preprocessing identity: only vectors of the current config
+            ok = {r[0] for r in ws.q("SELECT sample_id FROM embeddings WHERE model = ? AND status = 'ok'", [key])}
+            ids, vecs = load_all(ws.embeddings_dir(key), only=ok, dtype=np.float16)
+            if len(ids):  # K13: a row that is not finite and unit-length is excluded and counted
+                norms = np.linalg.norm(vecs.astype(np.float32), axis=1)
+                good = np.isfinite(norms) & (np.abs(norms - 1.0) <= 1e-2)
+                counters["embedding_vectors_excluded"] = int((~good).sum())
+                ids, vecs = ids[good], vecs[good]
+            counters["embedding_key"] = key
             counters["embedded_searched"] = len(ids)
             i, j, s = cosine_pairs(vecs, dc.embedding_min_cosine) if len(ids) else (np.zeros(0, int),) * 3
             counters["edges"]["embedding"] = _add_edges(ws, ids[i], ids[j], "embedding", 1.0 - np.asarray(s, np.float64))
-        ea = np.array([r[0] for r in ws.q("SELECT a FROM dup_edges")], np.int64)
-        eb = np.array([r[0] for r in ws.q("SELECT b FROM dup_edges")], np.int64)
+        edges = con.execute("SELECT a, b FROM dup_edges").fetchnumpy()  # one query: a[k] and b[k] stay paired
+        ea, eb = np.asarray(edges["a"], np.int64), np.asarray(edges["b"], np.int64)
         nodes, cids = components(np.zeros(0, np.int64), ea, eb)
         t = pa.table({"sample_id": pa.array(nodes, pa.int64()), "cluster_id": pa.array(cids, pa.int64())})
         con.register("_members", t)

@@ -1,167 +1,339 @@
-"""embed: image embeddings → ``embeddings/<model>/part-*.npy`` (+ ``embeddings`` table rows).
+"""embed: image (and caption) embeddings → ``embeddings/<key>/part-*.npy`` + ``embeddings`` rows.
 
-Images are decoded by :mod:`curate.images` in DataLoader worker processes (JPEG draft mode
-at the model's input size) while the model runs in the main process. Features are
-L2-normalised and stored as float16. Vectors with a non-finite value or a norm below 1e-6
-are not stored; their sample gets status ``bad_vector`` (case K13) so cosine thresholds
-later mean what they say.
+**Key.** Vectors are stored under a key = model name + ``@`` + 12 hex digits of the
+preprocessing identity (:attr:`curate.models.ModelSpec.key`; captions:
+``text:<model>@…``). Changing the model *or* anything that changes the pixels the model
+sees (border trimming, JPEG draft decoding, SSCD preset, the model's input size/mean/std,
+curate's preprocessing version) gives a new key, so old vectors are never mixed with new
+ones; switching back finds the old ones again. ``embeddings.model`` holds the key.
 
-Resumable: parts are atomic; at start, parts on disk that the catalog does not know yet
-(a run killed between writing a part and recording it) are recorded, not recomputed.
+**Work plan.** The samples to embed (image status 'ok', no ``embeddings`` row for the key),
+in ``sample_id`` order, are cut into chunks of ``part_rows``; chunk *k* becomes part
+``first + k``: its vectors (ids + float16 rows) and, in ``part-NNNNN.meta.json``, the
+samples that got no vector and why. Batches never straddle a chunk, so a chunk's vectors
+depend only on its samples (never on where a run started). Each chunk's catalog rows are
+committed in one transaction after its files are renamed into place.
+
+**Resume.** A run killed at any point (SIGKILL included) leaves complete parts (atomic
+renames) and at most temp files. The next run removes temp files, records parts the catalog
+does not know yet (ids → 'ok', meta → failures), forgets catalog rows whose part files are
+gone, and embeds only the remaining samples — from the start of the interrupted chunk, with
+the same chunk boundaries and part numbers, so it writes the same parts, byte for byte, as
+an uninterrupted run, and recomputes nothing that was finished.
+
+**Throughput.** ``num_workers`` DataLoader processes read and decode (:mod:`curate.images`,
+JPEG draft mode at the model's input size) and preprocess to uint8 (3, H, W) tensors; the
+main process moves each batch to the device (pinned memory on GPU), normalises it there
+and runs the model (bf16/fp16 autocast on GPU), while 2–4 batches per worker are
+prefetched. Counters report the time spent waiting for data (``data_wait_s``) against the
+model's time.
+
+**K13.** Raw features are L2-normalised in float32; rows with a NaN/inf value get status
+``nonfinite_vector`` and rows with norm < 1e-6 ``zero_vector``; neither is stored, so every
+stored row has unit norm and a cosine threshold means what it says.
+
+**Captions** (``caption_model``): the same chunked, resumable scheme over every sample with
+its caption (``no_caption`` when NULL or blank). With an open_clip caption model equal to
+the image model, table ``image_text`` gets ``similarity`` = cosine(image vector, caption
+vector) of the stored (float16) vectors per sample, like LAION's CLIP ``similarity`` column.
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from curate.catalog import Workspace
 from curate.config import RunConfig
-from curate.embstore import list_parts, read_part_ids, write_part
+from curate.embstore import (clean_temp, list_parts, lookup, read_part_ids, read_part_meta, read_store_meta,
+                             write_part, write_store_meta)
+from curate.feeder import MIN_NORM, ImageDataset, chunk_batches, collate, forward, normalise, vector_status  # noqa: F401
 from curate.progress import bar
 
-MIN_NORM = 1e-6
+
+# -- catalog ---------------------------------------------------------------------------------
+
+def _insert_rows(ws: Workspace, rows: list[tuple], sims: list[tuple] | None = None) -> None:
+    """In one transaction: ``embeddings`` rows (sample_id, key, part, status) and
+    ``image_text`` rows (sample_id, image key, caption key, similarity)."""
+    if not rows and not sims:
+        return
+    import pyarrow as pa
+
+    with ws.transaction() as con:
+        if rows:
+            cols = list(zip(*rows))
+            t = pa.table({
+                "sample_id": pa.array(cols[0], pa.int64()), "model": pa.array(cols[1], pa.string()),
+                "part": pa.array(cols[2], pa.int32()), "status": pa.array(cols[3], pa.string()),
+            })
+            con.register("_emb_rows", t)
+            try:
+                con.execute("INSERT INTO embeddings (sample_id, model, part, status) "
+                            "SELECT sample_id, model, part, status FROM _emb_rows ON CONFLICT DO NOTHING")
+            finally:
+                con.unregister("_emb_rows")
+        if sims:
+            cols = list(zip(*sims))
+            t = pa.table({
+                "sample_id": pa.array(cols[0], pa.int64()), "image_model": pa.array(cols[1], pa.string()),
+                "caption_model": pa.array(cols[2], pa.string()), "similarity": pa.array(cols[3], pa.float64()),
+            })
+            con.register("_sim_rows", t)
+            try:
+                con.execute("INSERT INTO image_text SELECT * FROM _sim_rows ON CONFLICT DO NOTHING")
+            finally:
+                con.unregister("_sim_rows")
 
 
-class _Dataset:
-    """Map-style dataset: index → (sample_id, tensor or None, status)."""
-
-    def __init__(self, items: list[tuple[int, str]], preprocess, max_pixels: int):
-        self.items, self.preprocess, self.max_pixels = items, preprocess, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        from curate.images import decode, read_ref
-
-        sid, ref = self.items[i]
-        d = decode(read_ref(ref), max_pixels=self.max_pixels, draft=self.preprocess.resize)
-        if d.status != "ok":
-            return sid, None, d.status
-        try:
-            return sid, self.preprocess(d.rgb), "ok"
-        except Exception as e:  # noqa: BLE001
-            return sid, None, f"preprocess_error: {type(e).__name__}"
-
-
-def _collate(batch):
-    import torch
-
-    ok = [(s, t) for s, t, st in batch if t is not None]
-    bad = [(s, st) for s, t, st in batch if t is None]
-    x = torch.stack([t for _, t in ok]) if ok else None
-    return [s for s, _ in ok], x, bad
+def _reconcile(ws: Workspace, key: str, folder: Path) -> dict[str, int]:
+    """Make the catalog agree with the parts on disk (see module doc, *Resume*)."""
+    removed_tmp = clean_temp(folder)
+    on_disk = set(list_parts(folder))
+    known = {r[0] for r in ws.q("SELECT DISTINCT part FROM embeddings WHERE model = ? AND part IS NOT NULL", [key])}
+    gone = sorted(known - on_disk)
+    if gone:
+        with ws.transaction() as con:
+            con.execute(f"DELETE FROM embeddings WHERE model = ? AND part IN ({','.join(map(str, gone))})", [key])
+    recovered = 0
+    for num in sorted(on_disk - known):
+        ids = read_part_ids(folder, num)
+        meta = read_part_meta(folder, num) or {}
+        rows = [(int(i), key, num, "ok") for i in ids]
+        rows += [(int(s), key, num, st) for s, st in meta.get("failed", [])]
+        sims = meta.get("similarity")  # caption parts of an open_clip model: [image key, [cosine or null]]
+        sim_rows = ([(int(i), sims[0], key, x) for i, x in zip(ids.tolist(), sims[1]) if x is not None]
+                    if sims else [])
+        _insert_rows(ws, rows, sim_rows)
+        recovered += len(rows)
+    return {"recovered_rows": recovered, "forgotten_parts": len(gone), "temp_files_removed": removed_tmp}
 
 
-def normalise(vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalise rows of float (n, d); return (normalised float32, ok mask (n,) bool).
+# -- stage -----------------------------------------------------------------------------------
 
-    Rows with non-finite values or norm < 1e-6 are marked not ok (left as zeros).
-    """
-    v = np.asarray(vecs, dtype=np.float32)
-    finite = np.isfinite(v).all(axis=1)
-    v = np.where(finite[:, None], v, 0.0)
-    n = np.linalg.norm(v, axis=1)
-    ok = finite & (n >= MIN_NORM)
-    out = np.zeros_like(v)
-    out[ok] = v[ok] / n[ok, None]
-    return out, ok
+def image_spec(cfg: RunConfig):
+    from curate.models import resolve_image_model
+
+    ec = cfg.embed
+    return resolve_image_model(ec.model, preset=ec.preprocess, trim_border=ec.trim_border, jpeg_draft=ec.jpeg_draft)
+
+
+def image_key(cfg: RunConfig) -> str:
+    """The embedding key the current config writes and dedup reads (``precomputed:<name>``
+    as is: those vectors were made elsewhere, see :mod:`curate.embimport`)."""
+    if cfg.embed.model.startswith("precomputed:"):
+        return cfg.embed.model
+    return image_spec(cfg).key
+
+
+def caption_key(cfg: RunConfig) -> str | None:
+    from curate.models import text_key
+
+    return text_key(cfg.embed.caption_model) if cfg.embed.caption_model else None
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
+    from curate.models import text_identity
+
+    cm = cfg.embed.caption_model
+    caption = text_identity(cm) if cm else None
     if cfg.embed.model.startswith("precomputed:"):  # imported files: re-run when one is added or changes
         from curate.catalog import file_fingerprint
         from curate.embimport import pairs
 
-        return [(str(v), file_fingerprint(v), str(m) if m else None) for spec in cfg.embed.precomputed
-                for v, m in pairs(cfg, spec)]
-    return None
+        return {"image": [(str(v), file_fingerprint(v), str(m) if m else None) for spec in cfg.embed.precomputed
+                          for v, m in pairs(cfg, spec)], "caption": caption}
+    return {"image": image_spec(cfg).identity(), "caption": caption}
 
 
-def _reconcile(ws: Workspace, model: str, folder) -> int:
-    known = {r[0] for r in ws.q("SELECT DISTINCT part FROM embeddings WHERE model = ? AND part IS NOT NULL", [model])}
-    added = 0
-    for num in list_parts(folder):
-        if num in known:
-            continue
-        ids = read_part_ids(folder, num)
-        with ws.transaction() as con:
-            con.executemany(
-                "INSERT INTO embeddings VALUES (?, ?, ?, 'ok') ON CONFLICT DO NOTHING",
-                [(int(i), model, num) for i in ids],
-            )
-        added += len(ids)
-    return added
+def _next_part(folder: Path) -> int:
+    return (list_parts(folder) or [-1])[-1] + 1
 
 
-def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
-    import torch
+def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any], model_box: dict) -> None:
     from torch.utils.data import DataLoader
 
     from curate.models import load_image_model
 
     ec = cfg.embed
+    key = spec.key
+    folder = ws.embeddings_dir(key)
+    counters.update(_reconcile(ws, key, folder))
+    todo = ws.q(
+        "SELECT s.sample_id, s.image_ref FROM samples s JOIN images i USING (sample_id) "
+        "WHERE i.status = 'ok' AND s.image_ref IS NOT NULL "
+        "AND s.sample_id NOT IN (SELECT sample_id FROM embeddings WHERE model = ?) ORDER BY s.sample_id",
+        [key],
+    )
+    counters.update(embedded=0, failed={}, parts_written=0)
+    if not todo:
+        return
+    model = load_image_model(ec.model, ec.device, preset=ec.preprocess, trim_border=ec.trim_border,
+                             jpeg_draft=ec.jpeg_draft, precision=ec.precision)
+    model_box["image"] = model
+    counters.update(device=model.device, precision=model.precision, dim=model.dim, model_description=model.description)
+    if read_store_meta(folder) is None:
+        write_store_meta(folder, {"key": key, "kind": "image", "dim": model.dim, "description": model.description,
+                                  **spec.identity()})
+    batches = chunk_batches(len(todo), ec.part_rows, ec.batch_size)
+    loader = DataLoader(
+        ImageDataset(todo, model.preprocess, cfg.hash.max_pixels), batch_sampler=batches,
+        num_workers=ec.num_workers, collate_fn=collate, pin_memory=model.device == "cuda",
+        # batches in flight: 4 per worker for small batches, 2 for GPU-sized ones (shared memory)
+        prefetch_factor=max(2, min(4, 256 // ec.batch_size)) if ec.num_workers else None,
+    )
+    first = _next_part(folder)
+    chunk_ids: list[int] = []
+    chunk_vecs: list[np.ndarray] = []
+    chunk_failed: list[tuple[int, str]] = []
+    wait = model_s = 0.0
+    t_loop = time.perf_counter()
+    it = iter(loader)
+    with bar(total=len(todo), desc=f"embed {ec.model}", unit="img") as pb:
+        for b, idx in enumerate(batches):
+            t0 = time.perf_counter()
+            sids, x, bad = next(it)
+            t1 = time.perf_counter()
+            wait += t1 - t0
+            if x is not None:
+                feats = forward(model, x)
+                model_s += time.perf_counter() - t1
+                vecs, _ = normalise(feats)
+                for sid, v, st in zip(sids, vecs, vector_status(feats)):
+                    if st == "ok":
+                        chunk_ids.append(sid)
+                        chunk_vecs.append(v)
+                    else:
+                        chunk_failed.append((sid, st))
+            chunk_failed.extend(bad)
+            pb.update(len(idx))
+            if b == 0:  # worker start-up and the model's first-call set-up end here
+                t_first, wait_first = time.perf_counter(), wait
+            chunk = idx[0] // ec.part_rows
+            if b + 1 == len(batches) or batches[b + 1][0] // ec.part_rows != chunk:
+                num = first + chunk
+                ids = np.asarray(chunk_ids, np.int64)
+                v = np.stack(chunk_vecs) if chunk_vecs else np.zeros((0, model.dim), np.float32)
+                failed = sorted(chunk_failed)
+                write_part(folder, num, ids, v, meta={"key": key, "failed": [list(f) for f in failed]})
+                _insert_rows(ws, [(int(i), key, num, "ok") for i in ids] + [(s, key, num, st) for s, st in failed])
+                counters["embedded"] += len(ids)
+                counters["parts_written"] += 1
+                for _, st in failed:
+                    counters["failed"][st] = counters["failed"].get(st, 0) + 1
+                chunk_ids, chunk_vecs, chunk_failed = [], [], []
+    t_end = time.perf_counter()
+    loop_s = t_end - t_loop
+    counters.update(seconds_embedding=round(loop_s, 3), images_per_s=round(len(todo) / max(loop_s, 1e-9), 2),
+                    data_wait_s=round(wait, 3), model_s=round(model_s, 3),
+                    data_wait_fraction=round(wait / max(loop_s, 1e-9), 4))
+    if len(batches) > 1:  # steady state: after the first batch (start-up is paid once per run)
+        rest = len(todo) - len(batches[0])
+        counters.update(images_per_s_after_first_batch=round(rest / max(t_end - t_first, 1e-9), 2),
+                        data_wait_fraction_after_first_batch=round((wait - wait_first) / max(t_end - t_first, 1e-9), 4))
+
+
+def _embed_captions(ws: Workspace, cfg: RunConfig, key: str, counters: dict[str, Any], model_box: dict) -> None:
+    from curate.models import load_text_model
+
+    ec = cfg.embed
+    folder = ws.embeddings_dir(key)
+    counters.update(_reconcile(ws, key, folder))
+    todo = ws.q(
+        "SELECT sample_id, caption FROM samples WHERE sample_id NOT IN "
+        "(SELECT sample_id FROM embeddings WHERE model = ?) ORDER BY sample_id", [key])
+    counters.update(embedded=0, no_caption=0, failed={}, parts_written=0)
+    if not todo:
+        return
+    img = model_box.get("image")
+    same_clip = ec.caption_model == ec.model and ec.model.startswith("open_clip:")
+    if same_clip and img is not None and img.text is not None:
+        model = img.text
+    else:
+        model = load_text_model(ec.caption_model, ec.device, ec.precision)
+    counters.update(device=model.device, dim=model.dim, model_description=model.description)
+    if read_store_meta(folder) is None:
+        write_store_meta(folder, {"key": key, "kind": "caption", "dim": model.dim, "description": model.description,
+                                  "identity": model.identity})
+    img_key = image_key(cfg)
+    img_folder = ws.embeddings_dir(img_key) if same_clip else None
+    first = _next_part(folder)
+    batches = chunk_batches(len(todo), ec.part_rows, ec.caption_batch_size)
+    chunk_ids: list[int] = []
+    chunk_vecs: list[np.ndarray] = []
+    chunk_failed: list[tuple[int, str]] = []
+    t_loop = time.perf_counter()
+    with bar(total=len(todo), desc=f"captions {ec.caption_model}", unit="cap") as pb:
+        for b, idx in enumerate(batches):
+            items = [todo[i] for i in idx]
+            texts = [(sid, cap) for sid, cap in items if cap is not None and cap.strip()]
+            chunk_failed += [(sid, "no_caption") for sid, cap in items if cap is None or not cap.strip()]
+            if texts:
+                feats = model.encode([c for _, c in texts])
+                vecs, _ = normalise(feats)
+                for (sid, _), v, st in zip(texts, vecs, vector_status(feats)):
+                    if st == "ok":
+                        chunk_ids.append(sid)
+                        chunk_vecs.append(v)
+                    else:
+                        chunk_failed.append((sid, st))
+            pb.update(len(idx))
+            chunk = idx[0] // ec.part_rows
+            if b + 1 == len(batches) or batches[b + 1][0] // ec.part_rows != chunk:
+                num = first + chunk
+                ids = np.asarray(chunk_ids, np.int64)
+                v = np.stack(chunk_vecs) if chunk_vecs else np.zeros((0, model.dim), np.float32)
+                sims: list[float | None] = [None] * len(ids)
+                if img_folder is not None and len(ids):
+                    found, iv = lookup(img_folder, ids)
+                    tv = v.astype(np.float16).astype(np.float32)  # the stored vectors
+                    s = (iv * tv).sum(axis=1)
+                    sims = [float(x) if f else None for x, f in zip(s.tolist(), found.tolist())]
+                failed = sorted(chunk_failed)
+                meta = {"key": key, "failed": [list(f) for f in failed]}
+                if img_folder is not None:
+                    meta["similarity"] = [img_key, sims]
+                write_part(folder, num, ids, v, meta=meta)
+                _insert_rows(ws, [(int(i), key, num, "ok") for i in ids] + [(s_, key, num, st) for s_, st in failed],
+                             [(int(i), img_key, key, sm) for i, sm in zip(ids.tolist(), sims) if sm is not None])
+                counters["embedded"] += len(ids)
+                counters["parts_written"] += 1
+                for _, st in failed:
+                    if st == "no_caption":
+                        counters["no_caption"] += 1
+                    else:
+                        counters["failed"][st] = counters["failed"].get(st, 0) + 1
+                chunk_ids, chunk_vecs, chunk_failed = [], [], []
+    loop_s = time.perf_counter() - t_loop
+    counters.update(seconds_embedding=round(loop_s, 3), captions_per_s=round(len(todo) / max(loop_s, 1e-9), 2))
+
+
+def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
+    ec = cfg.embed
+    model_box: dict = {}
     if ec.model.startswith("precomputed:"):  # vectors made elsewhere, joined by key (K14)
         from curate import embimport
 
-        return embimport.run(ws, cfg)
-    folder = ws.embeddings_dir(ec.model)
-    recovered = _reconcile(ws, ec.model, folder)
-    todo = ws.q(
-        "SELECT s.sample_id, s.image_ref FROM samples s JOIN images i USING (sample_id) "
-        "WHERE i.status = 'ok' AND s.sample_id NOT IN (SELECT sample_id FROM embeddings WHERE model = ?) "
-        "ORDER BY s.sample_id",
-        [ec.model],
-    )
-    counters: dict[str, Any] = {"model": ec.model, "recovered_from_parts": recovered, "embedded": 0, "bad_vector": 0, "failed": 0}
-    if todo:
-        model = load_image_model(ec.model, ec.device)
-        counters.update(device=model.device, dim=model.dim, model_description=model.description)
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        loader = DataLoader(
-            _Dataset(todo, model.preprocess, cfg.hash.max_pixels), batch_size=ec.batch_size,
-            num_workers=ec.num_workers, collate_fn=_collate, pin_memory=model.device == "cuda",
-            persistent_workers=False, prefetch_factor=4 if ec.num_workers else None,
-        )
-        next_part = (list_parts(folder) or [-1])[-1] + 1
-        buf_ids: list[int] = []
-        buf_vecs: list[np.ndarray] = []
-        status_rows: list[tuple] = []
-
-        def flush(final: bool = False) -> None:
-            nonlocal next_part, buf_ids, buf_vecs, status_rows
-            if buf_ids and (final or len(buf_ids) >= ec.part_rows):
-                ids = np.asarray(buf_ids, np.int64)
-                vecs = np.concatenate(buf_vecs)
-                write_part(folder, next_part, ids, vecs)
-                with ws.transaction() as con:
-                    con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, 'ok')", [(int(i), ec.model, next_part) for i in ids])
-                counters["embedded"] += len(ids)
-                next_part += 1
-                buf_ids, buf_vecs = [], []
-            if status_rows and (final or len(status_rows) >= 1024):
-                with ws.transaction() as con:
-                    con.executemany("INSERT INTO embeddings VALUES (?, ?, NULL, ?)", status_rows)
-                status_rows = []
-
-        with bar(total=len(todo), desc=f"embed {ec.model}", unit="img") as pb:
-            for sids, x, bad in loader:
-                if x is not None:
-                    feats, ok = normalise(model.forward(x))
-                    for sid, f, good in zip(sids, feats, ok):
-                        if good:
-                            buf_ids.append(sid)
-                            buf_vecs.append(f[None].astype(np.float16))
-                        else:
-                            status_rows.append((sid, ec.model, "bad_vector"))
-                            counters["bad_vector"] += 1
-                for sid, st in bad:
-                    status_rows.append((sid, ec.model, st))
-                    counters["failed"] += 1
-                pb.update(len(sids) + len(bad))
-                flush()
-        flush(final=True)
-    counters["total_embedded"] = int(ws.scalar("SELECT count(*) FROM embeddings WHERE model = ? AND status = 'ok'", [ec.model]))
-    counters["parts"] = len(list_parts(folder))
+        counters = embimport.run(ws, cfg)
+    else:
+        spec = image_spec(cfg)
+        key = spec.key
+        counters = {"model": ec.model, "key": key}
+        _embed_images(ws, cfg, spec, counters, model_box)
+        counters["total_embedded"] = int(ws.scalar(
+            "SELECT count(*) FROM embeddings WHERE model = ? AND status = 'ok'", [key]))
+        counters["parts"] = len(list_parts(ws.embeddings_dir(key)))
+    ck = caption_key(cfg)
+    if ck:
+        cap: dict[str, Any] = {"model": ec.caption_model, "key": ck}
+        _embed_captions(ws, cfg, ck, cap, model_box)
+        cap["total_embedded"] = int(ws.scalar(
+            "SELECT count(*) FROM embeddings WHERE model = ? AND status = 'ok'", [ck]))
+        sim = ws.q("SELECT count(*), avg(similarity) FROM image_text WHERE caption_model = ? AND image_model = ?",
+                   [ck, image_key(cfg)])[0]
+        if sim[0]:
+            cap.update(with_similarity=int(sim[0]), mean_similarity=round(float(sim[1]), 4))
+        counters["captions"] = cap
     return counters

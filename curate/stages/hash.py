@@ -1,12 +1,14 @@
 """hash: sha256 of the image bytes, decode status, and pHash → ``images``.
 
-pHash is imagededup's perceptual hash (``imagededup.methods.PHash``: grayscale, 32×32
-resize, 2-D DCT, top-left 8×8 block against its median → 64 bits), computed on the pixels
-our loader decoded (:mod:`curate.images`: EXIF orientation applied, every mode normalised
-to RGB), so orientation variants hash alike. Stored as UBIGINT, most significant bit = first
-hex digit of imagededup's 16-character string.
+pHash is imagededup's perceptual hash, bit for bit (:mod:`curate.phash`: 32×32 LANCZOS
+grayscale, 2-D DCT, top-left 8×8 block against its median → 64 bits), computed on the
+pixels our loader decoded (:mod:`curate.images`: EXIF orientation applied, transparency
+composited, every mode normalised), so orientation variants hash alike. Stored as UBIGINT,
+most significant bit = first hex digit of imagededup's 16-character string.
 
-Work is committed in batches; a killed run resumes with the samples that have no
+Decoding runs in ``hash.workers`` processes; each takes a run of samples, decodes them one by
+one inside the loader's guard, and hashes the run in one vectorised DCT. Rows are committed
+in batches of ``hash.batch_size``; a killed run resumes with the samples that have no
 ``images`` row yet (nothing hashed twice, nothing lost).
 """
 from __future__ import annotations
@@ -14,43 +16,51 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import numpy as np
+
 from curate.catalog import Workspace
 from curate.config import RunConfig
-from curate.images import decode, read_ref
+from curate.images import open_image, read_ref
+from curate.phash import gray32, phash_batch
 from curate.progress import bar
 
-_PHASHER = None
 
+def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
+    """(sample_id, image_ref) pairs → ``images`` rows, pHashes computed as one batch.
 
-def phash_of(rgb) -> int:
-    """imagededup pHash of a uint8 (h, w, 3) array, as an int in [0, 2**64)."""
-    global _PHASHER
-    if _PHASHER is None:
-        from imagededup.methods import PHash
-
-        _PHASHER = PHash(verbose=False)
-    return int(_PHASHER.encode_image(image_array=rgb), 16)
+    Returns:
+        one tuple per item in the ``images`` column order (see ``_SCHEMA``); never raises for a
+        bad image (its status says why).
+    """
+    rows: list[list] = []
+    grays: list[np.ndarray] = []
+    with_gray: list[int] = []
+    for sid, ref in items:
+        data = read_ref(ref)
+        d, im = open_image(data, max_pixels=max_pixels)
+        sha = hashlib.sha256(data).hexdigest() if data is not None else None
+        if im is not None:
+            try:
+                grays.append(gray32(im))
+                with_gray.append(len(rows))
+            except Exception as e:  # noqa: BLE001 - never lose the row over its hash
+                d.notes.append(f"phash_failed: {type(e).__name__}: {e}")
+        rows.append([sid, d.status, d.detail, None if data is None else len(data), sha, None, d.width, d.height,
+                     d.raw_width, d.raw_height, d.mode, d.format, d.orientation, d.notes])
+    if grays:
+        for k, h in zip(with_gray, phash_batch(np.stack(grays)).tolist()):
+            rows[k][5] = int(h)
+    return [tuple(r) for r in rows]
 
 
 def hash_one(item: tuple[int, str], max_pixels: int) -> tuple:
-    """(sample_id, image_ref) → one ``images`` row (see the table's columns)."""
-    sid, ref = item
-    data = read_ref(ref)
-    d = decode(data, max_pixels=max_pixels)
-    sha = hashlib.sha256(data).hexdigest() if data is not None else None
-    ph = None
-    if d.status == "ok":
-        try:
-            ph = phash_of(d.rgb)
-        except Exception as e:  # noqa: BLE001 - imagededup rejects some arrays (e.g. 1×1)
-            d.notes.append(f"phash_failed: {type(e).__name__}: {e}")
-    return (sid, d.status, d.detail, None if data is None else len(data), sha, ph, d.width, d.height,
-            d.raw_width, d.raw_height, d.mode, d.format, d.orientation, d.notes)
+    """(sample_id, image_ref) → one ``images`` row (see :func:`hash_items`)."""
+    return hash_items([item], max_pixels)[0]
 
 
 def _work(args):
     items, max_pixels = args
-    return [hash_one(it, max_pixels) for it in items]
+    return hash_items(items, max_pixels)
 
 
 _SCHEMA = None
@@ -88,7 +98,6 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         "WHERE s.image_ref IS NOT NULL ORDER BY s.sample_id"
     )
     bs = cfg.hash.batch_size
-    chunks = [todo[i : i + bs] for i in range(0, len(todo), bs)]
     hashed = 0
     pool = None
     if cfg.hash.workers > 0 and len(todo) > 64:
@@ -96,14 +105,22 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
 
         pool = mp.get_context("fork").Pool(cfg.hash.workers)
     try:
-        sub = max(8, bs // max(1, 4 * (cfg.hash.workers or 1)))
+        # runs of `sub` samples stream through the workers (in order) while the main process
+        # commits every `bs` rows, so workers never wait for a commit
+        sub = max(8, min(64, bs // max(1, 2 * (cfg.hash.workers or 1))))
+        pieces = ((todo[i : i + sub], cfg.hash.max_pixels) for i in range(0, len(todo), sub))
+        pending: list[tuple] = []
         with bar(total=len(todo), desc="hash", unit="img") as pb:
-            for chunk in chunks:
-                pieces = [(chunk[i : i + sub], cfg.hash.max_pixels) for i in range(0, len(chunk), sub)]
-                results = [r for part in (pool.imap(_work, pieces) if pool else map(_work, pieces)) for r in part]
-                _insert(ws, results)
-                hashed += len(results)
-                pb.update(len(results))
+            for part in (pool.imap(_work, pieces) if pool else map(_work, pieces)):
+                pending.extend(part)
+                pb.update(len(part))
+                if len(pending) >= bs:
+                    _insert(ws, pending)
+                    hashed += len(pending)
+                    pending = []
+            if pending:
+                _insert(ws, pending)
+                hashed += len(pending)
     finally:
         if pool:
             pool.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 from curate.catalog import Workspace, atomic_write_bytes
 from curate.config import RunConfig
-from curate.images import decode, read_ref
+from curate.images import open_image, read_ref
 from curate.stages.export import summary
 
 
@@ -28,10 +28,9 @@ def thumbnail(image_ref: str | None, px: int, max_pixels: int) -> tuple[str | No
 
     if not image_ref:
         return None, "no image"
-    d = decode(read_ref(image_ref), max_pixels=max_pixels, draft=px)
-    if d.status != "ok":
+    d, im = open_image(read_ref(image_ref), max_pixels=max_pixels, draft=px)
+    if im is None:
         return None, d.status
-    im = Image.fromarray(d.rgb)
     im.thumbnail((px, px), Image.BICUBIC)
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=80)

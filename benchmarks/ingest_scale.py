@@ -1,0 +1,182 @@
+"""Ingest at LAION scale: N LAION-400M-style rows over F parquet files, against a bare DuckDB
+``CREATE TABLE AS SELECT * FROM read_parquet(...)`` of the same files, measured in one run.
+
+Captions and URLs are sampled from the real files in ../shared/data/laion-meta (img2dataset's
+test_10000.parquet, the CC3M validation TSV, fondant-cc-25m), made unique per row with a query
+string. Each side runs in its own process (peak RSS = that process's ru_maxrss), with the
+same DuckDB thread count and a fresh database file.
+
+Run by hand (takes a few minutes at 10M rows on 2 cores)::
+
+    .venv/bin/python benchmarks/ingest_scale.py --rows 10000000 --files 25 --write-docs
+
+``--write-docs`` replaces the "Ingest (issue #3)" section of docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data" / "laion-meta"
+SECTION = "## Ingest (issue #3)"
+
+
+def real_pool() -> tuple[list[str], list[str]]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(SHARED / "img2dataset_test_10000.parquet")
+    urls, caps = t.column("URL").to_pylist(), t.column("TEXT").to_pylist()
+    for line in (SHARED / "cc3m_Validation_GCC-1.1.0-Validation.tsv").read_text().splitlines():
+        c, _, u = line.partition("\t")
+        caps.append(c)
+        urls.append(u)
+    f = pq.read_table(SHARED / "fondant_cc25m_1000.parquet", columns=["url", "alt+text"])
+    urls += f.column("url").to_pylist()
+    caps += [c or "" for c in f.column("alt+text").to_pylist()]
+    keep = [i for i, u in enumerate(urls) if u and u.startswith("http")]
+    return [urls[i] for i in keep], [caps[i] for i in keep]
+
+
+def generate(folder: Path, rows: int, files: int, seed: int = 0) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    urls, caps = real_pool()
+    ua, ca = pa.array(urls), pa.array(caps)
+    rng = np.random.default_rng(seed)
+    per = -(-rows // files)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for f in range(files):
+        n = min(per, rows - start)
+        if n <= 0:
+            break
+        iu = pa.array(rng.integers(0, len(urls), n))
+        ic = pa.array(rng.integers(0, len(caps), n))
+        ids = np.arange(start, start + n, dtype=np.int64)
+        suffix = pc.binary_join_element_wise("?r=", pc.cast(pa.array(ids), pa.string()), "")
+        t = pa.table({
+            "SAMPLE_ID": pa.array(ids),
+            "URL": pc.binary_join_element_wise(ua.take(iu), suffix, ""),
+            "TEXT": ca.take(ic),
+            "HEIGHT": pa.array(rng.integers(64, 2048, n).astype(np.int32)),
+            "WIDTH": pa.array(rng.integers(64, 2048, n).astype(np.int32)),
+            "LICENSE": pa.array(np.where(rng.random(n) < 0.9, "?", "by-sa")),
+            "NSFW": pa.array(np.where(rng.random(n) < 0.95, "UNLIKELY", "UNSURE")),
+            "similarity": pa.array(rng.uniform(0.28, 0.45, n)),
+        })
+        pq.write_table(t, folder / f"part-{f:05d}.parquet", row_group_size=128_000)
+        start += n
+
+
+BASELINE = r"""
+import duckdb, resource, sys, time
+con = duckdb.connect(sys.argv[1]); con.execute(f"SET threads = {int(sys.argv[3])}")
+con.execute("SET enable_progress_bar = false")
+t = time.perf_counter()
+con.execute(f"CREATE TABLE t AS SELECT * FROM read_parquet('{sys.argv[2]}/*.parquet')")
+n = con.execute("SELECT count(*) FROM t").fetchall()[0][0]
+con.close()
+print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, n)
+"""
+
+CURATE = r"""
+import resource, sys, time
+from curate import api
+from curate.config import RunConfig
+cfg = RunConfig.model_validate({"sources": [{"name": "laion", "metadata": sys.argv[2] + "/*.parquet"}],
+                                "ingest": {"duckdb_threads": int(sys.argv[3])}})
+t = time.perf_counter()
+c = api.run_one(sys.argv[1], "ingest", cfg)["counters"]
+print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, c["rows"], c["samples"], c["rejected"])
+"""
+
+
+def measure(code: str, *args: str) -> list[float]:
+    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True,
+                         env={**os.environ, "CURATE_QUIET": "1"})
+    return [float(x) for x in out.stdout.split()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--files", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed afterwards")
+    ap.add_argument("--write-docs", action="store_true")
+    a = ap.parse_args()
+    work = a.workdir or Path(tempfile.mkdtemp(prefix="curate-ingest-bench-"))
+    try:
+        data = work / "data"
+        t = time.perf_counter()
+        if not data.is_dir():
+            generate(data, a.rows, a.files)
+        gen_s = time.perf_counter() - t
+        size = sum(p.stat().st_size for p in data.glob("*.parquet"))
+        for p in (work / "baseline.duckdb", work / "ws"):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        base_s, base_rss, base_n = measure(BASELINE, str(work / "baseline.duckdb"), str(data), str(a.threads))
+        cur_s, cur_rss, rows, samples, rejected = measure(CURATE, str(work / "ws"), str(data), str(a.threads))
+        assert int(rows) == int(base_n) == a.rows, (rows, base_n, a.rows)
+        res = {
+            "rows": a.rows, "files": len(list(data.glob("*.parquet"))), "parquet_bytes": size, "threads": a.threads,
+            "generate_s": round(gen_s, 1), "duckdb_ctas_s": round(base_s, 2), "curate_ingest_s": round(cur_s, 2),
+            "ratio_curate_over_ctas": round(cur_s / base_s, 2), "duckdb_ctas_peak_rss_mb": round(base_rss / 2**20),
+            "curate_peak_rss_mb": round(cur_rss / 2**20), "samples": int(samples), "rejected": int(rejected),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        }
+        print(json.dumps(res, indent=2))
+        if a.write_docs:
+            write_docs(res)
+    finally:
+        if a.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def write_docs(r: dict) -> None:
+    doc = ROOT / "docs" / "BENCHMARKS.md"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\nRun by hand; each figure is a ratio against a baseline measured in the same run.\n"
+    body = f"""{SECTION}
+
+`benchmarks/ingest_scale.py --rows {r['rows']} --files {r['files']}` ({r['machine']}, DuckDB threads {r['threads']}).
+{r['rows']:,} LAION-400M-style rows (SAMPLE_ID, URL, TEXT, HEIGHT, WIDTH, LICENSE, NSFW, similarity; URLs and
+captions sampled from the real files in shared/data/laion-meta) in {r['files']} parquet files ({r['parquet_bytes'] / 2**20:.0f} MiB).
+Baseline: a bare DuckDB `CREATE TABLE t AS SELECT * FROM read_parquet('…/*.parquet')` into a fresh file, same threads.
+
+| | wall time | peak RSS |
+|---|---|---|
+| DuckDB CTAS (baseline) | {r['duckdb_ctas_s']} s | {r['duckdb_ctas_peak_rss_mb']} MiB |
+| `curate ingest` | {r['curate_ingest_s']} s | {r['curate_peak_rss_mb']} MiB |
+| **ratio curate / baseline** | **{r['ratio_curate_over_ctas']}×** (target ≤ 2×) | target < 4096 MiB |
+
+curate does more than the copy: one transaction per file (resumable), layout detection, typed casts with
+per-row notes, URL validation with per-row reject reasons, and the unmapped columns kept as JSON.
+Samples {r['samples']:,}, rejected {r['rejected']:,}.
+"""
+    if SECTION in text:
+        start = text.index(SECTION)
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + body + (text[nxt + 1:] if nxt != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Caption duplication and template captions, per sample (table ``caption_stats``).
+
+Why: memorisation concentrates on duplicated training data, and for text-to-image models the
+caption is half of it. Somepalli et al. (CVPR 2023, "Understanding and mitigating copying in
+diffusion models") show that duplicated captions raise replication even when the images
+differ; Webster (2023, "A reproducible extraction of training images from diffusion models")
+finds "template verbatims": captions that share a fixed template and differ in a few tokens,
+whose generations copy the template's image layout. Both are counted here; nothing is removed
+(``dedup.caption_exact`` turns equal captions into duplicate edges when wanted).
+
+Definitions (SQL over ``samples`` in :func:`compute`):
+
+- **normalised caption** = NFC, lower-case, whitespace runs collapsed, trimmed; NULL and blank
+  captions have none.
+- **caption group**: samples with the same normalised caption. ``caption_count`` = its size;
+  ``caption_images`` = distinct images in it (by sha256 when hashed, else by URL) — one caption
+  text over many different images is a *caption duplicate*, not an image duplicate.
+- **template**: the caption with every digit run replaced by ``#`` and every capitalised word
+  after the first replaced by ``@`` (names, places, brands), then normalised; e.g. "Photo of
+  John Smith in 1999" and "Photo of Ann Lee in 2004" share ``photo of @ @ in #``.
+  ``template_count`` = samples with the template; ``template_variants`` = distinct normalised
+  captions among them (≥ 2 means captions that differ only in numbers or names).
+
+Columns of ``caption_stats``: sample_id BIGINT, caption_group BIGINT (smallest sample_id of the
+group), caption_count INTEGER ≥ 1, caption_images INTEGER ≥ 1, template_group BIGINT,
+template_count INTEGER ≥ 1, template_variants INTEGER ≥ 1. Samples without a caption have no row.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+NORM_SQL = "lower(trim(regexp_replace(nfc_normalize(caption), '\\s+', ' ', 'g')))"
+_FIRST = "regexp_extract(trim(nfc_normalize(caption)), '^\\S*')"
+_REST = f"substr(trim(nfc_normalize(caption)), length({_FIRST}) + 1)"
+TEMPLATE_SQL = (
+    f"lower(trim(regexp_replace(regexp_replace({_FIRST}, '[0-9]+', '#', 'g') || "
+    f"regexp_replace(regexp_replace({_REST}, '[0-9]+', '#', 'g'), '(^|[\\s(\\[\"/])\\p{{Lu}}[\\p{{L}}\\p{{N}}''’.-]*', '\\1@', 'g'), "
+    "'\\s+', ' ', 'g')))"
+)
+
+
+def compute(ws) -> dict[str, Any]:
+    """Rebuild ``caption_stats`` from ``samples`` (and ``images`` for image identity).
+
+    Returns counters: captioned, caption_groups_repeated (groups of ≥ 2 samples),
+    samples_with_repeated_caption, caption_groups_many_images (one caption over ≥ 2 different
+    images), templates_with_variants (templates with ≥ 2 distinct captions),
+    samples_in_template_groups, top_captions (10 largest groups: caption, samples, images).
+    """
+    con = ws.con
+    con.execute("DELETE FROM caption_stats")
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _cap AS
+        SELECT s.sample_id, {NORM_SQL.replace('caption', 's.caption')} AS norm,
+               {TEMPLATE_SQL.replace('caption', 's.caption')} AS tmpl,
+               coalesce(i.sha256, s.url, CAST(s.sample_id AS VARCHAR)) AS img
+        FROM samples s LEFT JOIN images i USING (sample_id)
+        WHERE s.caption IS NOT NULL AND trim(s.caption) <> ''"""
+    )
+    con.execute(
+        """INSERT INTO caption_stats
+        SELECT sample_id,
+               min(sample_id) OVER (PARTITION BY norm), count(*) OVER (PARTITION BY norm),
+               count(DISTINCT img) OVER (PARTITION BY norm),
+               min(sample_id) OVER (PARTITION BY tmpl), count(*) OVER (PARTITION BY tmpl),
+               count(DISTINCT norm) OVER (PARTITION BY tmpl)
+        FROM _cap"""
+    )
+    top = ws.q(
+        """SELECT any_value(c.norm), count(*) AS n, count(DISTINCT c.img) FROM _cap c
+           GROUP BY c.norm HAVING n > 1 ORDER BY n DESC, any_value(c.norm) LIMIT 10"""
+    )
+    con.execute("DROP TABLE _cap")
+    r = ws.q(
+        """SELECT count(*),
+                  count(DISTINCT caption_group) FILTER (caption_count > 1),
+                  count(*) FILTER (caption_count > 1),
+                  count(DISTINCT caption_group) FILTER (caption_images > 1),
+                  count(DISTINCT template_group) FILTER (template_variants > 1),
+                  count(*) FILTER (template_variants > 1)
+           FROM caption_stats"""
+    )[0]
+    keys = ["captioned", "caption_groups_repeated", "samples_with_repeated_caption", "caption_groups_many_images",
+            "templates_with_variants", "samples_in_template_groups"]
+    out: dict[str, Any] = {k: int(v or 0) for k, v in zip(keys, r)}
+    out["top_captions"] = [{"caption": c, "samples": int(n), "images": int(m)} for c, n, m in top]
+    return out
