@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS embedding_imports (
 CREATE TABLE IF NOT EXISTS dup_edges (
     a BIGINT NOT NULL, b BIGINT NOT NULL, signal VARCHAR NOT NULL, distance DOUBLE
 );
+CREATE TABLE IF NOT EXISTS cluster_stats (
+    cluster_id BIGINT NOT NULL, cluster_size INTEGER NOT NULL, keeper_sample_id BIGINT,
+    signals VARCHAR[], edges_sha256 BIGINT, edges_phash BIGINT, edges_embedding BIGINT,
+    edges_caption BIGINT, max_phash_bits INTEGER, min_cosine DOUBLE, distinct_urls BIGINT,
+    distinct_captions BIGINT, sources BIGINT
+);
 CREATE TABLE IF NOT EXISTS caption_stats (
     sample_id BIGINT NOT NULL, caption_group BIGINT NOT NULL, caption_count INTEGER NOT NULL,
     caption_images INTEGER NOT NULL, template_group BIGINT NOT NULL, template_count INTEGER NOT NULL,

@@ -179,3 +179,51 @@ def test_status_json_lists_every_stage(sample_ws):
     assert all(v["status"] == "ok" for v in st.values())
     assert st["ingest"]["counters"]["total_samples"] == 652
     assert st["dedup"]["counters"]["clusters"] >= 9
+
+
+def test_cluster_and_caption_statistics_in_catalog_and_summary(sample_ws, sample_db):
+    ws, result = sample_ws
+    s = result["summary"]
+    n = sample_db.execute("SELECT count(*), sum(cluster_size) FROM cluster_stats").fetchall()[0]
+    assert n[0] == s["clusters"]["count"] and n[1] == s["clusters"]["samples_in_clusters"]
+    top = s["clusters"]["top"][0]
+    assert top["size"] == s["clusters"]["largest"] and top["keeper_sample_id"] is not None
+    # the byte-identical fondant groups are joined by sha256 at least
+    assert sum(v for k, v in s["clusters"]["by_signals"].items() if "sha256" in k) >= 9
+    c = s["captions"]
+    assert c["captioned"] > 300 and c["repeated_captions"] >= 1 and c["largest_caption_group"] >= 2
+
+
+def test_dedup_after_shuffling_storage_order_gives_identical_clusters_and_keepers(sample_ws, tmp_path):
+    """Physical order of hashes and embedding rows (batch order) must not change any decision."""
+    import shutil
+
+    import duckdb
+    import numpy as np
+
+    from curate import api
+    from curate.embstore import list_parts
+
+    ws, _ = sample_ws
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy)
+    con = duckdb.connect(str(copy / "catalog.duckdb"))
+    before = con.execute("SELECT sample_id, cluster_id, is_keeper FROM clusters ORDER BY sample_id").fetchall()
+    for table in ("images", "embeddings"):
+        con.execute(f"CREATE TABLE _t AS SELECT * FROM {table} ORDER BY hash(sample_id * 7919)")
+        con.execute(f"DELETE FROM {table}")
+        con.execute(f"INSERT INTO {table} SELECT * FROM _t")
+        con.execute("DROP TABLE _t")
+    con.close()
+    rng = np.random.default_rng(1)
+    for folder in (copy / "embeddings").iterdir():
+        for num in list_parts(folder):
+            ids_p, vec_p = folder / f"part-{num:05d}.ids.npy", folder / f"part-{num:05d}.npy"
+            ids, vecs = np.load(ids_p), np.load(vec_p)
+            perm = rng.permutation(len(ids))
+            np.save(ids_p, ids[perm])
+            np.save(vec_p, vecs[perm])
+    api.run_one(copy, "dedup", api.workspace_config(copy, None), force=True)
+    con = duckdb.connect(str(copy / "catalog.duckdb"), read_only=True)
+    after = con.execute("SELECT sample_id, cluster_id, is_keeper FROM clusters ORDER BY sample_id").fetchall()
+    assert after == before and len(before) > 100

@@ -26,6 +26,7 @@ from curate.catalog import Workspace
 from curate.config import RunConfig
 from curate.embstore import load_all
 from curate.index import components, cosine_pairs, phash_pairs
+from curate import captions
 from curate.keeper import ranked_sql
 
 _EDGE_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("signal", pa.string()), ("distance", pa.float64())])
@@ -125,6 +126,8 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
                WHERE clusters.cluster_id = x.cluster_id"""
         )
         con.execute("DROP TABLE _m")
+        cluster_statistics(ws)
+        counters["captions"] = captions.compute(ws)
     n_clusters, n_members, largest = ws.q(
         "SELECT count(DISTINCT cluster_id), count(*), coalesce(max(cluster_size), 0) FROM clusters"
     )[0]
@@ -133,3 +136,38 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         largest_cluster=int(largest),
     )
     return counters
+
+
+def cluster_statistics(ws: Workspace) -> None:
+    """Rebuild ``cluster_stats``: one row per cluster with what joined it.
+
+    Columns: cluster_id, cluster_size, keeper_sample_id, signals VARCHAR[] (sorted),
+    edges_sha256 / edges_phash / edges_embedding / edges_caption (edge counts),
+    max_phash_bits (largest Hamming distance of a pHash edge, bits 0–64, NULL without one),
+    min_cosine (smallest cosine of an embedding edge, NULL without one), distinct_urls,
+    distinct_captions (normalised), sources (distinct source names).
+    """
+    ws.con.execute("DELETE FROM cluster_stats")
+    ws.con.execute(
+        f"""INSERT INTO cluster_stats
+        WITH e AS (
+            SELECT c.cluster_id,
+                   count(*) FILTER (e.signal = 'sha256') AS n_sha, count(*) FILTER (e.signal = 'phash') AS n_ph,
+                   count(*) FILTER (e.signal = 'embedding') AS n_emb, count(*) FILTER (e.signal = 'caption') AS n_cap,
+                   max(e.distance) FILTER (e.signal = 'phash') AS max_bits,
+                   1 - max(e.distance) FILTER (e.signal = 'embedding') AS min_cos,
+                   list_sort(list_distinct(list(e.signal))) AS signals
+            FROM dup_edges e JOIN clusters c ON c.sample_id = e.a GROUP BY c.cluster_id
+        ), m AS (
+            SELECT c.cluster_id, any_value(c.cluster_size) AS size,
+                   min(c.sample_id) FILTER (c.is_keeper) AS keeper,
+                   count(DISTINCT s.url) AS urls,
+                   count(DISTINCT {captions.NORM_SQL.replace('caption', 's.caption')}) AS caps,
+                   count(DISTINCT o.name) AS sources
+            FROM clusters c JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
+            GROUP BY c.cluster_id
+        )
+        SELECT m.cluster_id, m.size, m.keeper, e.signals, e.n_sha, e.n_ph, e.n_emb, e.n_cap,
+               CAST(e.max_bits AS INTEGER), e.min_cos, m.urls, m.caps, m.sources
+        FROM m JOIN e USING (cluster_id)"""
+    )

@@ -140,7 +140,19 @@ def summary(ws: Workspace) -> dict[str, Any]:
             "largest": int(cl[2]),
             "size_histogram": {str(k): int(v) for k, v in sizes.items()},
             "edges_by_signal": {k: int(v) for k, v in edges.items()},
+            "by_signals": {k: int(v) for k, v in ws.q(
+                "SELECT array_to_string(signals, '+') AS k, count(*) FROM cluster_stats GROUP BY k ORDER BY k")},
+            "top": [
+                {"cluster_id": int(c), "size": int(n), "keeper_sample_id": int(k), "signals": list(sig or []),
+                 "max_phash_bits": b, "min_cosine": None if m is None else round(float(m), 4),
+                 "distinct_urls": int(u), "distinct_captions": int(cp), "sources": int(so)}
+                for c, n, k, sig, b, m, u, cp, so in ws.q(
+                    "SELECT cluster_id, cluster_size, keeper_sample_id, signals, max_phash_bits, min_cosine, "
+                    "distinct_urls, distinct_captions, sources FROM cluster_stats "
+                    "ORDER BY cluster_size DESC, cluster_id LIMIT 10")
+            ],
         },
+        "captions": caption_summary(ws),
         "ingest": {
             **caption_and_note_counts(ws),
             "notes": notes_by_code(ws),
@@ -159,6 +171,19 @@ def summary(ws: Workspace) -> dict[str, Any]:
             )
         ],
     }
+
+
+def caption_summary(ws: Workspace) -> dict[str, Any]:
+    """Caption duplication from ``caption_stats`` (see curate.captions)."""
+    r = ws.q(
+        """SELECT count(*), count(*) FILTER (caption_count > 1), count(DISTINCT caption_group) FILTER (caption_count > 1),
+                  count(DISTINCT caption_group) FILTER (caption_images > 1), count(*) FILTER (template_variants > 1),
+                  count(DISTINCT template_group) FILTER (template_variants > 1), coalesce(max(caption_count), 0)
+           FROM caption_stats"""
+    )[0]
+    keys = ["captioned", "samples_with_repeated_caption", "repeated_captions", "captions_over_several_images",
+            "samples_in_template_groups", "templates_with_variants", "largest_caption_group"]
+    return {k: int(v or 0) for k, v in zip(keys, r)}
 
 
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
