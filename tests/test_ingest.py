@@ -24,8 +24,12 @@ def _cfg(tmp_path, sources, **sections) -> RunConfig:
 
 
 def _ingest(tmp_path, sources):
+    """Ingest, then export (which refuses to write unless input_rows == kept + removed + rejected)."""
     ws = tmp_path / "ws"
-    api.run_one(ws, "ingest", _cfg(tmp_path, sources))
+    cfg = _cfg(tmp_path, sources)
+    api.run_one(ws, "ingest", cfg)
+    exp = api.run_one(ws, "export", cfg)["counters"]
+    assert exp["input_rows"] == exp["kept"] + exp["removed"] + exp["rejected"]
     import duckdb
 
     return duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
