@@ -123,8 +123,11 @@ def status(ctx, as_json):
         _print_json(st)
         return
     for stage, info in st.items():
-        counters = ", ".join(f"{k}={v}" for k, v in info.get("counters", {}).items() if not isinstance(v, dict))
-        click.echo(f"{stage:8s} {info['status']:10s} {counters}")
+        counters = ", ".join(f"{k}={v}" for k, v in info.get("counters", {}).items() if not isinstance(v, (dict, list)))
+        state = info["status"] + (" (out of date: an upstream stage ran since)" if info.get("out_of_date") else "")
+        click.echo(f"{stage:8s} {state:10s} {counters}")
+        if info.get("error"):
+            click.echo(f"         error: {info['error'].splitlines()[0]}")
 
 
 @main.command()

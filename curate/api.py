@@ -103,8 +103,13 @@ def status(workspace: str | Path) -> dict[str, Any]:
     """Per stage: last run status and counters. Raises CurateError if there is no catalog."""
     if not (Path(workspace) / "catalog.duckdb").is_file():
         raise CurateError(f"{workspace} holds no curate catalog (run `curate --workspace {workspace} run CONFIG.yaml`)")
+    from curate.stages import out_of_date
+
     ws = open_workspace(workspace)
     try:
-        return ws.status()
+        st = ws.status()
     finally:
         ws.close()
+    for name in out_of_date(st):
+        st[name]["out_of_date"] = True
+    return st

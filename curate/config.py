@@ -68,6 +68,10 @@ class SourceConfig(_Closed):
 
 class IngestConfig(_Closed):
     batch_rows: int = Field(65536, ge=1, description="rows per insert batch")
+    on_bad_file: Literal["error", "skip"] = Field(
+        "error", description="a file that cannot be read at all (0-byte parquet, not a tar, no layout fits): "
+        "stop with its error, or record it as a source with 0 rows and the error as its note and go on"
+    )
     duckdb_threads: int | None = Field(None, ge=1)
     duckdb_memory_limit: str | None = Field(
         "3GB", description="DuckDB memory limit for the catalog (it spills to disk beyond it); null = DuckDB's "
@@ -134,6 +138,26 @@ class DedupConfig(_Closed):
     )
     embedding_min_cosine: float | None = Field(
         0.92, ge=-1.0, le=1.0, description="cosine similarity ≥ this is an edge; null disables"
+    )
+    embedding_min_side: int = Field(
+        32, ge=1, description="images smaller than this on either side get no embedding edges (icons and tiny "
+        "badges embed alike; measured in docs/BENCHMARKS.md, near-duplicate quality)"
+    )
+    phash_search: Literal["auto", "mih", "brute"] = Field(
+        "auto", description="pHash pair search, all exact and identical: multi-index hashing ('mih'), faiss brute "
+        "force ('brute', O(n²)), or whichever a cost estimate says is cheaper ('auto')"
+    )
+    embedding_search: Literal["auto", "exact", "ivf"] = Field(
+        "auto", description="embedding pair search over distinct vectors: exact ('exact'), k-means partitions "
+        "searched multi-probe ('ivf', approximate; recall measured), or 'ivf' from embedding_ivf_min_n on ('auto')"
+    )
+    embedding_ivf_min_n: int = Field(200_000, ge=2, description="distinct vectors from which 'auto' uses IVF")
+    embedding_nlist: int | None = Field(
+        None, ge=1, description="IVF partitions (k-means centroids); null = cost-minimising (≈1,800 at 1M vectors)"
+    )
+    embedding_nprobe: int = Field(8, ge=1, description="IVF partitions each vector is compared against")
+    embedding_recall_sample: int = Field(
+        1000, ge=0, description="IVF: vectors whose neighbours are re-found by exact search to measure recall"
     )
     caption_exact: bool = Field(False, description="edge between samples with equal normalised captions")
     keeper_rule: list[

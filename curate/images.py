@@ -13,7 +13,9 @@ docs/IMAGES.md):
 
 - **size first**: the header's width×height (pixels) above ``max_pixels`` is ``too_large``
   and no pixel is decoded; Pillow's DecompressionBombError and zlib-bomb text chunks are
-  ``too_large`` too. Pillow's global ``MAX_IMAGE_PIXELS`` is never changed.
+  ``too_large`` too. Pillow's ``MAX_IMAGE_PIXELS`` is never disabled; when ``max_pixels`` is
+  above it, it is raised to ``max_pixels`` for that one decode (so Pillow's bomb check does
+  not refuse what the caller allowed) and restored.
 - **forced decode in a guard** (``Image.open`` is lazy): a short read is ``truncated``
   (also a RIFF/WebP container declaring more bytes than the file has); any other decoder
   error is ``decode_error``. ``LOAD_TRUNCATED_IMAGES`` is never set. Nothing raises.
@@ -287,9 +289,19 @@ def open_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, draf
     if len(data) == 0:
         return Decoded("zero_size", "file has 0 bytes"), None
     notes: list[str] = []
+    from PIL import Image
+
+    bomb_limit = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res, im = _open_checked(data, max_pixels, draft, notes)
+        try:
+            # our own header check enforces max_pixels; Pillow's bomb check (2× its limit)
+            # must not refuse what the caller allowed, so it is raised for this call only
+            if bomb_limit is not None and max_pixels > bomb_limit:
+                Image.MAX_IMAGE_PIXELS = max_pixels
+            res, im = _open_checked(data, max_pixels, draft, notes)
+        finally:
+            Image.MAX_IMAGE_PIXELS = bomb_limit
     notes.extend(n for n in _warning_notes(caught) if n not in notes)
     res.notes = notes
     return res, im
@@ -320,6 +332,8 @@ def _open_checked(data: bytes, max_pixels: int, draft: int | None, notes: list[s
         short = _declared_short(data)
         if short:
             return Decoded("truncated", short, format=_sniff(data)), None
+        if "truncated" in str(e).lower():  # e.g. a JPEG cut inside its header: "Truncated File Read"
+            return Decoded("truncated", f"{type(e).__name__}: {e}", format=_sniff(data)), None
         fmt = _sniff(data)  # a known signature that Pillow refuses (e.g. an unsupported BMP compression)
         return Decoded("decode_error" if fmt else "not_an_image", f"{type(e).__name__}: {e}", format=fmt), None
     w, h = im.size

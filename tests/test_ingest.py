@@ -97,6 +97,12 @@ def test_real_column_shifted_row_is_rejected_with_reason(tmp_path):
     n = con.execute("SELECT count(*) FROM samples").fetchall()[0][0]
     assert n == 9999  # every other row survives
     assert con.execute("SELECT n_rows, n_samples, n_rejected FROM sources").fetchall() == [(10000, 9999, 1)]
+    import csv
+
+    with open(tmp_path / "ws" / "out" / "rejects.csv", newline="") as f:
+        out = list(csv.DictReader(f))
+    assert [(r["source_row"], r["reason"]) for r in out] == [(str(out[0]["source_row"]), "invalid_url: UNLIKELY")]
+    assert "0.32893747091293335" in out[0]["raw"] and out[0]["source"] == "i2d"
 
 
 def _tar(path, members):
@@ -324,3 +330,78 @@ def test_integer_columns_that_overflow_get_notes_not_wraparound(tmp_path):
     assert rows[1][:4] == (None, 7, None, 0.0)
     assert rows[1][4] == ["not_integer(width): 3000000000 does not fit INTEGER; stored NULL",
                           "not_bigint(laion_hash): 9223372036854775809 does not fit BIGINT; stored NULL"]
+
+
+def test_source_removed_from_config_leaves_the_catalog_and_manifest(tmp_path):
+    for name in ("a", "b"):
+        pq.write_table(pa.table({"URL": [f"https://{name}.example/1", f"https://{name}.example/2"], "TEXT": ["x", "y"]}),
+                       tmp_path / f"{name}.parquet")
+    ws = tmp_path / "ws"
+    both = _cfg(tmp_path, [{"name": "a", "metadata": "a.parquet"}, {"name": "b", "metadata": "b.parquet"}])
+    api.run_one(ws, "ingest", both)
+    only_b = _cfg(tmp_path, [{"name": "b", "metadata": "b.parquet"}])
+    c = api.run_one(ws, "ingest", only_b)["counters"]
+    assert len(c["units_removed"]) == 1 and c["units_removed"][0].endswith("a.parquet")
+    exp = api.run_one(ws, "export", only_b)["counters"]
+    assert (exp["input_rows"], exp["kept"]) == (2, 2)
+    urls = pq.read_table(ws / "out" / "manifest.parquet").column("url").to_pylist()
+    assert urls == ["https://b.example/1", "https://b.example/2"]
+
+
+def test_bad_files_stop_the_run_or_are_skipped_with_their_reason(tmp_path):
+    (tmp_path / "m").mkdir()
+    pq.write_table(pa.table({"URL": ["https://ok.example/1"], "TEXT": ["fine"]}), tmp_path / "m" / "a.parquet")
+    (tmp_path / "m" / "b.parquet").write_bytes(b"")
+    with pytest.raises(InputError, match="b.parquet: not a readable parquet file"):
+        api.run_one(tmp_path / "ws1", "ingest", _cfg(tmp_path, [{"name": "m", "metadata": "m/*.parquet"}]))
+    cfg = _cfg(tmp_path, [{"name": "m", "metadata": "m/*.parquet"}], ingest={"on_bad_file": "skip"})
+    c = api.run_one(tmp_path / "ws2", "ingest", cfg)["counters"]
+    assert c["samples"] == 1 and len(c["bad_files"]) == 1
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "ws2" / "catalog.duckdb"), read_only=True)
+    notes = con.execute("SELECT notes FROM sources WHERE uri LIKE '%b.parquet'").fetchall()[0][0]
+    con.close()
+    assert "bad_file:" in notes and "not a readable parquet file" in notes
+    pq.write_table(pa.table({"URL": ["https://ok.example/2"], "TEXT": ["fixed"]}), tmp_path / "m" / "b.parquet")
+    c = api.run_one(tmp_path / "ws2", "ingest", cfg)["counters"]  # the fixed file is retried, not "changed"
+    assert c["units"] == 1 and c["total_samples"] == 2
+
+
+def test_truncated_shard_keeps_members_before_the_cut_and_text_sidecars_are_checked(tmp_path):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(buf, "PNG")
+    members = [("k1.png", buf.getvalue()), ("k1.txt", b"\xef\xbb\xbfbom caption"), ("k2.png", buf.getvalue()),
+               ("k2.txt", b"caf\xe9 latin1"), ("k3.png", buf.getvalue() * 40)]
+    _tar(tmp_path / "full.tar", members)
+    data = (tmp_path / "full.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[:6000])  # inside k3.png's data
+    ws = tmp_path / "ws"
+    api.run_one(ws, "ingest", _cfg(tmp_path, [{"name": "w", "webdataset": "cut.tar"}]))
+    import duckdb
+
+    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+    rows = con.execute("SELECT key, caption, notes FROM samples ORDER BY sample_id").fetchall()
+    assert rows[0] == ("k1", "bom caption", [])
+    assert rows[1] == ("k2", "caf\ufffd latin1", ["invalid_utf8(txt): replaced with U+FFFD"])
+    unit_notes = con.execute("SELECT notes FROM sources").fetchall()[0][0]
+    assert "truncated_shard: unexpected end of data" in unit_notes
+    (tmp_path / "cut2.tar").write_bytes(data[:1240])  # inside the second header
+    api.run_one(tmp_path / "ws2", "ingest", _cfg(tmp_path, [{"name": "w", "webdataset": "cut2.tar"}]))
+    con = duckdb.connect(str(tmp_path / "ws2" / "catalog.duckdb"), read_only=True)
+    assert "no end-of-archive marker after byte 1024" in con.execute("SELECT notes FROM sources").fetchall()[0][0]
+
+
+def test_negative_sizes_and_hosts_with_spaces(tmp_path):
+    pq.write_table(pa.table({"URL": ["https://exa mple.com/a b.jpg", "https://example.com/a b.jpg", "ftp://files.example/x"],
+                             "TEXT": ["a", "b", "c"], "WIDTH": ["-5", " 12 ", "1e3"]}), tmp_path / "n.parquet")
+    con = _ingest(tmp_path, [{"name": "n", "metadata": "n.parquet"}])
+    assert con.execute("SELECT reason FROM rejects").fetchall() == [("invalid_url: https://exa mple.com/a b.jpg",)]
+    rows = con.execute("SELECT url, width, notes FROM samples ORDER BY sample_id").fetchall()
+    assert rows == [("https://example.com/a b.jpg", 12, []), ("ftp://files.example/x", 1000, [])]
+    pq.write_table(pa.table({"URL": ["https://e.example/1"], "TEXT": ["a"], "WIDTH": pa.array([-5], pa.int32())}),
+                   tmp_path / "neg.parquet")
+    con = _ingest(tmp_path / "x" if (tmp_path / "x").mkdir() or True else None, [{"name": "n", "metadata": str(tmp_path / "neg.parquet")}])
+    assert con.execute("SELECT width, notes FROM samples").fetchall() == [(None, ["negative(width): -5 stored as NULL"])]

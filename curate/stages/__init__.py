@@ -53,6 +53,7 @@ def run_stage(ws: Workspace, cfg: RunConfig, name: str, *, force: bool = False) 
     Raises:
         whatever the stage raises, after recording the run as 'failed' with the error.
     """
+    _check_upstream(ws, name)
     digest = stage_digest(ws, cfg, name)
     last = ws.last_run(name)
     if not force and last is not None and last["digest"] == digest:
@@ -71,6 +72,32 @@ def run_stage(ws: Workspace, cfg: RunConfig, name: str, *, force: bool = False) 
     ws.finish_run(run_id, counters)
     info(f"[{name}] done in {dt:.1f}s: {_short(counters)}")
     return {"stage": name, "skipped": False, "counters": counters, "seconds": dt}
+
+
+def _check_upstream(ws: Workspace, name: str) -> None:
+    """Refuse to build on a stage whose latest run failed or was killed (its tables may be partial)."""
+    from curate.errors import CurateError
+
+    for u in UPSTREAM[name]:
+        r = ws.last_run(u, status=None)
+        if r is not None and r["status"] != "ok":
+            why = (r.get("error") or "killed before it finished").splitlines()[0]
+            raise CurateError(
+                f"{name} needs {u}, whose last run ({r['run_id']}) {r['status']}: {why}; fix that and re-run "
+                f"`curate {u}` (or `curate run CONFIG.yaml`)"
+            )
+
+
+def out_of_date(status: dict[str, Any]) -> list[str]:
+    """Stages whose last successful run is older than an upstream stage's (their outputs are stale)."""
+    stale = []
+    for name, ups in UPSTREAM.items():
+        own = status.get(name, {})
+        if own.get("status") != "ok":
+            continue
+        if any(status.get(u, {}).get("run_id", 0) > own["run_id"] for u in ups) or any(u in stale for u in ups):
+            stale.append(name)
+    return stale
 
 
 def _short(counters: dict[str, Any]) -> str:

@@ -3,11 +3,15 @@
 Signals and their edge ``distance`` column:
 
 - ``sha256``    equal bytes; star edges to the group's smallest id; distance 0
-- ``phash``     Hamming distance ≤ ``phash_max_distance`` bits (faiss binary index);
+- ``phash``     Hamming distance ≤ ``phash_max_distance`` bits (exact: multi-index hashing or
+                faiss brute force, :func:`curate.index.phash_pairs`);
                 distance = bits. Images under ``phash_min_side`` px on a side get no pHash
                 edges (a 5×5 icon's DCT hash says little).
-- ``embedding`` cosine ≥ ``embedding_min_cosine`` on L2-normalised vectors (faiss inner
-                product); distance = 1 − cosine
+- ``embedding`` cosine ≥ ``embedding_min_cosine`` on L2-normalised vectors; identical vectors
+                get star edges to their group's smallest id (distance 0) and are searched once;
+                exact search (faiss inner product) below ``embedding_ivf_min_n`` distinct
+                vectors, k-means partitions searched multi-probe above (recall measured and
+                counted); distance = 1 − cosine
 - ``caption``   equal normalised caption (lower-case, collapsed spaces), if enabled; star
                 edges; distance 0
 
@@ -25,7 +29,7 @@ import pyarrow as pa
 from curate.catalog import Workspace
 from curate.config import RunConfig
 from curate.embstore import load_all
-from curate.index import components, cosine_pairs, phash_pairs
+from curate.index import components, embedding_edges, phash_pairs, row_norms
 from curate import captions
 from curate.keeper import ranked_sql
 
@@ -86,23 +90,39 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             )
             ids = np.array([r[0] for r in rows], np.int64)
             hashes = np.array([r[1] for r in rows], np.uint64)
-            i, j, d = phash_pairs(hashes, dc.phash_max_distance)
+            search: dict[str, Any] = {}
+            i, j, d = phash_pairs(hashes, dc.phash_max_distance, method=dc.phash_search, stats=search)
             counters["phash_hashed"] = len(ids)
+            counters["phash_search"] = search  # method, distinct hashes, MIH blocks/thresholds, candidates
             counters["edges"]["phash"] = _add_edges(ws, ids[i], ids[j], "phash", d)
         if dc.embedding_min_cosine is not None:
             from curate.stages.embed import image_key
 
             key = image_key(cfg)  # model + preprocessing identity: only vectors of the current config
-            ok = {r[0] for r in ws.q("SELECT sample_id FROM embeddings WHERE model = ? AND status = 'ok'", [key])}
+            ok = {r[0] for r in ws.q(  # only samples still in the catalog (parts may hold pruned ids)
+                "SELECT sample_id FROM embeddings WHERE model = ? AND status = 'ok' "
+                "AND sample_id IN (SELECT sample_id FROM samples) "
+                "AND sample_id NOT IN (SELECT sample_id FROM images WHERE status <> 'ok' "
+                "OR least(width, height) < ?)", [key, dc.embedding_min_side])}
+            # images smaller than embedding_min_side get no embedding edges: 16 px icons embed alike
+            # (docs/BENCHMARKS.md, near-duplicate quality: 26 → 4 distinct pictures merged)
             ids, vecs = load_all(ws.embeddings_dir(key), only=ok, dtype=np.float16)
             if len(ids):  # K13: a row that is not finite and unit-length is excluded and counted
-                norms = np.linalg.norm(vecs.astype(np.float32), axis=1)
+                norms = row_norms(vecs)
                 good = np.isfinite(norms) & (np.abs(norms - 1.0) <= 1e-2)
                 counters["embedding_vectors_excluded"] = int((~good).sum())
-                ids, vecs = ids[good], vecs[good]
+                if not good.all():
+                    ids, vecs = ids[good], vecs[good]
             counters["embedding_key"] = key
             counters["embedded_searched"] = len(ids)
-            i, j, s = cosine_pairs(vecs, dc.embedding_min_cosine) if len(ids) else (np.zeros(0, int),) * 3
+            search = {}
+            i, j, s = embedding_edges(
+                vecs, dc.embedding_min_cosine, method=dc.embedding_search, ivf_min_n=dc.embedding_ivf_min_n,
+                nlist=dc.embedding_nlist, nprobe=dc.embedding_nprobe, recall_sample=dc.embedding_recall_sample,
+                stats=search,
+            )
+            # method, rows / distinct / identical collapsed, IVF nlist, nprobe, recall (no timings: reruns compare equal)
+            counters["embedding_search"] = {k: v for k, v in search.items() if not k.endswith("_seconds")}
             counters["edges"]["embedding"] = _add_edges(ws, ids[i], ids[j], "embedding", 1.0 - np.asarray(s, np.float64))
         edges = con.execute("SELECT a, b FROM dup_edges").fetchnumpy()  # one query: a[k] and b[k] stay paired
         ea, eb = np.asarray(edges["a"], np.int64), np.asarray(edges["b"], np.int64)
@@ -121,7 +141,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         )
         con.execute(
             """UPDATE clusters SET signals = x.sig FROM (
-                 SELECT c.cluster_id, list_sort(list_distinct(list(e.signal))) AS sig
+                 SELECT c.cluster_id, list_sort(list(DISTINCT e.signal)) AS sig
                  FROM dup_edges e JOIN clusters c ON c.sample_id = e.a GROUP BY c.cluster_id) x
                WHERE clusters.cluster_id = x.cluster_id"""
         )
@@ -156,7 +176,7 @@ def cluster_statistics(ws: Workspace) -> None:
                    count(*) FILTER (e.signal = 'embedding') AS n_emb, count(*) FILTER (e.signal = 'caption') AS n_cap,
                    max(e.distance) FILTER (e.signal = 'phash') AS max_bits,
                    1 - max(e.distance) FILTER (e.signal = 'embedding') AS min_cos,
-                   list_sort(list_distinct(list(e.signal))) AS signals
+                   list_sort(list(DISTINCT e.signal)) AS signals
             FROM dup_edges e JOIN clusters c ON c.sample_id = e.a GROUP BY c.cluster_id
         ), m AS (
             SELECT c.cluster_id, any_value(c.cluster_size) AS size,

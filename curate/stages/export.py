@@ -12,7 +12,8 @@ A sample with no reason is kept. The keeper is re-chosen here with the current f
 ``not_flagged`` criterion), so a flagged sample never keeps a cluster alive while an
 unflagged copy exists. ``review`` and ``tag`` hits are columns of the manifest, not removals.
 Rows rejected at ingest are counted as ``rejected``; ``input_rows == kept + removed + rejected``
-is checked before anything is written.
+is checked before anything is written. Rejected rows, with their reason and the original row,
+go to ``out/rejects.csv``.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ MANIFEST_SQL = """
 SELECT s.sample_id, s.url, s.caption,
        coalesce(i.width, s.width) AS width, coalesce(i.height, s.height) AS height,
        o.name AS source, o.uri AS source_uri, s.source_row, s.key, s.image_ref, s.license,
-       i.sha256, d.cluster_id, c.cluster_size, d.review, d.tags
+       i.sha256, d.cluster_id, c.cluster_size, d.review, d.tags, s.notes
 FROM decisions d JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
 LEFT JOIN images i USING (sample_id) LEFT JOIN clusters c USING (sample_id)
 WHERE d.keep ORDER BY s.sample_id
@@ -105,6 +106,12 @@ SELECT d.sample_id, s.url, array_to_string(d.reasons, ';') AS reasons, d.cluster
 FROM decisions d JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
 LEFT JOIN images i USING (sample_id) LEFT JOIN clusters c USING (sample_id)
 WHERE NOT d.keep ORDER BY d.sample_id
+"""
+
+
+REJECTS_SQL = """
+SELECT o.name AS source, o.uri AS source_uri, r.source_row, r.reason, r.raw
+FROM rejects r JOIN sources o USING (source_id) ORDER BY r.source_id, r.source_row
 """
 
 
@@ -165,9 +172,10 @@ def summary(ws: Workspace) -> dict[str, Any]:
             )
         },
         "sources": [
-            {"name": n, "uri": u, "format": f, "schema": s, "rows": int(r), "samples": int(k), "rejected": int(j)}
-            for n, u, f, s, r, k, j in ws.q(
-                "SELECT name, uri, format, schema_name, n_rows, n_samples, n_rejected FROM sources ORDER BY source_id"
+            {"name": n, "uri": u, "format": f, "schema": s, "rows": int(r), "samples": int(k), "rejected": int(j),
+             "notes": json.loads(nt) if nt else []}
+            for n, u, f, s, r, k, j, nt in ws.q(
+                "SELECT name, uri, format, schema_name, n_rows, n_samples, n_rejected, notes FROM sources ORDER BY source_id"
             )
         ],
     }
@@ -202,5 +210,6 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     rem.mkdir(parents=True)
     _copy_query(ws, MANIFEST_SQL, out / "manifest.parquet", "parquet")
     _copy_query(ws, REMOVALS_SQL, rem / "all.csv", "csv")
+    _copy_query(ws, REJECTS_SQL, out / "rejects.csv", "csv")
     atomic_write_bytes(out / "summary.json", (json.dumps(s, indent=2, sort_keys=True) + "\n").encode())
     return {k: s[k] for k in ("input_rows", "kept", "removed", "rejected")} | {"reasons": s["reasons"]}

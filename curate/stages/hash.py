@@ -92,7 +92,24 @@ def inputs(ws: Workspace, cfg: RunConfig) -> Any:
     return None  # depends only on ingest (upstream digest) and its config section
 
 
+def _forget_for_new_limit(ws: Workspace, max_pixels: int) -> int:
+    """When ``max_pixels`` changed since the last hash run, forget the images whose outcome
+    depends on it (``too_large`` ones, and decoded ones now above the limit) so they are
+    hashed again under the new limit. Returns how many were forgotten."""
+    last = ws.last_run("hash")
+    before = ((last or {}).get("config") or {}).get("section", {}).get("max_pixels")
+    if before is None or before == max_pixels:
+        return 0
+    with ws.transaction() as con:
+        n = con.execute(
+            "DELETE FROM images WHERE status = 'too_large' OR "
+            "(status = 'ok' AND CAST(raw_width AS BIGINT) * raw_height > ?)", [max_pixels]
+        ).fetchall()[0][0]
+    return int(n)
+
+
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
+    rehash = _forget_for_new_limit(ws, cfg.hash.max_pixels)
     todo = ws.q(
         "SELECT s.sample_id, s.image_ref FROM samples s ANTI JOIN images i USING (sample_id) "
         "WHERE s.image_ref IS NOT NULL ORDER BY s.sample_id"
@@ -128,6 +145,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     by_status = dict(ws.q("SELECT status, count(*) FROM images GROUP BY status ORDER BY status"))
     return {
         "hashed": hashed,
+        "rehashed_for_new_max_pixels": rehash,
         "images_total": int(sum(by_status.values())),
         "by_status": by_status,
         "metadata_only": int(ws.scalar("SELECT count(*) FROM samples WHERE image_ref IS NULL")),

@@ -53,7 +53,9 @@ IMAGE_EXTS = {
     ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ico", ".ppm", ".pgm", ".pbm",
     ".pnm", ".psd", ".avif", ".heic", ".jp2", ".j2k", ".mpo", ".svg", ".jfif", ".tga", ".dib",
 }
-URL_RE = r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#]+"  # scheme://host…; spaces later in a path are real (browsers encode them)
+# scheme://host then a path, query, fragment or the end; the host holds no whitespace (spaces later
+# in a path are real: browsers encode them)
+URL_RE = r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#]+([/?#]|$)"
 TSV_EXTS = (".tsv", ".tsv.gz", ".txt", ".txt.gz")
 # preference among several image-bytes columns of one table
 BYTES_COLUMN_ORDER = ["jpg", "jpeg", "png", "webp", "image", "img", "image_bytes", "images", "data", "bytes"]
@@ -253,12 +255,13 @@ def _tsv_batches(path: Path, names: list[str] | None, batch_rows: int) -> Iterat
     """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as f:
+        row = 0  # 0-based line number in the file (the header is line 0; blank lines keep their number)
         if names is None:
-            names = f.readline().rstrip(b"\r\n").decode("utf-8", "replace").split("\t")
+            names = f.readline().rstrip(b"\r\n").decode("utf-8", "replace").removeprefix("\ufeff").split("\t")
+            row = 1
         n = len(names)
         cols: list[list[Any]] = [[] for _ in range(n)]
         fix, rej, raw, rows = [], [], [], []
-        row = 0
 
         def flush() -> pa.Table:
             arrays = [pa.array(c, pa.string()) for c in cols]
@@ -268,7 +271,10 @@ def _tsv_batches(path: Path, names: list[str] | None, batch_rows: int) -> Iterat
 
         for line in f:
             line = line.rstrip(b"\r\n")
+            if row == 0 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # UTF-8 byte order mark
             if not line.strip():
+                row += 1
                 continue  # blank lines are not rows
             try:
                 text, notes = line.decode("utf-8"), []
@@ -291,7 +297,7 @@ def _tsv_batches(path: Path, names: list[str] | None, batch_rows: int) -> Iterat
                 yield flush()
                 cols = [[] for _ in range(n)]
                 fix, rej, raw, rows = [], [], [], []
-        if rows or row == 0:
+        if rows or not row:
             yield flush()
 
 
@@ -300,7 +306,8 @@ def _tsv_layout(path: Path, schema: str) -> tuple[list[str] | None, Mapping]:
     layouts = load_layouts()
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as f:
-        head = [ln.rstrip(b"\r\n").decode("utf-8", "replace").split("\t") for _, ln in zip(range(200), f)]
+        head = [ln.rstrip(b"\r\n").decode("utf-8", "replace").removeprefix("\ufeff").split("\t")
+                for _, ln in zip(range(200), f)]
     if schema != "auto" and schema in layouts and not layouts[schema].header:
         lay = layouts[schema]
     elif schema != "auto":
@@ -318,13 +325,13 @@ def _folder_table(root: Path, ws: Workspace) -> pa.Table:
     rows: dict[str, list[Any]] = {k: [] for k in _WDS_SCHEMA.names}
     for i, p in enumerate(_folder_files(root, ws.root)):
         side = p.with_suffix(".txt")
-        caption = side.read_text(encoding="utf-8", errors="replace").strip() if side.is_file() else None
-        url = sha = None
         notes: list[str] = []
+        caption = _text(side.read_bytes(), "txt", notes) if side.is_file() else None
+        url = sha = None
         js = p.with_suffix(".json")
         if js.is_file():
             try:
-                meta = json.loads(js.read_text(encoding="utf-8", errors="replace"))
+                meta = json.loads(_text(js.read_bytes(), "json", notes))
                 if isinstance(meta, dict):
                     url, sha = meta.get("url"), meta.get("sha256")
                     caption = caption if caption is not None else meta.get("caption")
@@ -351,63 +358,105 @@ def _wds_row(rows: dict[str, list[Any]], key, caption, url, ref, sha, i, notes) 
         rows[k].append(v if v is None or k in ("__row", "__fix_notes") else str(v))
 
 
-def _tar_groups(shard: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], dict[str, list[str]]]:
+def _tar_groups(shard: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], dict[str, list[str]], list[str]]:
     """Members of a tar grouped by webdataset key (member path up to the first dot of its
-    basename); repeated members are noted per key, the first one is kept (case K06)."""
+    basename): (groups, per-key notes, shard notes). A repeated member is noted on its key and
+    the first one kept (case K06); links are noted and skipped; a shard cut short keeps the
+    members before the cut, with a shard note (its last member may then decode as truncated).
+
+    Raises:
+        InputError: not a tar at all.
+    """
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     notes: dict[str, list[str]] = {}
+    unit_notes: list[str] = []
     try:
-        with tarfile.open(shard, "r:*") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                d, _, base = m.name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                key = f"{d}/{stem}" if d else stem
-                g = groups.setdefault(key, {})
-                ext = ext.lower()
-                if ext in g:
-                    notes.setdefault(key, []).append(f"repeated_member({ext}): {m.name!r} appears again; kept the first")
-                    continue
-                g[ext] = m
+        tf = tarfile.open(shard, "r:*")
     except (tarfile.TarError, OSError) as e:
         raise InputError(f"{shard}: not a readable tar shard: {e}") from None
-    return groups, notes
+    with tf:
+        it = iter(tf)
+        while True:
+            try:
+                m = next(it)
+            except StopIteration:
+                break
+            except (tarfile.TarError, OSError, EOFError) as e:
+                unit_notes.append(f"truncated_shard: {e}; kept the {sum(len(g) for g in groups.values())} members before it")
+                break
+            d, _, base = m.name.rpartition("/")
+            stem, _, ext = base.partition(".")
+            key = f"{d}/{stem}" if d else stem
+            if m.issym() or m.islnk():
+                notes.setdefault(key, []).append(f"link_member({ext.lower()}): {m.name!r} is a link; skipped")
+                continue
+            if not m.isfile():
+                continue
+            g = groups.setdefault(key, {})
+            ext = ext.lower()
+            if ext in g:
+                notes.setdefault(key, []).append(f"repeated_member({ext}): {m.name!r} appears again; kept the first")
+                continue
+            g[ext] = m
+        if not unit_notes:  # tarfile ends quietly at a cut: look for the end-of-archive marker
+            size = shard.stat().st_size
+            cut = [m.name for g in groups.values() for m in g.values() if m.offset_data + m.size > size]
+            with open(shard, "rb") as f:
+                f.seek(tf.offset)
+                tail = f.read(1024)
+            if cut:
+                unit_notes.append(f"truncated_shard: member(s) {cut} extend past the end of the file")
+            elif len(tail) < 1024 or tail.strip(b"\0"):
+                unit_notes.append(f"truncated_shard: no end-of-archive marker after byte {tf.offset} (file cut short?)")
+    return groups, notes, unit_notes
+
+
+def _text(data: bytes, what: str, notes: list[str]) -> str:
+    """Decode a sidecar text (caption) as UTF-8 without a BOM; invalid bytes → U+FFFD with a note."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        notes.append(f"invalid_utf8({what}): replaced with U+FFFD")
+        return data.decode("utf-8", "replace").strip()
 
 
 def _image_member(g: dict[str, tarfile.TarInfo]) -> tarfile.TarInfo | None:
     return next((m for e, m in g.items() if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
 
 
-def _webdataset_table(shard: Path) -> pa.Table:
+def _webdataset_table(shard: Path) -> tuple[pa.Table, list[str]]:
     """One row per key; caption from ``.txt`` (else the ``.json``'s caption), url and sha256
-    from ``.json`` (img2dataset writes both)."""
-    groups, notes = _tar_groups(shard)
+    from ``.json`` (img2dataset writes both). Returns (rows, shard notes)."""
+    groups, notes, unit_notes = _tar_groups(shard)
     rows: dict[str, list[Any]] = {k: [] for k in _WDS_SCHEMA.names}
     with tarfile.open(shard, "r:*") as tf:
         for i, (key, g) in enumerate(groups.items()):
             caption = url = sha = None
             kn = list(notes.get(key, []))
-            if "json" in g:
-                try:
-                    meta = json.loads(tf.extractfile(g["json"]).read().decode("utf-8", "replace"))
-                    if isinstance(meta, dict):
-                        caption, url, sha = meta.get("caption"), meta.get("url"), meta.get("sha256")
-                except ValueError:
-                    kn.append(f"bad_json({key}.json): not valid JSON")
-            if "txt" in g:
-                caption = tf.extractfile(g["txt"]).read().decode("utf-8", "replace").strip()
+            try:
+                if "json" in g:
+                    try:
+                        meta = json.loads(_text(tf.extractfile(g["json"]).read(), "json", kn))
+                        if isinstance(meta, dict):
+                            caption, url, sha = meta.get("caption"), meta.get("url"), meta.get("sha256")
+                    except ValueError:
+                        kn.append(f"bad_json({key}.json): not valid JSON")
+                if "txt" in g:
+                    caption = _text(tf.extractfile(g["txt"]).read(), "txt", kn)
+            except (tarfile.TarError, OSError, EOFError) as e:
+                kn.append(f"unreadable_member: {e}")
             img = _image_member(g)
             ref = tar_ref(shard, img.name, img.offset_data, img.size) if img else None
             _wds_row(rows, key, caption, url, ref, sha, i, kn)
-    return pa.table(rows, schema=_WDS_SCHEMA)
+    return pa.table(rows, schema=_WDS_SCHEMA), unit_notes
 
 
 def _companion_refs(images: Path, ws: Workspace) -> pa.Table:
     """key → image reference for an img2dataset shard's ``NNNNN.tar`` or ``NNNNN/`` folder."""
     keys, refs = [], []
     if images.is_file():
-        groups, _ = _tar_groups(images)
+        groups, _, _ = _tar_groups(images)
         for key, g in groups.items():
             img = _image_member(g)
             if img is not None:
@@ -489,6 +538,11 @@ def _select_sql(plan: _Plan, source_id: int, from_sql: str) -> str:
             notes.append((f"{col} IS NOT NULL AND {e} IS NULL",
                           f"'not_bigint({canon}): ' || CAST({col} AS VARCHAR) || ' does not fit BIGINT; stored NULL'"))
         exprs[canon] = e
+    for canon in ("width", "height"):  # a size is never negative
+        if mapping.columns.get(canon) is not None:
+            col = "b." + _q(mapping.columns[canon])
+            notes.append((f"{exprs[canon]} < 0", f"'negative({canon}): ' || CAST({col} AS VARCHAR) || ' stored as NULL'"))
+            exprs[canon] = f"(CASE WHEN {exprs[canon]} >= 0 THEN {exprs[canon]} END)"
     if plan.image_sql is not None:
         exprs["image_ref"] = plan.image_sql
     elif plan.images_root is not None and "image_ref" in mapping.columns:
@@ -550,10 +604,11 @@ def _insert_from(ws: Workspace, plan: _Plan, source_id: int, from_sql: str, rows
     return int(n_all) - n_rej, n_rej + int(n_pre)
 
 
-# the common case of URL_RE without the regex engine: http(s)://, then a host character
+# the common case of URL_RE without the regex engine: no whitespace at all, http(s)://, a host character
 _FAST_URL = (
-    "((starts_with(url, 'https://') AND substr(url, 9, 1) NOT IN ('', ' ', '/', '?', '#', chr(9), chr(10), chr(13))) "
-    "OR (starts_with(url, 'http://') AND substr(url, 8, 1) NOT IN ('', ' ', '/', '?', '#', chr(9), chr(10), chr(13))))"
+    "(strpos(url, ' ') = 0 AND strpos(url, chr(9)) = 0 AND strpos(url, chr(10)) = 0 AND strpos(url, chr(13)) = 0 "
+    "AND ((starts_with(url, 'https://') AND substr(url, 9, 1) NOT IN ('', '/', '?', '#')) "
+    "OR (starts_with(url, 'http://') AND substr(url, 8, 1) NOT IN ('', '/', '?', '#'))))"
 )
 
 
@@ -766,14 +821,15 @@ def _ingest_unit(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
         return _ingest_tsv(ws, cfg, unit, source_id)
     if unit.fmt == "hf_arrow":
         return _ingest_hf_arrow(ws, cfg, unit, source_id)
+    unit_notes: list[str] = []
     if unit.fmt == "webdataset":
-        table = _webdataset_table(unit.path)
+        table, unit_notes = _webdataset_table(unit.path)
         mapping = Mapping("webdataset", _IDENTITY.columns, [])
     else:
         table = _folder_table(unit.path, ws)
         mapping = Mapping("folder", _IDENTITY.columns, [])
     n_ok, n_rej = _insert_table(ws, table, _Plan(mapping, table.column_names), source_id)
-    return mapping, n_ok, n_rej, [], []
+    return mapping, n_ok, n_rej, unit_notes, []
 
 
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
@@ -788,6 +844,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     counters["inputs_inside_workspace_skipped"] = len(skipped)
     # rows carry their own source_row, so their physical order in the table does not matter:
     # let DuckDB insert from both threads without keeping file order (~5% at 10M rows)
+    counters["units_removed"] = _prune(ws, units)
     ws.con.execute("SET preserve_insertion_order = false")
     try:
         _ingest_units(ws, cfg, units, counters)
@@ -797,11 +854,46 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     return counters
 
 
+def _prune(ws: Workspace, units: list[Unit]) -> list[str]:
+    """Remove from the catalog every ingested unit the config no longer names (a source taken
+    out of the config, a file gone from a glob): the catalog mirrors the config, so its
+    samples leave the manifest. Returns the removed URIs."""
+    want = {u.uri for u in units}
+    gone = [(sid, uri) for sid, uri in ws.q("SELECT source_id, uri FROM sources ORDER BY source_id") if uri not in want]
+    if not gone:
+        return []
+    ids = [sid for sid, _ in gone]
+    with ws.transaction() as con:
+        for table in ("images", "embeddings", "caption_stats", "flags", "decisions", "clusters"):
+            con.execute(f"DELETE FROM {table} WHERE sample_id IN (SELECT sample_id FROM samples "
+                        "WHERE source_id IN (SELECT unnest(?)))", [ids])
+        con.execute("DELETE FROM dup_edges")  # rebuilt by dedup
+        for table in ("samples", "rejects", "sources"):
+            con.execute(f"DELETE FROM {table} WHERE source_id IN (SELECT unnest(?))", [ids])
+    for _, uri in gone:
+        info(f"[ingest] {uri} is no longer an input: its samples were removed from the catalog")
+    return [uri for _, uri in gone]
+
+
+def _bad_file(ws: Workspace, unit: Unit, fp: str, err: Exception) -> None:
+    """Record an unreadable unit (``on_bad_file: skip``): a source with 0 rows and the error."""
+    source_id = (ws.scalar("SELECT max(source_id) FROM sources") or 0) + 1
+    ws.con.execute(
+        "INSERT INTO sources VALUES (?, ?, ?, ?, NULL, 0, 0, 0, ?, '{}', ?, '[]')",
+        [source_id, unit.source.name, unit.uri, unit.fmt, fp, json.dumps([f"bad_file: {err}"])],
+    )
+    info(f"[ingest] skipped {unit.uri}: {err}")
+
+
 def _ingest_units(ws: Workspace, cfg: RunConfig, units: list[Unit], counters: dict[str, Any]) -> None:
+    counters["bad_files"] = []
     for unit in bar(units, desc="ingest", unit="file"):
         uri = unit.uri
         fp = _fingerprint(unit, ws)
-        row = ws.q("SELECT source_id, fingerprint FROM sources WHERE uri = ?", [uri])
+        row = ws.q("SELECT source_id, fingerprint, notes FROM sources WHERE uri = ?", [uri])
+        if row and row[0][1] != fp and "bad_file: " in (row[0][2] or ""):
+            ws.con.execute("DELETE FROM sources WHERE source_id = ?", [row[0][0]])  # a skipped file, now changed: retry
+            row = []
         if row:
             if row[0][1] != fp:
                 raise InputError(
@@ -812,13 +904,20 @@ def _ingest_units(ws: Workspace, cfg: RunConfig, units: list[Unit], counters: di
             continue
         source_id = (ws.scalar("SELECT max(source_id) FROM sources") or 0) + 1
         try:
-            with ws.transaction():
-                res = _ingest_unit(ws, cfg, unit, source_id)
-                _record_source(ws, unit, source_id, fp, res)
-        except _Utf8Fallback:
-            with ws.transaction():
-                res = _ingest_parquet_pyarrow(ws, cfg, unit, source_id)
-                _record_source(ws, unit, source_id, fp, res)
+            try:
+                with ws.transaction():
+                    res = _ingest_unit(ws, cfg, unit, source_id)
+                    _record_source(ws, unit, source_id, fp, res)
+            except _Utf8Fallback:
+                with ws.transaction():
+                    res = _ingest_parquet_pyarrow(ws, cfg, unit, source_id)
+                    _record_source(ws, unit, source_id, fp, res)
+        except InputError as e:
+            if cfg.ingest.on_bad_file != "skip":
+                raise
+            _bad_file(ws, unit, fp, e)
+            counters["bad_files"].append(uri)
+            continue
         mapping, n_ok, n_rej, _, _ = res
         counters["units"] += 1
         counters["rows"] += n_ok + n_rej
