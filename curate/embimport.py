@@ -32,7 +32,7 @@ import numpy as np
 
 from curate.catalog import Workspace, file_fingerprint
 from curate.config import PrecomputedEmbeddings, RunConfig
-from curate.embstore import list_parts, read_part_ids, write_part
+from curate.embstore import list_parts, write_part
 from curate.errors import InputError
 from curate.progress import bar, info
 
@@ -105,18 +105,6 @@ def _load(vec_path: Path, meta_path: Path | None, spec: PrecomputedEmbeddings) -
     return keys, vecs
 
 
-def _reconcile(ws: Workspace, model: str, folder: Path) -> None:
-    """Record parts written by a run killed before its transaction (ids already on disk)."""
-    known = {r[0] for r in ws.q("SELECT DISTINCT part FROM embeddings WHERE model = ? AND part IS NOT NULL", [model])}
-    for num in list_parts(folder):
-        if num not in known:
-            ids = read_part_ids(folder, num)
-            with ws.transaction() as con:
-                con.executemany("INSERT INTO embeddings (sample_id, model, part, status) VALUES (?, ?, ?, 'ok') "
-                                "ON CONFLICT DO NOTHING",
-                                [(int(i), model, num) for i in ids])
-
-
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     """Import every configured pair not yet imported into ``embeddings/<embed.model>/``.
 
@@ -125,10 +113,11 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     samples_sharing_a_key (catalog samples with the same url/key get the same vector).
     """
     from curate.feeder import normalise, vector_status
+    from curate.stages.embed import insert_rows, reconcile
 
     model = cfg.embed.model
     folder = ws.embeddings_dir(model)
-    _reconcile(ws, model, folder)
+    reconcile(ws, model, folder)  # parts of a run killed before its transaction (the same rule as embed)
     c = {"model": model, "pairs": 0, "pairs_skipped": 0, "rows": 0, "imported": 0, "unmatched": 0,
          "bad_vector": 0, "samples_sharing_a_key": 0, "already_embedded": 0, "dim": None}
     specs = cfg.embed.precomputed
@@ -203,12 +192,8 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             srt = np.argsort(good_sids, kind="stable")
             write_part(folder, part, good_sids[srt], good_vecs[srt])
         with ws.transaction() as con:
-            if len(good_sids):
-                con.executemany("INSERT INTO embeddings (sample_id, model, part, status) VALUES (?, ?, ?, 'ok')",
-                                [(int(s), model, part) for s in good_sids])
-            if len(bad_sids):
-                con.executemany("INSERT INTO embeddings (sample_id, model, part, status) VALUES (?, ?, NULL, ?)",
-                                [(int(s), model, st) for s, st in zip(bad_sids, bad_status)])
+            insert_rows(con, [(int(s), model, part, "ok") for s in good_sids]
+                        + [(int(s), model, None, st) for s, st in zip(bad_sids, bad_status)])
             con.execute("INSERT INTO embedding_imports VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [model, uri, fp, len(keys), int(len(good_sids)), int(unmatched[0]), part if len(good_sids) else None])
         c["pairs"] += 1

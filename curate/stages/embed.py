@@ -60,36 +60,42 @@ def _insert_rows(ws: Workspace, rows: list[tuple], sims: list[tuple] | None = No
     ``image_text`` rows (sample_id, image key, caption key, similarity)."""
     if not rows and not sims:
         return
+    with ws.transaction() as con:
+        insert_rows(con, rows, sims)
+
+
+def insert_rows(con, rows: list[tuple], sims: list[tuple] | None = None) -> None:
+    """:func:`_insert_rows` inside the caller's transaction (``con``), typed through arrow."""
     import pyarrow as pa
 
-    with ws.transaction() as con:
-        if rows:
-            cols = list(zip(*rows))
-            t = pa.table({
-                "sample_id": pa.array(cols[0], pa.int64()), "model": pa.array(cols[1], pa.string()),
-                "part": pa.array(cols[2], pa.int32()), "status": pa.array(cols[3], pa.string()),
-            })
-            con.register("_emb_rows", t)
-            try:
-                con.execute("INSERT INTO embeddings (sample_id, model, part, status) "
-                            "SELECT sample_id, model, part, status FROM _emb_rows ON CONFLICT DO NOTHING")
-            finally:
-                con.unregister("_emb_rows")
-        if sims:
-            cols = list(zip(*sims))
-            t = pa.table({
-                "sample_id": pa.array(cols[0], pa.int64()), "image_model": pa.array(cols[1], pa.string()),
-                "caption_model": pa.array(cols[2], pa.string()), "similarity": pa.array(cols[3], pa.float64()),
-            })
-            con.register("_sim_rows", t)
-            try:
-                con.execute("INSERT INTO image_text SELECT * FROM _sim_rows ON CONFLICT DO NOTHING")
-            finally:
-                con.unregister("_sim_rows")
+    if rows:
+        cols = list(zip(*rows))
+        t = pa.table({
+            "sample_id": pa.array(cols[0], pa.int64()), "model": pa.array(cols[1], pa.string()),
+            "part": pa.array(cols[2], pa.int32()), "status": pa.array(cols[3], pa.string()),
+        })
+        con.register("_emb_rows", t)
+        try:
+            con.execute("INSERT INTO embeddings (sample_id, model, part, status) "
+                        "SELECT sample_id, model, part, status FROM _emb_rows ON CONFLICT DO NOTHING")
+        finally:
+            con.unregister("_emb_rows")
+    if sims:
+        cols = list(zip(*sims))
+        t = pa.table({
+            "sample_id": pa.array(cols[0], pa.int64()), "image_model": pa.array(cols[1], pa.string()),
+            "caption_model": pa.array(cols[2], pa.string()), "similarity": pa.array(cols[3], pa.float64()),
+        })
+        con.register("_sim_rows", t)
+        try:
+            con.execute("INSERT INTO image_text SELECT * FROM _sim_rows ON CONFLICT DO NOTHING")
+        finally:
+            con.unregister("_sim_rows")
 
 
-def _reconcile(ws: Workspace, key: str, folder: Path) -> dict[str, int]:
-    """Make the catalog agree with the parts on disk (see module doc, *Resume*)."""
+def reconcile(ws: Workspace, key: str, folder: Path) -> dict[str, int]:
+    """Make the catalog agree with the parts on disk (see module doc, *Resume*); also used by
+    :mod:`curate.embimport` for imported parts."""
     removed_tmp = clean_temp(folder)
     on_disk = set(list_parts(folder))
     known = {r[0] for r in ws.q("SELECT DISTINCT part FROM embeddings WHERE model = ? AND part IS NOT NULL", [key])}
@@ -160,7 +166,7 @@ def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any],
     ec = cfg.embed
     key = spec.key
     folder = ws.embeddings_dir(key)
-    counters.update(_reconcile(ws, key, folder))
+    counters.update(reconcile(ws, key, folder))
     todo = ws.q(
         "SELECT s.sample_id, s.image_ref FROM samples s JOIN images i USING (sample_id) "
         "WHERE i.status = 'ok' AND s.image_ref IS NOT NULL "
@@ -240,7 +246,7 @@ def _embed_captions(ws: Workspace, cfg: RunConfig, key: str, counters: dict[str,
 
     ec = cfg.embed
     folder = ws.embeddings_dir(key)
-    counters.update(_reconcile(ws, key, folder))
+    counters.update(reconcile(ws, key, folder))
     todo = ws.q(
         "SELECT sample_id, caption FROM samples WHERE sample_id NOT IN "
         "(SELECT sample_id FROM embeddings WHERE model = ?) ORDER BY sample_id", [key])

@@ -716,6 +716,19 @@ def _table_plan(unit: Unit, schema: pa.Schema, ws: Workspace, kind: str) -> tupl
     return plan, unit_notes
 
 
+def _companion_join(ws: Workspace, unit: Unit, plan: _Plan, row_sql: str) -> str:
+    """Finish ``plan.image_sql`` for rows numbered by ``row_sql``; for an img2dataset shard whose
+    images are in a companion tar/folder, register its key → reference table as ``_refs`` (the
+    caller unregisters it) and return the JOIN clause that brings it in ("" otherwise)."""
+    if not plan.image_sql:
+        return ""
+    plan.image_sql = plan.image_sql.replace("__ROW__", row_sql)
+    if "r.__ref" not in plan.image_sql:
+        return ""
+    ws.con.register("_refs", _companion_refs(unit.images, ws))
+    return f" LEFT JOIN _refs r ON r.__k = CAST(b.{_q(plan.mapping.columns['key'])} AS VARCHAR)"
+
+
 def _ingest_parquet(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int) -> tuple[Mapping, int, int, list[str], list[str]]:
     import duckdb
     import pyarrow.parquet as pq
@@ -728,13 +741,8 @@ def _ingest_parquet(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int) -
     plan, unit_notes = _table_plan(unit, schema, ws, "parquet")
     plan.types = {f.name: f.type for f in schema}
     info(f"[ingest] {unit.path.name}: {plan.mapping.describe()}")
-    join = ""
-    if plan.image_sql and "r.__ref" in plan.image_sql:
-        ws.con.register("_refs", _companion_refs(unit.images, ws))
-        join = f" LEFT JOIN _refs r ON r.__k = CAST(b.{_q(plan.mapping.columns['key'])} AS VARCHAR)"
+    join = _companion_join(ws, unit, plan, "file_row_number")
     try:
-        if plan.image_sql:
-            plan.image_sql = plan.image_sql.replace("__ROW__", "file_row_number")
         plan.row_expr = "b.file_row_number"
         proj = ", ".join(_q(c) for c in plan.columns)
         src = f"(SELECT {proj}, file_row_number FROM read_parquet({_lit(str(unit.path.resolve()))}, file_row_number = true)) b"
@@ -758,12 +766,7 @@ def _ingest_parquet_pyarrow(ws: Workspace, cfg: RunConfig, unit: Unit, source_id
     pf = pq.ParquetFile(unit.path)
     schema = pf.schema_arrow
     plan, unit_notes = _table_plan(unit, schema, ws, "parquet")
-    if plan.image_sql:
-        plan.image_sql = plan.image_sql.replace("__ROW__", "b.__row")
-    join = ""
-    if plan.image_sql and "r.__ref" in plan.image_sql:
-        ws.con.register("_refs", _companion_refs(unit.images, ws))
-        join = f" LEFT JOIN _refs r ON r.__k = CAST(b.{_q(plan.mapping.columns['key'])} AS VARCHAR)"
+    join = _companion_join(ws, unit, plan, "b.__row")
     n_ok = n_rej = 0
     try:
         for t in _arrow_batches(pf.iter_batches(batch_size=cfg.ingest.batch_rows, columns=plan.columns)):
@@ -786,8 +789,7 @@ def _ingest_hf_arrow(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
         reader = pa.ipc.open_file(src)
     schema = reader.schema
     plan, unit_notes = _table_plan(unit, schema, ws, "arrow")
-    if plan.image_sql:
-        plan.image_sql = plan.image_sql.replace("__ROW__", "b.__row")
+    _companion_join(ws, unit, plan, "b.__row")  # an Arrow file has no companion images: only the row refs
     info(f"[ingest] {unit.path.name}: {plan.mapping.describe()}")
     batches = reader if isinstance(reader, pa.ipc.RecordBatchStreamReader) else (
         reader.get_batch(i) for i in range(reader.num_record_batches))
