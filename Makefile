@@ -1,4 +1,4 @@
-# Set-up is part of every target: a fresh clone needs only python3 (3.10+) and make.
+# Set-up is part of every target: a fresh clone needs only python3 (3.10–3.12) and make.
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml Makefile) | sha256sum | cut -c1-12)

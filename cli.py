@@ -10,6 +10,21 @@ import sys
 
 import click
 
+class _NumberOrOff(click.ParamType):
+    """A number, or ``off`` (also ``none``/``null``): switches the signal off (config value null)."""
+
+    def __init__(self, base):
+        self.base = base
+        self.name = f"{base.name}|off"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() in ("off", "none", "null"):
+            return OFF
+        return self.base.convert(value, param, ctx)
+
+
+OFF = object()  # an option given as `off`: the config value becomes null
+
 STAGE_OPTIONS = {
     # stage: [(option, config key, type, help)]
     "ingest": [("--batch-rows", "batch_rows", int, "rows per insert batch"),
@@ -21,17 +36,27 @@ STAGE_OPTIONS = {
     "embed": [("--model", "model", str, "efficientnet_lite0 | open_clip:<arch>/<tag|path|none> | sscd:<path>"),
               ("--device", "device", click.Choice(["auto", "cpu", "cuda"]), "where the model runs"),
               ("--batch-size", "batch_size", int, "images per forward pass"),
-              ("--num-workers", "num_workers", int, "decoding worker processes"),
+              ("--num-workers", "num_workers", str, "decoding worker processes, or auto (see curate.feeder.decode_workers)"),
               ("--precision", "precision", click.Choice(["auto", "fp32", "fp16", "bf16"]),
                "autocast dtype (auto: bf16/fp16 on GPU, fp32 on CPU)"),
-              ("--preprocess", "preprocess", click.Choice(["model", "sscd_288", "sscd_320", "dcr_224"]),
-               "input preprocessing (SSCD presets; part of the embedding key)"),
+              ("--preprocess", "preprocess", click.Choice(["auto", "model", "full", "sscd_288", "sscd_320", "dcr_224"]),
+               "input preprocessing: auto, model (the model's own), full (whole image, no crop), SSCD presets; "
+               "part of the embedding key"),
               ("--caption-model", "caption_model", str, "all-MiniLM-L6-v2 | open_clip:<arch>/<pretrained> (captions)")],
-    "dedup": [("--phash-max-distance", "phash_max_distance", int, "pHash Hamming radius in bits (0-64)"),
-              ("--embedding-min-cosine", "embedding_min_cosine", float, "cosine similarity threshold (-1..1)"),
+    "dedup": [("--phash-max-distance", "phash_max_distance", _NumberOrOff(click.INT),
+               "pHash Hamming radius in bits (0-64), or off (no pHash edges)"),
+              ("--phash-mirror/--no-phash-mirror", "phash_mirror", None,
+               "also match each image's mirror pHash (flipped copies)"),
+              ("--embedding-min-cosine", "embedding_min_cosine", _NumberOrOff(click.FLOAT),
+               "cosine similarity threshold (-1..1), or off (no embedding edges)"),
               ("--caption-exact/--no-caption-exact", "caption_exact", None, "edges between equal normalised captions")],
-    "flag": [("--pack", "packs", str, "rule pack name or YAML path (repeatable)")],
-    "export": [],
+    "flag": [("--pack", "packs", str, "rule pack name or YAML path (repeatable)"),
+             ("--claims", "claims", str, "claim file (.yaml/.csv) or folder of them (repeatable); see curate.claims"),
+             ("--opt-out", "opt_out", str, "opt-out list: one URL or domain per line (repeatable)")],
+    "export": [("--format", "format", click.Choice(["manifest", "webdataset"]),
+                "manifest (default), or webdataset: also out/webdataset/NNNNNN.tar shards of the kept samples"),
+               ("--shard-size", "shard_size", int, "webdataset: samples per shard (default 10000)"),
+               ("--shard-max-bytes", "shard_max_bytes", int, "webdataset: bytes per shard file (default: no limit)")],
     "report": [("--max-clusters", "max_clusters", int, "clusters shown in the report")],
 }
 
@@ -43,11 +68,13 @@ HELP = {
             "image.\n\nExample: curate --workspace ws hash --workers 8",
     "embed": "Image (and caption) embeddings: float16, L2-normalised parts keyed by model + preprocessing.\n\n"
              "Example: curate --workspace ws embed --device cuda --batch-size 256 --caption-model all-MiniLM-L6-v2",
-    "dedup": "Duplicate edges (sha256, pHash, embedding) and clusters with one keeper.\n\n"
-             "Example: curate --workspace ws dedup --phash-max-distance 8",
+    "dedup": "Duplicate edges (sha256, pHash incl. mirror images, embedding) and clusters with one keeper.\n\n"
+             "Example: curate --workspace ws dedup --phash-max-distance 8 --embedding-min-cosine off",
     "flag": "Evaluate rule packs; --dry-run prints per-rule hit counts without writing.\n\n"
             "Example: curate --workspace ws flag --dry-run",
-    "export": "Write out/manifest.parquet, out/removals/all.csv and out/summary.json.\n\nExample: curate --workspace ws export",
+    "export": "Write out/manifest.parquet, out/removals/all.csv and out/summary.json; with --format webdataset also\n"
+              "the kept samples as tar shards out/webdataset/NNNNNN.tar (<key>.jpg|png|webp, .json, .txt) + index.json.\n\n"
+              "Example: curate --workspace ws export --format webdataset --shard-size 5000",
     "report": "Write the self-contained out/report/index.html.\n\nExample: curate --workspace ws report",
 }
 
@@ -158,20 +185,25 @@ def _make_stage_command(stage: str):
 
         ws = _ws(ctx)
         cfg = api.workspace_config(ws, config)
-        if stage == "flag" and opts.get("packs"):
-            opts["packs"] = list(opts["packs"])
-        elif stage == "flag":
-            opts["packs"] = None
+        for many in ("packs", "claims", "opt_out"):  # repeatable options: not given = as configured
+            if many in opts:
+                opts[many] = list(opts[many]) or None
         schema = opts.pop("schema", None)
         if schema:
             cfg = api.with_schema(cfg, schema)
-        cfg = api.with_overrides(cfg, stage, opts)
+        # options not given are None (left as configured); `off` switches a signal off (null)
+        cfg = api.with_overrides(cfg, stage, {k: None if v is OFF else v for k, v in opts.items() if v is not None})
         if dry_run:
-            from curate.stages.flag import hit_counts, load_packs
+            from curate.claims import run_claims
+            from curate.stages.flag import hit_counts, load_claims, load_packs
 
             w = api.open_workspace(ws, cfg)
             try:
-                _print_json(hit_counts(w, load_packs(cfg)))
+                out = hit_counts(w, load_packs(cfg), cfg)
+                claims = load_claims(cfg)
+                if claims:  # matched and extended inside a transaction that is rolled back
+                    out["claims"] = run_claims(w, cfg, claims, dry_run=True)["claimants"]
+                _print_json(out)
             finally:
                 w.close()
             return
@@ -186,12 +218,13 @@ def _make_stage_command(stage: str):
     for opt, key, typ, hlp in STAGE_OPTIONS[stage]:
         if typ is None:
             params.append(click.option(opt, key, default=None, help=hlp))
-        elif key == "packs":
+        elif key in ("packs", "claims", "opt_out"):
             params.append(click.option(opt, key, multiple=True, type=typ, help=hlp))
         else:
             params.append(click.option(opt, key, type=typ, default=None, help=hlp))
     if stage == "flag":
-        params.append(click.option("--dry-run", is_flag=True, help="Print per-rule hit counts; write nothing."))
+        params.append(click.option("--dry-run", is_flag=True,
+                                   help="Print per-rule (and per-claimant) hit counts; write nothing."))
     f = click.pass_context(cmd)
     for p in reversed(params):
         f = p(f)
@@ -200,6 +233,109 @@ def _make_stage_command(stage: str):
 
 for _stage in STAGE_OPTIONS:
     _make_stage_command(_stage)
+
+
+@main.group()
+def probe():
+    """Memorization probes: select risky prompts, generate or import images, score copying.
+
+    \b
+    Example:
+      curate -w ws probe select --top-k 50
+      curate -w ws probe generate --model path/to/sd-v1-4 --seeds 4
+      curate -w ws probe import gens/ --prompts gens/prompts.csv --name sd14
+      curate -w ws probe score --sscd sscd_disc_mixup.torchscript.pt
+    """
+
+
+def _probe_run(ctx, command: str, config, overrides: dict, **kwargs):
+    from curate.probes import run_command
+
+    _print_json(run_command(_ws(ctx), command, config, {k: v for k, v in overrides.items() if v is not None}, **kwargs))
+
+
+_CONFIG_OPT = click.option("--config", "-c", type=click.Path(exists=True, dir_okay=False),
+                           help="curate.yaml (default: the workspace's last config).")
+
+
+@probe.command("select")
+@_CONFIG_OPT
+@click.option("--top-k", type=int, help="probes to keep, highest replication risk first (default 100)")
+@click.option("--max-references", type=int, help="reference training samples stored per probe (default 64)")
+@click.pass_context
+def probe_select(ctx, config, top_k, max_references):
+    """Rank prompts by replication risk (duplicate clusters, caption duplication, templates,
+    specificity) into table probes and out/probes.parquet.
+
+    Example: curate -w ws probe select --top-k 50
+    """
+    _probe_run(ctx, "select", config, {"top_k": top_k, "max_references": max_references})
+
+
+@probe.command("generate")
+@_CONFIG_OPT
+@click.option("--model", help="diffusers pipeline: local folder or hub id (config probe.model)")
+@click.option("--seeds", type=int, help="images per prompt (default 4)")
+@click.option("--seed", type=int, help="first seed (default 0)")
+@click.option("--steps", type=int, help="denoising steps (default 50)")
+@click.option("--guidance-scale", type=float, help="classifier-free guidance (default 7.5; > 1 to measure noise)")
+@click.option("--scheduler", type=click.Choice(["ddim", "model"]), help="ddim (default) or the pipeline's own")
+@click.option("--height", type=int, help="image height (default: the pipeline's)")
+@click.option("--width", type=int, help="image width (default: the pipeline's)")
+@click.option("--batch-size", type=int, help="images per pipeline call (default 4)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="where the pipeline runs")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="model dtype")
+@click.option("--name", "gen_set", help="generation set name (default: the model's name)")
+@click.option("--limit", type=int, help="only the first N probes by rank")
+@click.pass_context
+def probe_generate(ctx, config, model, gen_set, limit, **opts):
+    """Generate images for the probe prompts (N seeds each) with a diffusers pipeline, recording
+    Wen et al.'s noise-difference magnitude; resumable.
+
+    Example: curate -w ws probe generate --model ./sd-v1-4 --seeds 4 --steps 50
+    """
+    from pathlib import Path
+
+    if model and Path(model).expanduser().exists():
+        model = str(Path(model).expanduser().resolve())
+    _probe_run(ctx, "generate", config, {"model": model, **opts}, gen_set=gen_set, limit=limit)
+
+
+@probe.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--prompts", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="prompt list: .csv/.tsv/.jsonl/.parquet (file, prompt[, seed]) or .txt (one per line; images <line>_*.png)")
+@click.option("--name", "gen_set", help="generation set name (default: the folder's name)")
+@_CONFIG_OPT
+@click.pass_context
+def probe_import(ctx, folder, prompts, gen_set, config):
+    """Record images generated elsewhere, with their prompts, as a generation set.
+
+    Example: curate -w ws probe import gens/ --prompts gens/prompts.csv --name sd14
+    """
+    _probe_run(ctx, "import", config, {}, folder=folder, prompts=prompts, gen_set=gen_set)
+
+
+@probe.command("score")
+@_CONFIG_OPT
+@click.option("--sscd", type=click.Path(exists=True, dir_okay=False),
+              help="SSCD TorchScript file (copy-detection descriptor); default: the embed model")
+@click.option("--sscd-preprocess", type=click.Choice(["sscd_288", "sscd_320", "dcr_224"]), help="SSCD preprocessing")
+@click.option("--matches", type=int, help="nearest training images stored per generation (default 5)")
+@click.option("--replicated-similarity", type=float, help="top-1 similarity above which a generation is replicated")
+@click.option("--close-similarity", type=float, help="top-1 similarity above which a generation is close")
+@click.option("--background-sample", type=int, help="training images in the train-to-train background (default 2000)")
+@click.option("--name", "gen_set", help="score one generation set (default: all)")
+@click.pass_context
+def probe_score(ctx, config, sscd, gen_set, **opts):
+    """Search the generations' nearest training images; Somepalli et al.'s statistics, Carlini et
+    al.'s tiled l2 and a verdict per generation and prompt (replicated / close / novel).
+
+    Example: curate -w ws probe score --sscd sscd_disc_mixup.torchscript.pt
+    """
+    from pathlib import Path
+
+    _probe_run(ctx, "score", config, {"sscd": str(Path(sscd).resolve()) if sscd else None, **opts}, gen_set=gen_set)
 
 
 if __name__ == "__main__":  # pragma: no cover

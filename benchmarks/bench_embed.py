@@ -15,7 +15,7 @@ One invocation, same images, same model, same batch size:
 
 Usage::
 
-    python benchmarks/bench_embed.py [--images DIR] [--n 512] [--batch-size 32] [--workers 2]
+    python benchmarks/bench_embed.py [--images DIR] [--n 512] [--batch-size 32] [--workers auto]
         [--model efficientnet_lite0]
 
 stdout: one JSON object; progress on stderr.
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=Path, help="folder of images (default: build with make_images.py)")
     ap.add_argument("--n", type=int, default=512, help="images to embed")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2, help="embed.num_workers")
+    ap.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
+                    help="embed.num_workers (auto: curate.feeder.decode_workers)")
     ap.add_argument("--model", default="efficientnet_lite0")
     a = ap.parse_args(argv)
     os.environ.setdefault("CURATE_QUIET", "1")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model only again: {len(tensors) / t3:.1f} img/s", file=sys.stderr)
     ceiling = len(tensors) / ((t1 + t3) / 2)
     out = {
-        "model": a.model, "images": len(tensors), "batch_size": a.batch_size, "num_workers": a.workers,
+        "model": a.model, "images": len(tensors), "batch_size": a.batch_size, "num_workers": c.get("num_workers", a.workers),
         "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "model_only_img_s": round(ceiling, 2),

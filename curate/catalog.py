@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS rejects (
 CREATE TABLE IF NOT EXISTS images (
     sample_id BIGINT PRIMARY KEY, status VARCHAR NOT NULL, detail VARCHAR, n_bytes BIGINT,
     sha256 VARCHAR, phash UBIGINT, width INTEGER, height INTEGER, raw_width INTEGER,
-    raw_height INTEGER, mode VARCHAR, format VARCHAR, orientation INTEGER, notes VARCHAR[]
+    raw_height INTEGER, mode VARCHAR, format VARCHAR, orientation INTEGER, notes VARCHAR[],
+    phash_mirror UBIGINT
 );
 CREATE TABLE IF NOT EXISTS embeddings (
     sample_id BIGINT NOT NULL, model VARCHAR NOT NULL, part INTEGER, status VARCHAR NOT NULL,
@@ -62,6 +63,10 @@ CREATE TABLE IF NOT EXISTS embedding_imports (
     model VARCHAR NOT NULL, uri VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL, n_rows BIGINT,
     imported BIGINT, unmatched BIGINT, part INTEGER
 );
+CREATE TABLE IF NOT EXISTS image_scores (
+    sample_id BIGINT NOT NULL, classifier VARCHAR NOT NULL, label VARCHAR NOT NULL, score DOUBLE,
+    detail VARCHAR, status VARCHAR NOT NULL, sha256 VARCHAR
+);
 CREATE TABLE IF NOT EXISTS dup_edges (
     a BIGINT NOT NULL, b BIGINT NOT NULL, signal VARCHAR NOT NULL, distance DOUBLE
 );
@@ -69,7 +74,7 @@ CREATE TABLE IF NOT EXISTS cluster_stats (
     cluster_id BIGINT NOT NULL, cluster_size INTEGER NOT NULL, keeper_sample_id BIGINT,
     signals VARCHAR[], edges_sha256 BIGINT, edges_phash BIGINT, edges_embedding BIGINT,
     edges_caption BIGINT, max_phash_bits INTEGER, min_cosine DOUBLE, distinct_urls BIGINT,
-    distinct_captions BIGINT, sources BIGINT
+    distinct_captions BIGINT, sources BIGINT, edges_phash_mirror BIGINT
 );
 CREATE TABLE IF NOT EXISTS caption_stats (
     sample_id BIGINT NOT NULL, caption_group BIGINT NOT NULL, caption_count INTEGER NOT NULL,
@@ -86,6 +91,15 @@ CREATE TABLE IF NOT EXISTS flags (
     category VARCHAR NOT NULL, action VARCHAR NOT NULL, score DOUBLE, evidence VARCHAR,
     holder VARCHAR
 );
+CREATE TABLE IF NOT EXISTS claims (
+    claimant VARCHAR NOT NULL, slug VARCHAR NOT NULL, contact VARCHAR, category VARCHAR NOT NULL,
+    action VARCHAR NOT NULL, kind VARCHAR, value VARCHAR
+);
+CREATE TABLE IF NOT EXISTS claim_matches (
+    claimant VARCHAR NOT NULL, slug VARCHAR NOT NULL, category VARCHAR NOT NULL, action VARCHAR NOT NULL,
+    sample_id BIGINT NOT NULL, signal VARCHAR NOT NULL, score DOUBLE, evidence VARCHAR NOT NULL,
+    matched_reference VARCHAR, via_cluster BOOLEAN NOT NULL, seed_sample_id BIGINT
+);
 CREATE TABLE IF NOT EXISTS decisions (
     sample_id BIGINT NOT NULL, keep BOOLEAN NOT NULL, reasons VARCHAR[] NOT NULL,
     cluster_id BIGINT, keeper_sample_id BIGINT, review VARCHAR[], tags VARCHAR[]
@@ -94,6 +108,43 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY, stage VARCHAR NOT NULL, config JSON, digest VARCHAR,
     started TIMESTAMP, finished TIMESTAMP, status VARCHAR NOT NULL, counters JSON, error VARCHAR
 );
+-- memorization probes (curate.probes): select → generate / import → score
+CREATE TABLE IF NOT EXISTS probes (
+    probe_id BIGINT PRIMARY KEY, prompt VARCHAR NOT NULL, rank INTEGER, risk DOUBLE, reasons JSON,
+    sample_ids BIGINT[] NOT NULL, representative_sample_id BIGINT, cluster_size INTEGER,
+    caption_count INTEGER, pair_count INTEGER, template_count INTEGER, specificity DOUBLE,
+    n_samples INTEGER, origin VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS generations (
+    gen_id BIGINT PRIMARY KEY, gen_set VARCHAR NOT NULL, probe_id BIGINT NOT NULL, prompt VARCHAR NOT NULL,
+    seed BIGINT, path VARCHAR NOT NULL, model VARCHAR, settings JSON, noise_magnitude DOUBLE,
+    noise_per_step DOUBLE[], origin VARCHAR NOT NULL, width INTEGER, height INTEGER
+);
+CREATE TABLE IF NOT EXISTS gen_matches (
+    gen_id BIGINT NOT NULL, model VARCHAR NOT NULL, rank INTEGER NOT NULL, sample_id BIGINT NOT NULL,
+    similarity DOUBLE NOT NULL, tiled_l2 DOUBLE
+);
+CREATE TABLE IF NOT EXISTS gen_scores (
+    gen_id BIGINT NOT NULL, model VARCHAR NOT NULL, status VARCHAR NOT NULL, top1_sample_id BIGINT,
+    top1_similarity DOUBLE, top1_tiled_l2 DOUBLE, min_tiled_l2 DOUBLE, min_tiled_l2_sample_id BIGINT,
+    verdict VARCHAR, evidence JSON
+);
+CREATE TABLE IF NOT EXISTS probe_verdicts (
+    gen_set VARCHAR NOT NULL, probe_id BIGINT NOT NULL, model VARCHAR NOT NULL, verdict VARCHAR NOT NULL,
+    n_generations INTEGER, n_replicated INTEGER, n_close INTEGER, max_similarity DOUBLE,
+    min_tiled_l2 DOUBLE, noise_magnitude DOUBLE, evidence JSON
+);
+CREATE TABLE IF NOT EXISTS probe_stats (
+    gen_set VARCHAR NOT NULL, model VARCHAR NOT NULL, descriptor JSON, stats JSON
+);
+"""
+
+# Columns added after a catalog layout was in use: appended (as in DDL) to older catalogs
+# when they are opened. The stage that fills a new column re-computes what older runs lack
+# (hash: rows without ``phash_mirror`` are hashed again, see curate.stages.hash).
+MIGRATIONS = """
+ALTER TABLE images ADD COLUMN IF NOT EXISTS phash_mirror UBIGINT;
+ALTER TABLE cluster_stats ADD COLUMN IF NOT EXISTS edges_phash_mirror BIGINT;
 """
 
 STAGES = ("ingest", "hash", "embed", "dedup", "flag", "export", "report")
@@ -130,6 +181,7 @@ class Workspace:
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit.replace(chr(39), '')}'")
         self.con.execute(DDL)
+        self.con.execute(MIGRATIONS)
 
     # -- paths -----------------------------------------------------------------------------
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -114,10 +114,15 @@ class EmbedConfig(_Closed):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto = bf16 (or fp16) autocast on GPU, fp32 on CPU")
-    num_workers: int = Field(2, ge=0, description="decoding worker processes")
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="decoding worker processes; auto = 1 per 8 CPUs on CPU (the model's threads "
+                            "use the cores), CPUs − 1 on GPU (decoding is the bottleneck); 0 = in-process")
     part_rows: int = Field(4096, ge=1, description="samples per work chunk = rows per embedding part file (at most)")
-    preprocess: Literal["model", "sscd_288", "sscd_320", "dcr_224"] = Field(
-        "model", description="model = the model's own; sscd_288 | sscd_320 | dcr_224 for sscd: models")
+    preprocess: Literal["auto", "model", "full", "sscd_288", "sscd_320", "dcr_224"] = Field(
+        "auto", description="auto = full for efficientnet_lite0, model for other models; model = the model's own "
+        "(efficientnet_lite0: short side 256 + centre crop 224); full = the whole image squashed to the model's "
+        "input size, no crop (efficientnet_lite0, open_clip; better near-duplicate precision, docs/BENCHMARKS.md); "
+        "sscd_288 | sscd_320 | dcr_224 for sscd: models")
     trim_border: bool = Field(True, description="crop flat padding before resizing (padded copies match)")
     jpeg_draft: bool = Field(True, description="decode JPEGs at reduced DCT scale when the model input is smaller")
     caption_model: str | None = Field(
@@ -131,13 +136,20 @@ class EmbedConfig(_Closed):
 class DedupConfig(_Closed):
     sha256: bool = True
     phash_max_distance: int | None = Field(
-        10, ge=0, le=64, description="pHash Hamming distance ≤ this is an edge (bits, 0–64); null disables"
+        8, ge=0, le=64, description="pHash Hamming distance ≤ this is an edge (bits, 0–64); null disables (8, with "
+        "embedding_min_cosine 0.93: where the near-duplicate benchmark has the most copy transforms at recall ≥ 0.95 "
+        "and precision ≥ 0.99, docs/BENCHMARKS.md; imagededup's default is 10)"
     )
     phash_min_side: int = Field(
         32, ge=1, description="images smaller than this on either side get no pHash edges (too little signal)"
     )
+    phash_mirror: bool = Field(
+        True, description="also an edge (signal phash_mirror) when the pHash of one image's horizontal mirror is "
+        "within phash_max_distance of the other's pHash: finds flipped copies (docs/BENCHMARKS.md)"
+    )
     embedding_min_cosine: float | None = Field(
-        0.92, ge=-1.0, le=1.0, description="cosine similarity ≥ this is an edge; null disables"
+        0.93, ge=-1.0, le=1.0, description="cosine similarity ≥ this is an edge; null disables (0.93, with "
+        "phash_max_distance 8: see there)"
     )
     embedding_min_side: int = Field(
         32, ge=1, description="images smaller than this on either side get no embedding edges (icons and tiny "
@@ -174,16 +186,85 @@ class DedupConfig(_Closed):
 
 class FlagConfig(_Closed):
     packs: list[str] = Field(default_factory=lambda: ["laion-safety"], description="shipped pack names or YAML paths")
+    claims: list[str] = Field(default_factory=list,
+                              description="claim files (.yaml/.csv, one claimant each) or folders of them; see curate.claims")
+    opt_out: list[str] = Field(default_factory=list,
+                               description="opt-out lists: text files, one URL or domain per line; see curate.claims")
 
 
 class ExportConfig(_Closed):
-    pass
+    """What ``export`` writes. The manifest, removals and summary are always written;
+    ``format: webdataset`` adds ``out/webdataset/`` shards (see :mod:`curate.webdataset_export`)."""
+
+    format: Literal["manifest", "webdataset"] = Field(
+        "manifest", description="manifest = manifest.parquet, removals, summary; webdataset = those plus the kept "
+        "samples' images, captions and metadata as tar shards in out/webdataset/")
+    shard_size: int = Field(10_000, ge=1, description="webdataset: samples per shard (at most)")
+    shard_max_bytes: int | None = Field(
+        None, ge=1, description="webdataset: bytes per shard file (at most; a larger single sample gets its own "
+        "shard); null = no byte limit")
 
 
 class ReportConfig(_Closed):
     max_clusters: int = Field(24, ge=0)
     thumbs_per_cluster: int = Field(8, ge=1)
     thumb_px: int = Field(128, ge=16, le=512)
+
+
+class ProbeWeights(_Closed):
+    """Weights of the replication-risk reasons (see :mod:`curate.probes.select`); each multiplies
+    a feature: log2 of a count for the duplication reasons, a 0–1 score for specificity."""
+
+    image_duplicates: float = Field(1.0, ge=0, description="× log2(duplicate-cluster size) (Carlini et al. 2023)")
+    caption_duplicates: float = Field(1.0, ge=0, description="× log2(samples with the same normalised caption) "
+                                      "(Somepalli et al., NeurIPS 2023)")
+    pair_duplicates: float = Field(1.0, ge=0, description="× log2(samples in the cluster with the same caption): image "
+                                   "and caption duplicated together (Somepalli et al., NeurIPS 2023)")
+    template: float = Field(0.5, ge=0, description="× log2(samples sharing the caption template), when it has ≥ 2 "
+                            "variants (Webster 2023, template verbatims)")
+    specificity: float = Field(1.0, ge=0, description="× caption specificity 0–1 (Somepalli et al., NeurIPS 2023)")
+
+
+class ProbeConfig(_Closed):
+    """Memorization probes (``curate probe select | generate | import | score``, :mod:`curate.probes`)."""
+
+    top_k: int = Field(100, ge=1, description="select: probes kept (highest risk first)")
+    weights: ProbeWeights = ProbeWeights()
+    empty_prompt: bool = Field(True, description="select: samples without a caption are candidates under the empty "
+                               "prompt (what a model trained on them was conditioned on)")
+    max_references: int = Field(64, ge=1, description="select: reference training samples stored per probe")
+    model: str | None = Field(None, description="generate: diffusers pipeline, a local folder or a hub id")
+    seeds: int = Field(4, ge=1, description="generate: images per prompt (seeds seed, seed+1, …)")
+    seed: int = Field(0, ge=0, description="generate: first seed")
+    steps: int = Field(50, ge=1, description="generate: denoising steps")
+    guidance_scale: float = Field(7.5, ge=0, description="generate: classifier-free guidance; > 1 is needed for "
+                                  "the noise-difference magnitude (Wen et al.)")
+    scheduler: Literal["ddim", "model"] = Field("ddim", description="generate: DDIM (Wen et al.'s setting) or the "
+                                                "pipeline's own scheduler")
+    height: int | None = Field(None, ge=8, description="generate: image height (null: the pipeline's default)")
+    width: int | None = Field(None, ge=8, description="generate: image width (null: the pipeline's default)")
+    batch_size: int = Field(4, ge=1, description="generate: images per pipeline call")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="generate: model dtype; auto = "
+                                                               "fp16 on GPU, fp32 on CPU")
+    sscd: str | None = Field(None, description="score: SSCD TorchScript file (copy-detection descriptor); null = "
+                             "the embed model")
+    sscd_preprocess: Literal["sscd_288", "sscd_320", "dcr_224"] = Field(
+        "sscd_288", description="score: SSCD preprocessing preset (curate.models.SSCD_PRESETS)")
+    matches: int = Field(5, ge=1, description="score: nearest training images stored per generation")
+    replicated_similarity: float | None = Field(
+        None, ge=-1, le=1, description="score: top-1 similarity above which a generation is replicated; null = 0.5 "
+        "for SSCD (Somepalli et al. 2023), dedup.embedding_min_cosine for other descriptors")
+    close_similarity: float | None = Field(
+        None, ge=-1, le=1, description="score: top-1 similarity above which a generation is close; null = the "
+        "training set's own dataset similarity (95th percentile of the background over non-duplicated samples)")
+    tiled_l2_max: float = Field(0.15, ge=0, description="score: tiled l2 at or below which a generation is "
+                                "replicated (Carlini et al. 2023, delta)")
+    tiles: int = Field(4, ge=1, description="score: tiles per side for the tiled l2 (Carlini et al.: 4)")
+    l2_px: int = Field(512, ge=16, description="score: both images resized (short side) and centre-cropped to this "
+                       "square before the tiled l2 (Carlini et al.: 512)")
+    background_sample: int = Field(2000, ge=1, description="score: training images whose nearest other training "
+                                   "image forms the background distribution (all when fewer)")
 
 
 class RunConfig(_Closed):
@@ -197,6 +278,7 @@ class RunConfig(_Closed):
     flag: FlagConfig = FlagConfig()
     export: ExportConfig = ExportConfig()
     report: ReportConfig = ReportConfig()
+    probe: ProbeConfig = ProbeConfig()
     base_dir: str = Field(".", exclude=True)
 
     @field_validator("sources")

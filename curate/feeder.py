@@ -19,6 +19,27 @@ import numpy as np
 MIN_NORM = 1e-6
 
 
+def decode_workers(setting: int | str, device: str, cpus: int | None = None) -> int:
+    """Decoding worker processes for ``embed.num_workers`` (an int is used as given).
+
+    ``"auto"``: on CPU the model's intra-op threads already use every core and decoding
+    costs about a tenth of the model's CPU time per image (docs/BENCHMARKS.md, issue #4),
+    so one worker per 8 CPUs (at least 1) keeps the model fed with the least contention;
+    on GPU decoding is the bottleneck, so CPUs − 1 (at least 1).
+
+    Args:
+        setting: ``"auto"`` or an int ≥ 0.
+        device: resolved device, ``"cpu"`` or ``"cuda"``.
+        cpus: CPU count (default: the CPUs this process may run on).
+    """
+    if setting != "auto":
+        return int(setting)
+    import os
+
+    n = cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(1, n - 1) if device == "cuda" else max(1, n // 8)
+
+
 # -- vectors ---------------------------------------------------------------------------------
 
 def normalise(vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -344,6 +344,10 @@ def _open_checked(data: bytes, max_pixels: int, draft: int | None, notes: list[s
     if w * h > max_pixels:
         res.status, res.detail = "too_large", f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}"
         return res, None
+    if im.format == "PNG" and len(data) >= 26 and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 6):
+        # 16-bit RGB(A): Pillow has no 16-bit colour mode and keeps the high byte (v >> 8, a
+        # rescale that differs from round(v·255/65535) by at most 1; nothing is clipped)
+        notes.append("bit_depth=16; colour reduced to 8 bits by Pillow (high byte)")
     n_frames = getattr(im, "n_frames", 1) or 1
     if n_frames > 1:
         notes.append(f"frames={n_frames}; using frame 0")

@@ -3,6 +3,9 @@
 - :func:`phash_pairs`: all pairs of 64-bit pHashes within Hamming distance ``r`` (bits,
   0–64, smaller is closer), exact: multi-index hashing (Norouzi, Punjani & Fleet) in O(n)
   memory at scale, faiss ``IndexBinaryFlat`` brute force at small n (the reference).
+- :func:`phash_edges`: the dedup stage's pHash edges: identical hashes collapsed to star
+  edges, distinct hashes searched as in :func:`phash_pairs`, optionally mirror-aware (each
+  image's mirror pHash searched against every hash).
 - :func:`cosine_pairs`: all pairs of L2-normalised vectors with cosine similarity ≥ ``t``
   (−1…1, larger is closer), exact inner-product search in bounded query blocks.
 - :func:`embedding_edges`: the dedup stage's embedding edges: identical vectors collapsed
@@ -56,7 +59,7 @@ def phash_pairs(
     else ``"mih"``. Rows with identical hashes are searched once and expanded back to every
     pair of rows (distance 0 inside a group, the groups' distance across groups), so the output
     is the same as brute force over all rows — note it is quadratic in the size of a group of
-    identical hashes.
+    identical hashes (:func:`phash_edges`, which dedup uses, is not: star edges).
 
     Args:
         hashes: uint64 (n,) pHashes (any order; the result does not depend on it other than
@@ -173,36 +176,49 @@ def _masks_by_top_bit(bits: int, t: int) -> list[np.ndarray]:
     return [np.array(m, np.int64) for m in out]
 
 
-def _mih_pairs(u: np.ndarray, r: int, plan: list[tuple[int, int, int]], stats: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _mih_pairs(u: np.ndarray, r: int, plan: list[tuple[int, int, int]], stats: dict,
+               queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MIH over distinct sorted uint64 hashes ``u``: pairs (a < b) of indices into ``u``, distance uint8.
 
     Each unordered pair is emitted once: inside a block, a pair whose block values differ by the
     flip pattern f is found only from the row whose value has f's highest bit clear (f = 0:
     only from the smaller index); across blocks, only by the first block whose threshold it
     meets.
+
+    With ``queries`` (uint64 (q,)), a cross search instead: every (query index, index into
+    ``u``) within ``r`` bits, each once (first block whose threshold it meets); every query
+    probes every flip pattern, so it costs about twice a self search of the same size.
     """
     n = len(u)
+    cross = queries is not None
+    qh = u if queries is None else np.asarray(queries, np.uint64)
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
     done: list[tuple[int, int, int]] = []
     for shift, bits, t in plan:
         if t < 0:
             continue
-        key = ((u >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+        mask = np.uint64((1 << bits) - 1)
+        key = ((u >> np.uint64(shift)) & mask).astype(np.int64)
+        qkey = key if not cross else ((qh >> np.uint64(shift)) & mask).astype(np.int64)
         idx = np.int32 if n < 2**31 else np.int64
         order = np.argsort(key, kind="stable").astype(idx)
         counts = np.bincount(key, minlength=1 << bits).astype(idx)
         start = np.zeros(1 << bits, idx)
         np.cumsum(counts[:-1], out=start[1:])
-        table = (key, order, counts, start, counts > 0, u[order])
-        groups = [(-1, np.zeros(1, np.int64))] + [(p, m) for p, m in enumerate(_masks_by_top_bit(bits, t)) if len(m)]
+        table = (order, counts, start, counts > 0, u[order])
+        by_top = _masks_by_top_bit(bits, t)
+        if cross:
+            groups = [(-1, np.concatenate([np.zeros(1, np.int64), *by_top]))]
+        else:
+            groups = [(-1, np.zeros(1, np.int64))] + [(p, m) for p, m in enumerate(by_top) if len(m)]
         chunk = max(256, _MIH_PROBE_ELEMS // max(len(m) for _, m in groups))
         earlier = list(done)
 
-        def work(c0: int, table=table, groups=groups, earlier=earlier, chunk=chunk):
-            return _mih_chunk(u, r, table, groups, earlier, c0, chunk)
+        def work(c0: int, table=table, groups=groups, earlier=earlier, chunk=chunk, qkey=qkey):
+            return _mih_chunk(qh, qkey, r, table, groups, earlier, c0, chunk, cross)
 
         with ThreadPoolExecutor(_threads()) as pool:  # numpy releases the GIL in these kernels
-            found.extend(pool.map(work, range(0, n, chunk)))
+            found.extend(pool.map(work, range(0, len(qh), chunk)))
         done.append((shift, bits, t))
     stats["candidates"] = int(sum(f[3] for f in found))
     found = [f for f in found if len(f[0])]
@@ -216,10 +232,12 @@ def _threads() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def _mih_chunk(u, r, table, groups, earlier, c0: int, chunk: int):
-    """Probe one block's table for the rows c0 … c0 + chunk of ``u``; returns (a, b, d, candidates)."""
-    key, order, counts, start, occupied, sorted_u = table
-    kq, hq = key[c0 : c0 + chunk], u[c0 : c0 + chunk]
+def _mih_chunk(qh, qk, r, table, groups, earlier, c0: int, chunk: int, cross: bool = False):
+    """Probe one block's table with the query rows c0 … c0 + chunk (hashes ``qh``, block values
+    ``qk``); returns (a, b, d, candidates). Self search (``qh`` is the table's own ``u``): a < b.
+    Cross search: a = query row, b = table row."""
+    order, counts, start, occupied, sorted_u = table
+    kq, hq = qk[c0 : c0 + chunk], qh[c0 : c0 + chunk]
     out_a, out_b, out_d = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.uint8)]
     n_cand = 0
     for p, masks in groups:
@@ -249,18 +267,23 @@ def _mih_chunk(u, r, table, groups, earlier, c0: int, chunk: int):
             src.append(more.take(owner))
         pos_all, src_all = np.concatenate(pos), np.concatenate(src)
         n_cand += len(pos_all)
-        dist = np.bitwise_count(qhash.take(src_all) ^ sorted_u.take(pos_all))
+        xor_all = qhash.take(src_all) ^ sorted_u.take(pos_all)
+        dist = np.bitwise_count(xor_all)
         ok = np.flatnonzero(dist <= r)
         if not len(ok):
             continue
         x = c0 + qrow.take(src_all[ok])
         y = order.take(pos_all[ok]).astype(np.int64)
-        keep = y > x if p < 0 else np.ones(len(ok), bool)
-        xor = u[x] ^ u[y]
+        keep = y > x if (p < 0 and not cross) else np.ones(len(ok), bool)
+        xor = xor_all[ok]
         for s2, b2, t2 in earlier:  # found by an earlier block already
             keep &= np.bitwise_count((xor >> np.uint64(s2)) & np.uint64((1 << b2) - 1)) > t2
-        out_a.append(np.minimum(x, y)[keep])
-        out_b.append(np.maximum(x, y)[keep])
+        if cross:
+            out_a.append(x[keep])
+            out_b.append(y[keep])
+        else:
+            out_a.append(np.minimum(x, y)[keep])
+            out_b.append(np.maximum(x, y)[keep])
         out_d.append(dist[ok][keep])
     return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_d), n_cand
 
@@ -296,6 +319,154 @@ def _expand_groups(inverse: np.ndarray, n_groups: int, a: np.ndarray, b: np.ndar
     i, j, dd = (np.concatenate(x) for x in (parts_i, parts_j, parts_d))
     order = np.lexsort((j, i))
     return i[order].astype(np.int64), j[order].astype(np.int64), dd[order]
+
+
+def phash_edges(
+    hashes: np.ndarray, max_distance: int, mirror: np.ndarray | None = None, method: str = "auto",
+    stats: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The dedup stage's pHash edges: rows within ``max_distance`` bits, as few edges as keep
+    the same connected components, optionally mirror-aware.
+
+    1. **Identical hashes are collapsed first**: each group of equal hashes keeps its smallest
+       row as representative and gets k − 1 star edges (representative, member) at distance 0,
+       so a placeholder image repeated a million times costs 999,999 edges, not 5·10¹¹.
+    2. The distinct hashes are searched exactly (:func:`phash_pairs`'s methods: multi-index
+       hashing or faiss brute force, ``method``); a pair of distinct hashes within the radius
+       becomes one edge between the two representatives, with its distance.
+    3. With ``mirror`` (the pHash of each row's horizontal mirror image,
+       :func:`curate.phash.phash_with_mirror`): every distinct mirror hash is searched against
+       the distinct hashes (the same exact multi-index hashing, as a cross search, or brute
+       force). Rows a, b whose hashes are more than the radius apart but where
+       min(d(mirror(a), hash(b)), d(hash(a), mirror(b))) ≤ radius get one *mirror* edge between
+       their representatives, with that smaller distance (a row matching its own mirror — a
+       symmetric picture — is no edge).
+
+    Every pair of rows within the radius (directly, or through a mirror image) ends in one
+    connected component, exactly as if every such pair were an edge; only the edge count
+    differs. The result does not depend on row order other than through the row indices.
+
+    Args:
+        hashes: uint64 (n,) pHashes.
+        max_distance: r, bits, 0–64 (inclusive).
+        mirror: optional uint64 (n,) pHashes of the mirror images, row-aligned with ``hashes``.
+        method: ``"auto"``, ``"mih"`` or ``"brute"`` (as :func:`phash_pairs`; both exact).
+        stats: optional dict, filled with ``method``, ``unique`` (distinct hashes),
+            ``identical_collapsed`` (rows folded into a representative), for MIH ``blocks``,
+            ``thresholds`` and ``candidates``, and with ``mirror``: ``mirror_unique`` (distinct
+            mirror hashes), ``mirror_candidates`` (MIH) and ``mirror_edges``.
+
+    Returns:
+        (i int64 (m,), j int64 (m,), distance int32 (m,) bits, mirrored bool (m,)), i < j,
+        sorted by (i, j), each pair of rows at most once.
+
+    Raises:
+        ValueError: ``max_distance`` outside 0–64, an unknown ``method``, or ``mirror`` of
+            another length than ``hashes``.
+    """
+    if not 0 <= max_distance <= 64:
+        raise ValueError(f"max_distance must be in 0..64 bits, got {max_distance}")
+    if method not in ("auto", "mih", "brute"):
+        raise ValueError(f"method must be 'auto', 'mih' or 'brute', got {method!r}")
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    n = len(hashes)
+    if mirror is not None:
+        mirror = np.asarray(mirror, dtype=np.uint64)
+        if mirror.shape != hashes.shape:
+            raise ValueError(f"mirror has shape {mirror.shape}, hashes {hashes.shape}")
+    stats = {} if stats is None else stats
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool))
+    if n < 2:
+        stats.update(method="none", unique=n)
+        return empty
+    uniq, inverse = np.unique(hashes, return_inverse=True)
+    inverse = inverse.ravel().astype(np.int64)
+    u = len(uniq)
+    rows = np.argsort(inverse, kind="stable")  # grouped by hash, ascending row inside a group
+    gstart = np.r_[0, np.cumsum(np.bincount(inverse, minlength=u))[:-1]]
+    rep = rows[gstart]  # smallest row of each distinct hash
+    members = np.flatnonzero(rep[inverse] != np.arange(n))
+    stats.update(unique=u, identical_collapsed=int(len(members)))
+    plan = _mih_plan(u, max_distance)
+    brute = method == "brute" or (method == "auto" and plan is None)
+    if brute:
+        stats["method"] = "brute"
+        a, b, d = _phash_pairs_brute(uniq, max_distance) if u > 1 else empty[:3]
+    else:
+        plan = plan or _mih_plan(u, max_distance, force=True)
+        a, b, d = _mih_pairs(uniq, max_distance, plan, stats) if u > 1 else empty[:3]
+        stats.update(method="mih", blocks=[p[1] for p in plan], thresholds=[p[2] for p in plan])
+    a, b, d = np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(d, np.int32)
+    parts = [(rep[inverse[members]], members, np.zeros(len(members), np.int32), np.zeros(len(members), bool)),
+             (rep[a], rep[b], d, np.zeros(len(a), bool))]
+    if mirror is not None:
+        ma, mb, md = _mirror_group_pairs(uniq, inverse, mirror, max_distance, brute, plan, stats)
+        direct = np.minimum(a, b) * u + np.maximum(a, b)
+        new = ~np.isin(ma * u + mb, direct)  # pairs within the radius directly keep their plain edge
+        ma, mb, md = ma[new], mb[new], md[new]
+        stats["mirror_edges"] = int(len(ma))
+        parts.append((rep[ma], rep[mb], md, np.ones(len(ma), bool)))
+    i = np.concatenate([p[0] for p in parts])
+    j = np.concatenate([p[1] for p in parts])
+    dd = np.concatenate([p[2] for p in parts])
+    mm = np.concatenate([p[3] for p in parts])
+    i, j = np.minimum(i, j), np.maximum(i, j)
+    order = np.lexsort((j, i))
+    return i[order], j[order], dd[order], mm[order]
+
+
+def _mirror_group_pairs(uniq, inverse, mirror, r, brute, plan, stats):
+    """Pairs (g < h) of distinct-hash groups with min over their rows of d(mirror(a), hash(b))
+    ≤ r, g ≠ h, with that distance (int32): the distinct mirror hashes searched against ``uniq``."""
+    u = len(uniq)
+    mu, minv = np.unique(mirror, return_inverse=True)
+    minv = minv.ravel().astype(np.int64)
+    stats["mirror_unique"] = int(len(mu))
+    # the (mirror value, hash group) combinations present; usually one group per mirror value
+    combo = np.unique(minv * u + inverse)
+    c_m, c_g = combo // u, combo % u
+    if brute:
+        q, x, d = _phash_cross_brute(mu, uniq, r)
+    else:
+        st: dict = {}
+        q, x, d = _mih_pairs(uniq, r, plan, st, queries=mu)
+        stats["mirror_candidates"] = st["candidates"]
+    q, x, d = np.asarray(q, np.int64), np.asarray(x, np.int64), np.asarray(d, np.int32)
+    # expand each (mirror value q, group x) to every group g whose rows have mirror value q
+    lo = np.searchsorted(c_m, q, side="left")
+    cnt = np.searchsorted(c_m, q, side="right") - lo
+    k = np.repeat(np.arange(len(q)), cnt)
+    pos = np.repeat(lo - np.r_[0, np.cumsum(cnt)[:-1]], cnt) + np.arange(len(k))
+    g, h, dist = c_g[pos], x[k], d[k]
+    keep = g != h
+    g, h, dist = np.minimum(g, h)[keep], np.maximum(g, h)[keep], dist[keep]
+    if not len(g):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
+    key = g * u + h
+    order = np.lexsort((dist, key))  # the smallest distance of each pair first
+    key, dist = key[order], dist[order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    key, dist = key[first], dist[first]
+    return key // u, key % u, dist
+
+
+def _phash_cross_brute(q: np.ndarray, u: np.ndarray, r: int):
+    """faiss ``IndexBinaryFlat``: every (query row, row of ``u``) within r bits (O(q·u))."""
+    import faiss
+
+    codes = _hashes_to_codes(u)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(codes)
+    qc = _hashes_to_codes(q)
+    out_q, out_x, out_d = [], [], []
+    for start in range(0, len(qc), QUERY_BLOCK):
+        lims, vals, labels = index.range_search(qc[start : start + QUERY_BLOCK], r + 1)  # strictly below
+        out_q.append(np.repeat(np.arange(start, start + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64)))
+        out_x.append(labels.astype(np.int64))
+        out_d.append(vals.astype(np.int32))
+    if not out_q:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
+    return np.concatenate(out_q), np.concatenate(out_x), np.concatenate(out_d)
 
 
 def row_norms(vecs: np.ndarray) -> np.ndarray:

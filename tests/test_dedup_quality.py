@@ -125,11 +125,18 @@ def test_small_benchmark_through_the_pipeline(tmp_path):
     assert len(orig_groups) == 6
     # the pipeline's own clusters table agrees with the components of its dup_edges
     assert comb["all"]["cluster_table"] == comb["all"]["cluster"]
-    # sha256 alone finds exact copies and nothing else; pHash alone misses every mirror image
+    # sha256 alone finds exact copies and nothing else; pHash finds every mirror image through its
+    # mirror hash (a mirror image's own pHash is far from the original's), and misses them without it
     sha = res["signals"]["sha256"]["scores"]
     assert sha["exact"]["cluster"]["recall"] == 1.0 and sha["resize"]["cluster"]["recall"] == 0.0
-    assert res["signals"]["phash"]["scores"]["hflip"]["cluster"]["recall"] == 0.0
+    assert res["signals"]["phash"]["scores"]["hflip"]["cluster"]["recall"] == 1.0
     assert res["copy_diagnostics"]["hflip/mirror"]["phash_bits_median"] > 16
+    assert res["copy_diagnostics"]["hflip/mirror"]["phash_mirror_aware_bits_median"] <= 4
+    abl = res["experiments"]
+    assert abl["no_phash_mirror"]["counters"]["edges"].get("phash_mirror", 0) == 0
+    assert abl["default"]["counters"]["edges"]["phash_mirror"] >= 6  # one per mirror copy at least
+    assert abl["no_phash_mirror"]["at_default_cosine"]["hflip"]["cluster"]["recall"] <= comb["hflip"]["cluster"]["recall"] == 1.0
+    assert all(v["same_clusters_as_real_run"] for v in abl.values())
     # sweeps ran through dedup re-runs; the offline grid reproduces the real default run
     assert [p["phash_max_distance"] for p in res["sweeps"]["phash"]] == [0, 10]
     assert res["grid_check"]["default_point_same_clusters_as_real_run"]

@@ -21,6 +21,7 @@ from PIL import Image
 
 from curate import api
 from curate.config import RunConfig
+from curate.errors import ConfigError
 from curate.embstore import iter_parts, list_parts, read_part_meta
 
 from conftest import ROOT, SAMPLE
@@ -276,6 +277,36 @@ def test_sscd_presets_shapes_and_variable_size_batches(tmp_path, tiny):
         resolve_image_model("efficientnet_lite0", preset="sscd_320")
 
 
+def test_full_preset_sees_the_whole_picture_and_is_the_default_for_efficientnet(tiny):
+    """``full`` squashes the whole image to the model's input (no centre crop): a wide banner's
+    ends stay in view. ``auto`` (the config default) is ``full`` for efficientnet_lite0 and the
+    model's own preprocessing elsewhere; each preprocessing has its own embedding key."""
+    from curate.config import EmbedConfig
+    from curate.models import resolve_image_model
+
+    banner = np.full((100, 400, 3), 230, np.int16)
+    banner[:, :60] = (220, 20, 20)  # red left end, blue right end, white middle; noisy (no flat border to trim)
+    banner[:, -60:] = (20, 20, 220)
+    banner = np.clip(banner + np.random.default_rng(0).integers(-20, 21, banner.shape), 0, 255).astype(np.uint8)
+    own = resolve_image_model("efficientnet_lite0", preset="model")
+    full = resolve_image_model("efficientnet_lite0", preset="full")
+    auto = resolve_image_model("efficientnet_lite0", preset=EmbedConfig().preprocess)
+    assert EmbedConfig().preprocess == "auto" and auto.key == full.key != own.key and auto.preset == "full"
+    x_own, x_full = own.preprocess.pixels(banner), full.preprocess.pixels(banner)
+    assert x_own.shape == x_full.shape == (3, 224, 224)
+    assert (x_own >= 190).all()  # the centre crop of the banner is blank white
+    left, right = x_full[:, :, :20].reshape(3, -1).mean(1), x_full[:, :, -20:].reshape(3, -1).mean(1)
+    assert left[0] > 180 > 60 > left[2] and right[2] > 180 > 60 > right[0]
+    clip_own = resolve_image_model("open_clip:ViT-B-32/none", preset="auto")
+    clip_full = resolve_image_model("open_clip:ViT-B-32/none", preset="full")
+    assert clip_own.preprocess.crop == 224 and clip_full.preprocess.crop is None
+    assert clip_full.preprocess.pixels(banner).shape == (3, 224, 224) and clip_full.key != clip_own.key
+    assert clip_full.preprocess.mean == clip_own.preprocess.mean  # only the crop changes
+    assert resolve_image_model(f"sscd:{tiny}", preset="auto").preset == "sscd_288"
+    with pytest.raises(ConfigError, match="'full' is for efficientnet_lite0 and open_clip"):
+        resolve_image_model(f"sscd:{tiny}", preset="full")
+
+
 @pytest.mark.slow
 def test_caption_embeddings_offline_minilm(tmp_path, tiny):
     _images(tmp_path / "imgs", 4)
@@ -378,3 +409,27 @@ def test_trim_uniform_border_equals_the_plain_definition():
     for c in cases:  # the edge-line pre-check never skips a trim the definition would make
         want = untrimmed.pixels_hwc(Image.fromarray(np.ascontiguousarray(_trim_reference(c))))
         assert np.array_equal(pre.pixels_hwc(Image.fromarray(c)), want)
+
+
+def test_decode_workers_auto_leaves_cpu_cores_to_the_model():
+    from curate.feeder import decode_workers
+
+    assert decode_workers("auto", "cpu", cpus=2) == 1      # this machine: one decoder beside the model's threads
+    assert decode_workers("auto", "cpu", cpus=32) == 4
+    assert decode_workers("auto", "cuda", cpus=16) == 15   # GPU: decoding is the bottleneck
+    assert decode_workers("auto", "cuda", cpus=1) == 1
+    assert decode_workers(0, "cuda", cpus=16) == 0         # an explicit count is used as given
+
+
+def test_missing_weights_after_workers_started_is_a_clear_error_and_leaves_no_workers(tmp_path, tiny):
+    import multiprocessing
+
+    _images(tmp_path / "imgs", 6)
+    cfg = _cfg(_config(tmp_path, tmp_path / "no-such-model.pt", num_workers=2))
+    ws = tmp_path / "ws"
+    api.run_one(ws, "ingest", cfg)
+    api.run_one(ws, "hash", cfg)
+    with pytest.raises(ConfigError, match="no-such-model.pt"):
+        api.run_one(ws, "embed", cfg)
+    assert multiprocessing.active_children() == []
+    assert _statuses(ws) == {}

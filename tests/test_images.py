@@ -364,3 +364,23 @@ def test_changing_max_pixels_rehashes_the_images_it_affects(tmp_path):
     assert status(1_000_000) == {"big.png": "ok", "small.png": "ok"}
     assert status(1000) == {"big.png": "too_large", "small.png": "ok"}
     assert status(1_000_000) == {"big.png": "ok", "small.png": "ok"}
+
+
+def test_16_bit_rgb_png_is_rescaled_by_high_byte_and_noted():
+    import struct
+    import zlib
+
+    from curate.images import decode
+
+    w, h = 4, 2
+    arr = (np.arange(w * h * 3).reshape(h, w, 3) * 4000).astype(">u2")
+    raw = b"".join(b"\x00" + arr[y].tobytes() for y in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    d = decode(png)
+    assert d.status == "ok" and any(n.startswith("bit_depth=16") for n in d.notes)
+    assert (d.rgb == (arr >> 8).astype(np.uint8)).all()  # rescaled, never clipped at 255

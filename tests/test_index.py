@@ -57,3 +57,73 @@ def test_embedding_parts_join_on_ids_not_row_order(tmp_path):
     assert ids.tolist() == [3, 5, 7]
     assert vecs.flags.c_contiguous and vecs.dtype == np.float32
     assert vecs[0].argmax() == 1 and vecs[2].argmax() == 0
+
+
+def _comps(i, j):
+    nodes, cids = components(np.zeros(0, np.int64), np.asarray(i, np.int64), np.asarray(j, np.int64))
+    return dict(zip(nodes.tolist(), cids.tolist()))
+
+
+def test_identical_phash_group_gives_star_edges_and_the_same_clusters():
+    """k identical hashes: k − 1 star edges to the smallest row (phash_pairs gives all k(k−1)/2
+    pairs), the same components, and cross-group pairs once between representatives."""
+    from curate.index import phash_edges
+
+    rng = np.random.default_rng(4)
+    h = rng.integers(0, 2**64 - 1, 300, dtype=np.uint64, endpoint=True)
+    h[[40, 7, 250, 99, 120]] = h[7]  # a group of 5 (rows 7, 40, 99, 120, 250)
+    h[60:90] = h[3] ^ np.uint64(0b111)  # 30 identical rows, 3 bits from row 3
+    for method in ("mih", "brute"):
+        st: dict = {}
+        i, j, d, m = phash_edges(h, 6, method=method, stats=st)
+        pi, pj, pd = phash_pairs(h, 6, method=method)
+        assert _comps(i, j) == _comps(pi, pj)
+        assert len(pi) >= 10 + 435 + 30 and len(i) == 4 + 29 + 1 + (len(pi) - 10 - 435 - 30)
+        edges = dict(zip(zip(i.tolist(), j.tolist()), d.tolist()))
+        assert {(7, 40), (7, 99), (7, 120), (7, 250)} <= set(edges) and edges[(7, 40)] == 0
+        assert edges[(3, 60)] == 3 and (3, 61) not in edges  # one edge per pair of groups
+        assert not m.any() and st["identical_collapsed"] == 4 + 29 and (i < j).all()
+        assert np.all(np.diff(i * 300 + j) > 0)
+
+
+def test_placeholder_repeated_many_times_costs_linear_edges():
+    from curate.index import phash_edges
+
+    n = 200_000
+    h = np.full(n, 0x8F3A5C7E1B2D4F60, np.uint64)  # one placeholder image
+    h[::1000] = np.random.default_rng(0).integers(0, 2**63, n // 1000, dtype=np.int64).astype(np.uint64)
+    i, j, d, m = phash_edges(h, 10, mirror=h)  # brute force over all pairs: 2·10¹⁰ pairs
+    assert len(i) < n and (d[:5] == 0).all()
+    lab = _comps(i, j)
+    assert len({lab[r] for r in range(n) if r % 1000}) == 1  # every copy in one cluster
+
+
+def test_mirror_edges_join_flipped_copies_only_when_direct_hashes_do_not():
+    from curate.index import phash_edges
+
+    rng = np.random.default_rng(5)
+    n = 2000
+    h = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    m = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    h[11] = m[10] ^ np.uint64(0b1011)  # row 11 is a flipped copy of row 10: its hash = 10's mirror hash ± 3 bits
+    m[11] = h[10]
+    h[21] = h[20] ^ np.uint64(1)  # a plain near-duplicate whose mirror also matches: one plain edge
+    m[21] = m[20]
+    m[30] = h[30]  # a symmetric picture: its own mirror is no edge
+    m[41] = m[40] = h[42] ^ np.uint64(0b11)  # identical mirror hashes from two different rows
+    naive_d = np.bitwise_count(h[:, None] ^ h[None, :])
+    naive_m = np.bitwise_count(m[:, None] ^ h[None, :])
+    naive_m = np.minimum(naive_m, naive_m.T)
+    for method in ("mih", "brute"):
+        st: dict = {}
+        i, j, d, mir = phash_edges(h, 8, mirror=m, method=method, stats=st)
+        e = {(a, b): (dd, f) for a, b, dd, f in zip(i.tolist(), j.tolist(), d.tolist(), mir.tolist())}
+        assert e[(10, 11)] == (0, True)  # min(d(mirror(10), 11), d(10, mirror(11))) = 0
+        assert e[(20, 21)] == (1, False) and (30, 30) not in e
+        assert e[(40, 42)] == (2, True) and e[(41, 42)] == (2, True)
+        ii, jj = np.nonzero(np.triu((naive_d <= 8) | (naive_m <= 8), 1))
+        want = {(a, b): (min(naive_d[a, b], naive_m[a, b]), bool(naive_d[a, b] > 8)) for a, b in zip(ii.tolist(), jj.tolist())}
+        assert e == want  # no identical hashes here: every pair within the radius is one edge
+        assert st["mirror_edges"] == sum(f for _, f in want.values())
+    with pytest.raises(ValueError, match="mirror"):
+        phash_edges(h, 8, mirror=m[:5])

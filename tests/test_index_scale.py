@@ -206,8 +206,13 @@ def test_dedup_scale_benchmark_runs_small(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout)
-    ph, im, em = res["phash"], res["imagededup"], res["embed"]
+    ph, im, em, pe = res["phash"], res["imagededup"], res["embed"], res["phash_edges"]
     assert ph["identical_to_brute"] is True and ph["planted_found"] == ph["planted_pairs"] == 2000
+    # the dedup stage's search: 1,000 placeholder rows are 999 star edges in one cluster, and
+    # every planted flipped copy (mirror hash 0–6 bits from another row's hash) joins that row
+    assert pe["placeholder_rows"] == 1000 and pe["placeholder_in_one_cluster"] is True
+    assert pe["search"]["identical_collapsed"] >= 999 and pe["edges"] < ph["pairs"] + 200 + 1000
+    assert pe["planted_mirror_found"] == pe["planted_mirror_pairs"] == 200 and pe["mirror_edges"] >= 190
     assert im["auto"]["identical"] is True and im["mih"]["identical"] is True and im["imagededup_pairs"] >= 40
     assert em["search"]["method"] == "ivf" and em["search"]["identical_collapsed"] == 40
     assert em["planted_in_one_component"] >= 0.95 * em["planted_pairs_above_threshold"] > 0

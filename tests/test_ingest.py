@@ -136,6 +136,32 @@ def test_webdataset_repeated_member_noted_and_cross_shard_keys_not_merged(tmp_pa
     assert res["counters"]["webdataset_keys_in_several_shards"] == 1
 
 
+def test_webdataset_and_folder_sidecar_json_fields_are_kept_in_extra(tmp_path):
+    import json as _json
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(buf, "JPEG")
+    meta = {"url": "https://img.example.org/1.jpg", "caption": "green", "sha256": None, "key": "000001",
+            "status": "success", "original_width": 640, "similarity": 0.31, "NSFW": "UNLIKELY"}
+    (tmp_path / "wds").mkdir()
+    _tar(tmp_path / "wds" / "a.tar", [("000001.jpg", buf.getvalue()), ("000001.json", _json.dumps(meta).encode())])
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "x.jpg").write_bytes(buf.getvalue())
+    (tmp_path / "folder" / "x.json").write_text(_json.dumps({**meta, "url": "https://img.example.org/x.jpg"}))
+    ws = tmp_path / "ws"
+    api.run_one(ws, "ingest", _cfg(tmp_path, [{"name": "w", "webdataset": "wds/*.tar"}, {"name": "f", "images": "folder"}]))
+    import duckdb
+
+    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+    rows = con.execute("SELECT url, caption, extra FROM samples ORDER BY sample_id").fetchall()
+    con.close()
+    assert [r[:2] for r in rows] == [("https://img.example.org/1.jpg", "green"), ("https://img.example.org/x.jpg", "green")]
+    for r in rows:
+        assert _json.loads(r[2]) == {"status": "success", "original_width": 640, "similarity": 0.31, "NSFW": "UNLIKELY"}
+
+
 def test_changed_input_file_is_a_clear_error(tmp_path):
     pq.write_table(pa.table({"URL": ["https://a/1"], "TEXT": ["x"]}), tmp_path / "m.parquet")
     ws = tmp_path / "ws"

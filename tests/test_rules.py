@@ -108,3 +108,39 @@ def test_caption_words_case_insensitive_at_word_boundaries(flagged):
     assert hits == {"https://img.example.org/0.jpg"}  # "Stock Photo", not "stockphoto"
     assert ("https://img.example.org/2.jpg", "pii-email-in-caption") in flagged
     assert ("https://img.example.org/3.jpg", "pii-phone-in-caption") in flagged
+
+
+def test_bad_pack_errors_give_file_line_and_the_fix(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("pack: bad\ndescription: x\nrules:\n  - id: r1\n    kind: metadata_threshold\n    category: nsfw\n"
+                 "    action: remove\n    column: punsafe\n    op: '>'\n    value: high\n    unknown: pass\n"
+                 "    unknwon: flag\n")
+    with pytest.raises(ConfigError) as e:
+        load_pack(p)
+    msg = str(e.value)
+    assert "bad.yaml:10: rules.0.metadata_threshold.value → Input should be a valid number" in msg  # wrong type
+    assert "bad.yaml:12: rules.0.metadata_threshold.unknwon → unknown key" in msg
+    assert "did you mean 'unknown'?" in msg and "allowed here: action, category, column" in msg
+    p.write_text("pack: bad\ndescription: x\nrules:\n  - id: r1\n    kind: domain_list\n    category: copyright\n"
+                 "    action: remove\n    domains: [shutterstock.com, co.uk]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:8: .*'co.uk' is a public suffix.*list the site's own domain"):
+        load_pack(p)
+
+
+def test_listed_domains_match_by_registrable_domain(tmp_path):
+    pq.write_table(pa.table({"URL": ["https://cdn.example.co.uk/a.jpg", "https://example.co.uk/b.jpg",
+                                     "https://other.co.uk/c.jpg", "https://notexample.co.uk/d.jpg"],
+                             "TEXT": ["a", "b", "c", "d"]}), tmp_path / "m.parquet")
+    pack = tmp_path / "d.yaml"
+    pack.write_text("pack: d\ndescription: x\nrules:\n  - id: ex\n    kind: domain_list\n    category: copyright\n"
+                    "    action: remove\n    domains: [www.Example.co.uk]\n")
+    cfg = RunConfig.model_validate({"sources": [{"name": "m", "metadata": "m.parquet"}], "flag": {"packs": [str(pack)]}})
+    cfg.base_dir = str(tmp_path)
+    ws = tmp_path / "ws"
+    api.run_one(ws, "ingest", cfg)
+    api.run_one(ws, "flag", cfg)
+    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+    hits = dict(con.execute("SELECT s.url, f.evidence FROM flags f JOIN samples s USING (sample_id)").fetchall())
+    con.close()
+    assert set(hits) == {"https://cdn.example.co.uk/a.jpg", "https://example.co.uk/b.jpg"}
+    assert hits["https://cdn.example.co.uk/a.jpg"] == "host cdn.example.co.uk is under example.co.uk"

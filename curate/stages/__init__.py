@@ -21,7 +21,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "hash": ("ingest",),
     "embed": ("ingest",),
     "dedup": ("hash", "embed"),
-    "flag": ("ingest", "hash"),
+    "flag": ("ingest", "hash", "dedup"),  # claims extend to duplicate clusters
     "export": ("dedup", "flag"),
     "report": ("export",),
 }
@@ -102,4 +102,6 @@ def out_of_date(status: dict[str, Any]) -> list[str]:
 
 def _short(counters: dict[str, Any]) -> str:
     items = [f"{k}={v}" for k, v in counters.items() if isinstance(v, (int, float, str))]
-    return ", ".join(items[:8])
+    # nested counters (per rule, per claimant, …): their size, so the line never ends empty
+    items += [f"{k}: {len(v)}" for k, v in counters.items() if isinstance(v, (dict, list)) and v]
+    return ", ".join(items[:8]) or "nothing to report"

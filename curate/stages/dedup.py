@@ -4,9 +4,14 @@ Signals and their edge ``distance`` column:
 
 - ``sha256``    equal bytes; star edges to the group's smallest id; distance 0
 - ``phash``     Hamming distance ≤ ``phash_max_distance`` bits (exact: multi-index hashing or
-                faiss brute force, :func:`curate.index.phash_pairs`);
+                faiss brute force, :func:`curate.index.phash_edges`); identical hashes get star
+                edges to their group's smallest id (k − 1 edges for k copies, distance 0);
                 distance = bits. Images under ``phash_min_side`` px on a side get no pHash
                 edges (a 5×5 icon's DCT hash says little).
+- ``phash_mirror`` (``phash_mirror: true``, the default) the pHash of one image's horizontal
+                mirror is within ``phash_max_distance`` of the other's pHash, while their own
+                pHashes are not (a flipped copy); distance = the smaller of the two mirror
+                distances, bits. Same search, same ``phash_min_side`` rule.
 - ``embedding`` cosine ≥ ``embedding_min_cosine`` on L2-normalised vectors; identical vectors
                 get star edges to their group's smallest id (distance 0) and are searched once;
                 exact search (faiss inner product) below ``embedding_ivf_min_n`` distinct
@@ -29,7 +34,7 @@ import pyarrow as pa
 from curate.catalog import Workspace
 from curate.config import RunConfig
 from curate.embstore import load_all
-from curate.index import components, embedding_edges, phash_pairs, row_norms
+from curate.index import components, embedding_edges, phash_edges, row_norms
 from curate import captions
 from curate.keeper import ranked_sql
 
@@ -84,17 +89,26 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
                 "WHERE caption IS NOT NULL AND trim(caption) <> ''",
             )
         if dc.phash_max_distance is not None:
-            rows = ws.q(
-                "SELECT sample_id, phash FROM images WHERE status = 'ok' AND phash IS NOT NULL "
-                "AND least(width, height) >= ? ORDER BY sample_id", [dc.phash_min_side],
-            )
-            ids = np.array([r[0] for r in rows], np.int64)
-            hashes = np.array([r[1] for r in rows], np.uint64)
+            got = con.execute(
+                "SELECT sample_id, phash, coalesce(phash_mirror, phash) AS mirror, phash_mirror IS NULL AS no_mirror "
+                "FROM images WHERE status = 'ok' AND phash IS NOT NULL AND least(width, height) >= ? "
+                "ORDER BY sample_id", [dc.phash_min_side],
+            ).fetchnumpy()
+            ids = np.asarray(got["sample_id"], np.int64)
+            hashes = np.asarray(got["phash"], np.uint64)
             search: dict[str, Any] = {}
-            i, j, d = phash_pairs(hashes, dc.phash_max_distance, method=dc.phash_search, stats=search)
+            mirror = np.asarray(got["mirror"], np.uint64) if dc.phash_mirror else None
+            i, j, d, mirrored = phash_edges(hashes, dc.phash_max_distance, mirror=mirror, method=dc.phash_search,
+                                            stats=search)
             counters["phash_hashed"] = len(ids)
-            counters["phash_search"] = search  # method, distinct hashes, MIH blocks/thresholds, candidates
-            counters["edges"]["phash"] = _add_edges(ws, ids[i], ids[j], "phash", d)
+            # method, distinct hashes, identical collapsed, MIH blocks/thresholds/candidates, mirror search
+            counters["phash_search"] = search
+            if dc.phash_mirror:  # catalogs hashed before mirror hashes existed are re-hashed by `curate hash`
+                counters["phash_mirror_missing"] = int(np.asarray(got["no_mirror"], bool).sum())
+            counters["edges"]["phash"] = _add_edges(ws, ids[i[~mirrored]], ids[j[~mirrored]], "phash", d[~mirrored])
+            if dc.phash_mirror:
+                counters["edges"]["phash_mirror"] = _add_edges(
+                    ws, ids[i[mirrored]], ids[j[mirrored]], "phash_mirror", d[mirrored])
         if dc.embedding_min_cosine is not None:
             from curate.stages.embed import image_key
 
@@ -162,19 +176,22 @@ def cluster_statistics(ws: Workspace) -> None:
     """Rebuild ``cluster_stats``: one row per cluster with what joined it.
 
     Columns: cluster_id, cluster_size, keeper_sample_id, signals VARCHAR[] (sorted),
-    edges_sha256 / edges_phash / edges_embedding / edges_caption (edge counts),
-    max_phash_bits (largest Hamming distance of a pHash edge, bits 0–64, NULL without one),
-    min_cosine (smallest cosine of an embedding edge, NULL without one), distinct_urls,
-    distinct_captions (normalised), sources (distinct source names).
+    edges_sha256 / edges_phash / edges_phash_mirror / edges_embedding / edges_caption (edge
+    counts), max_phash_bits (largest Hamming distance of a ``phash`` or ``phash_mirror`` edge,
+    bits 0–64, NULL without one), min_cosine (smallest cosine of an embedding edge, NULL
+    without one), distinct_urls, distinct_captions (normalised), sources (distinct source names).
     """
     ws.con.execute("DELETE FROM cluster_stats")
     ws.con.execute(
-        f"""INSERT INTO cluster_stats
+        f"""INSERT INTO cluster_stats (cluster_id, cluster_size, keeper_sample_id, signals, edges_sha256,
+            edges_phash, edges_embedding, edges_caption, max_phash_bits, min_cosine, distinct_urls,
+            distinct_captions, sources, edges_phash_mirror)
         WITH e AS (
             SELECT c.cluster_id,
                    count(*) FILTER (e.signal = 'sha256') AS n_sha, count(*) FILTER (e.signal = 'phash') AS n_ph,
                    count(*) FILTER (e.signal = 'embedding') AS n_emb, count(*) FILTER (e.signal = 'caption') AS n_cap,
-                   max(e.distance) FILTER (e.signal = 'phash') AS max_bits,
+                   count(*) FILTER (e.signal = 'phash_mirror') AS n_phm,
+                   max(e.distance) FILTER (e.signal IN ('phash', 'phash_mirror')) AS max_bits,
                    1 - max(e.distance) FILTER (e.signal = 'embedding') AS min_cos,
                    list_sort(list(DISTINCT e.signal)) AS signals
             FROM dup_edges e JOIN clusters c ON c.sample_id = e.a GROUP BY c.cluster_id
@@ -188,6 +205,6 @@ def cluster_statistics(ws: Workspace) -> None:
             GROUP BY c.cluster_id
         )
         SELECT m.cluster_id, m.size, m.keeper, e.signals, e.n_sha, e.n_ph, e.n_emb, e.n_cap,
-               CAST(e.max_bits AS INTEGER), e.min_cos, m.urls, m.caps, m.sources
+               CAST(e.max_bits AS INTEGER), e.min_cos, m.urls, m.caps, m.sources, e.n_phm
         FROM m JOIN e USING (cluster_id)"""
     )

@@ -21,7 +21,8 @@ gone, and embeds only the remaining samples — from the start of the interrupte
 the same chunk boundaries and part numbers, so it writes the same parts, byte for byte, as
 an uninterrupted run, and recomputes nothing that was finished.
 
-**Throughput.** ``num_workers`` DataLoader processes read and decode (:mod:`curate.images`,
+**Throughput.** ``num_workers`` DataLoader processes (``auto``: :func:`curate.feeder.decode_workers`)
+start before the model loads, so the first batches are decoded while it loads; they read and decode (:mod:`curate.images`,
 JPEG draft mode at the model's input size) and preprocess to uint8 (3, H, W) tensors; the
 main process moves each batch to the device (pinned memory on GPU), normalises it there
 and runs the model (bf16/fp16 autocast on GPU), while 2–4 batches per worker are
@@ -49,7 +50,8 @@ from curate.catalog import Workspace
 from curate.config import RunConfig
 from curate.embstore import (clean_temp, list_parts, lookup, read_part_ids, read_part_meta, read_store_meta,
                              write_part, write_store_meta)
-from curate.feeder import MIN_NORM, ImageDataset, chunk_batches, collate, forward, normalise, vector_status  # noqa: F401
+from curate.feeder import (MIN_NORM, ImageDataset, chunk_batches, collate, decode_workers, forward,  # noqa: F401
+                           normalise, vector_status)
 from curate.progress import bar
 
 
@@ -161,7 +163,7 @@ def _next_part(folder: Path) -> int:
 def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any], model_box: dict) -> None:
     from torch.utils.data import DataLoader
 
-    from curate.models import load_image_model
+    from curate.models import load_image_model, resolve_device
 
     ec = cfg.embed
     key = spec.key
@@ -176,27 +178,38 @@ def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any],
     counters.update(embedded=0, failed={}, parts_written=0)
     if not todo:
         return
-    model = load_image_model(ec.model, ec.device, preset=ec.preprocess, trim_border=ec.trim_border,
-                             jpeg_draft=ec.jpeg_draft, precision=ec.precision)
+    # The loader needs only the preprocessing (resolved without weights), so its workers start
+    # and decode the first batches while the model loads: the model never waits at start-up.
+    batches = chunk_batches(len(todo), ec.part_rows, ec.batch_size)
+    device = resolve_device(ec.device)
+    workers = decode_workers(ec.num_workers, device)
+    counters["num_workers"] = workers
+    loader = DataLoader(
+        ImageDataset(todo, spec.preprocess, cfg.hash.max_pixels), batch_sampler=batches,
+        num_workers=workers, collate_fn=collate, pin_memory=device == "cuda",
+        # batches in flight: 4 per worker for small batches, 2 for GPU-sized ones (shared memory)
+        prefetch_factor=max(2, min(4, 256 // ec.batch_size)) if workers else None,
+    )
+    it = iter(loader)
+    try:
+        model = load_image_model(ec.model, ec.device, preset=ec.preprocess, trim_border=ec.trim_border,
+                                 jpeg_draft=ec.jpeg_draft, precision=ec.precision)
+    except BaseException:
+        del it  # shuts the workers down
+        raise
+    if model.preprocess != spec.preprocess:  # the loader decoded for the resolved spec
+        raise RuntimeError(f"{ec.model}: loaded preprocessing {model.preprocess} differs from {spec.preprocess}")
     model_box["image"] = model
     counters.update(device=model.device, precision=model.precision, dim=model.dim, model_description=model.description)
     if read_store_meta(folder) is None:
         write_store_meta(folder, {"key": key, "kind": "image", "dim": model.dim, "description": model.description,
                                   **spec.identity()})
-    batches = chunk_batches(len(todo), ec.part_rows, ec.batch_size)
-    loader = DataLoader(
-        ImageDataset(todo, model.preprocess, cfg.hash.max_pixels), batch_sampler=batches,
-        num_workers=ec.num_workers, collate_fn=collate, pin_memory=model.device == "cuda",
-        # batches in flight: 4 per worker for small batches, 2 for GPU-sized ones (shared memory)
-        prefetch_factor=max(2, min(4, 256 // ec.batch_size)) if ec.num_workers else None,
-    )
     first = _next_part(folder)
     chunk_ids: list[int] = []
     chunk_vecs: list[np.ndarray] = []
     chunk_failed: list[tuple[int, str]] = []
     wait = model_s = 0.0
     t_loop = time.perf_counter()
-    it = iter(loader)
     with bar(total=len(todo), desc=f"embed {ec.model}", unit="img") as pb:
         for b, idx in enumerate(batches):
             t0 = time.perf_counter()

@@ -30,6 +30,9 @@ from curate.keeper import SHA_MISMATCH, ranked_sql
 from curate.stages.ingest import caption_and_note_counts, notes_by_code, rejected_by_reason
 
 REMOVE_FLAGS = "(SELECT sample_id FROM flags WHERE action = 'remove')"
+# how a flag is named in reasons / review / tags: rule-pack hits ``pack/rule``, claims and
+# opt-out lists ``claim:<slug>`` / ``opt_out:<slug>`` (curate.claims)
+FLAG_NAME = "CASE WHEN holder IS NULL THEN pack || '/' || rule_id ELSE pack || ':' || rule_id END"
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
@@ -50,11 +53,11 @@ def compute_decisions(ws: Workspace, cfg: RunConfig) -> None:
         """INSERT INTO decisions
         WITH fr AS (
             SELECT sample_id,
-                   list(DISTINCT 'flag:' || pack || '/' || rule_id ORDER BY 'flag:' || pack || '/' || rule_id)
-                       FILTER (action = 'remove') AS rm,
-                   list(DISTINCT pack || '/' || rule_id ORDER BY pack || '/' || rule_id) FILTER (action = 'review') AS rv,
-                   list(DISTINCT pack || '/' || rule_id ORDER BY pack || '/' || rule_id) FILTER (action = 'tag') AS tg
-            FROM flags GROUP BY sample_id
+                   list(DISTINCT CASE WHEN holder IS NULL THEN 'flag:' ELSE '' END || name ORDER BY
+                        CASE WHEN holder IS NULL THEN 'flag:' ELSE '' END || name) FILTER (action = 'remove') AS rm,
+                   list(DISTINCT name ORDER BY name) FILTER (action = 'review') AS rv,
+                   list(DISTINCT name ORDER BY name) FILTER (action = 'tag') AS tg
+            FROM (SELECT *, """ + FLAG_NAME + """ AS name FROM flags) GROUP BY sample_id
         ), parts AS (
             SELECT s.sample_id,
                    list_concat(
@@ -95,14 +98,21 @@ REMOVALS_SQL = """
 SELECT d.sample_id, s.url, array_to_string(d.reasons, ';') AS reasons, d.cluster_id,
        d.keeper_sample_id,
        concat_ws(' | ',
-           (SELECT string_agg(f.pack || '/' || f.rule_id || ': ' || f.evidence, ' | ' ORDER BY f.pack, f.rule_id)
-              FROM flags f WHERE f.sample_id = d.sample_id AND f.action = 'remove'),
+           (SELECT string_agg(f.name || ': ' || f.evidence, ' | ' ORDER BY f.name)
+              FROM (SELECT *, """ + FLAG_NAME + """ AS name FROM flags) f
+              WHERE f.sample_id = d.sample_id AND f.action = 'remove'),
            CASE WHEN list_contains(d.reasons, 'sha256_mismatch') THEN
                'sha256 in metadata ' || lower(trim(s.sha256_meta)) || ' but bytes hash to ' || i.sha256 END,
            CASE WHEN list_contains(d.reasons, 'duplicate') THEN
                'duplicate of ' || d.keeper_sample_id || ' in cluster of ' || c.cluster_size || ' (signals: '
                || array_to_string(c.signals, ',') || ')' END) AS evidence,
-       i.status AS image_status, i.detail AS image_detail, o.name AS source, s.image_ref
+       i.status AS image_status, i.detail AS image_detail, o.name AS source, s.image_ref,
+       (SELECT string_agg(DISTINCT m.slug, ';' ORDER BY m.slug) FROM claim_matches m
+         WHERE m.sample_id = d.sample_id AND m.action = 'remove') AS claims,
+       (SELECT bool_and(m.via_cluster) FROM claim_matches m
+         WHERE m.sample_id = d.sample_id AND m.action = 'remove') AS claim_via_cluster_only,
+       (SELECT string_agg(DISTINCT m.matched_reference, ';') FROM claim_matches m
+         WHERE m.sample_id = d.sample_id AND m.action = 'remove') AS matched_reference
 FROM decisions d JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
 LEFT JOIN images i USING (sample_id) LEFT JOIN clusters c USING (sample_id)
 WHERE NOT d.keep ORDER BY d.sample_id
@@ -113,6 +123,59 @@ REJECTS_SQL = """
 SELECT o.name AS source, o.uri AS source_uri, r.source_row, r.reason, r.raw
 FROM rejects r JOIN sources o USING (source_id) ORDER BY r.source_id, r.source_row
 """
+
+
+CLAIMANT_SQL = """
+SELECT s.url, m.sample_id, CASE m.category WHEN 'opt_out' THEN 'opt_out:' ELSE 'claim:' END || m.slug AS claim, m.signal, m.score, m.evidence, m.matched_reference,
+       m.via_cluster, m.seed_sample_id AS matched_via_sample_id, m.action, NOT d.keep AS removed, d.cluster_id,
+       array_to_string(d.reasons, ';') AS reasons, s.image_ref
+FROM claim_matches m JOIN samples s USING (sample_id) JOIN decisions d USING (sample_id)
+WHERE m.slug = ? ORDER BY m.via_cluster, m.sample_id, m.signal, m.evidence
+"""
+
+
+def claimant_counts(ws: Workspace, slug: str) -> dict[str, Any]:
+    """One claimant's matched samples: total, direct, via_cluster only, removed, per signal."""
+    n = ws.q("SELECT count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (NOT via_cluster), "
+             "count(DISTINCT sample_id) FILTER (via_cluster), "
+             "count(DISTINCT m.sample_id) FILTER (NOT d.keep) FROM claim_matches m "
+             "JOIN decisions d USING (sample_id) WHERE slug = ?", [slug])[0]
+    return {"samples": int(n[0]), "direct": int(n[1]), "via_cluster": int(n[2]), "removed": int(n[3]),
+            "by_signal": {k: int(v) for k, v in ws.q(
+                "SELECT signal, count(DISTINCT sample_id) FROM claim_matches WHERE slug = ? "
+                "GROUP BY signal ORDER BY signal", [slug])}}
+
+
+def claimant_summary(ws: Workspace) -> dict[str, Any]:
+    """Per claimant (name → slug, category, action, contact and :func:`claimant_counts`)."""
+    return {c: {"slug": sl, "category": cat, "action": a, "contact": ct, "list": f"removals/{sl}.csv",
+                **claimant_counts(ws, sl)}
+            for sl, c, cat, a, ct in ws.q("SELECT DISTINCT slug, claimant, category, action, contact FROM claims "
+                                          "ORDER BY slug")}
+
+
+def write_claimant_lists(ws: Workspace, folder: Path) -> dict[str, Any]:
+    """Per claimant: ``<slug>.csv`` and ``<slug>.json`` in ``folder`` — one row per matched
+    sample × signal (url, sample_id, claim, signal, score, evidence, matched_reference,
+    via_cluster, matched_via_sample_id, action, removed, cluster_id, reasons); the JSON adds the
+    claim itself and counts. Returns the per-claimant counts (also in summary.json)."""
+    out: dict[str, Any] = {}
+    for slug, claimant, category, action, contact in ws.q(
+            "SELECT DISTINCT slug, claimant, category, action, contact FROM claims ORDER BY slug"):
+        cur = ws.con.execute(CLAIMANT_SQL, [slug])
+        cols = [c[0] for c in cur.description]
+        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+        counts = claimant_counts(ws, slug)
+        claim = {"claimant": claimant, "slug": slug, "contact": contact, "category": category, "action": action,
+                 "entries": {k: [v for (v,) in ws.q("SELECT value FROM claims WHERE slug = ? AND kind = ? ORDER BY value",
+                                                   [slug, k])]
+                             for (k,) in ws.q("SELECT DISTINCT kind FROM claims WHERE slug = ? AND kind IS NOT NULL "
+                                              "ORDER BY kind", [slug])}}
+        _copy_query(ws, CLAIMANT_SQL.replace("?", "'" + slug.replace("'", "''") + "'"), folder / f"{slug}.csv", "csv")
+        doc = {"claim": claim, "counts": counts, "matches": rows}
+        atomic_write_bytes(folder / f"{slug}.json", (json.dumps(doc, indent=2, default=str) + "\n").encode())
+        out[claimant] = {"slug": slug, **counts}
+    return out
 
 
 def summary(ws: Workspace) -> dict[str, Any]:
@@ -160,6 +223,7 @@ def summary(ws: Workspace) -> dict[str, Any]:
             ],
         },
         "captions": caption_summary(ws),
+        "claimants": claimant_summary(ws),
         "ingest": {
             **caption_and_note_counts(ws),
             "notes": notes_by_code(ws),
@@ -211,5 +275,11 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     _copy_query(ws, MANIFEST_SQL, out / "manifest.parquet", "parquet")
     _copy_query(ws, REMOVALS_SQL, rem / "all.csv", "csv")
     _copy_query(ws, REJECTS_SQL, out / "rejects.csv", "csv")
+    write_claimant_lists(ws, rem)
     atomic_write_bytes(out / "summary.json", (json.dumps(s, indent=2, sort_keys=True) + "\n").encode())
-    return {k: s[k] for k in ("input_rows", "kept", "removed", "rejected")} | {"reasons": s["reasons"]}
+    counters = {k: s[k] for k in ("input_rows", "kept", "removed", "rejected")} | {"reasons": s["reasons"]}
+    if cfg.export.format == "webdataset":  # shards of the kept samples (curate.webdataset_export)
+        from curate.webdataset_export import write_webdataset
+
+        counters["webdataset"] = write_webdataset(ws, cfg)
+    return counters

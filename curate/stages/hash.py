@@ -4,7 +4,14 @@ pHash is imagededup's perceptual hash, bit for bit (:mod:`curate.phash`: 32×32 
 grayscale, 2-D DCT, top-left 8×8 block against its median → 64 bits), computed on the
 pixels our loader decoded (:mod:`curate.images`: EXIF orientation applied, transparency
 composited, every mode normalised), so orientation variants hash alike. Stored as UBIGINT,
-most significant bit = first hex digit of imagededup's 16-character string.
+most significant bit = first hex digit of imagededup's 16-character string. ``phash_mirror``
+is the pHash of the horizontally mirrored image (the 32×32 gray array flipped before the DCT,
+:func:`curate.phash.phash_with_mirror`), for dedup's mirror-aware pHash edges.
+
+Catalogs hashed before ``phash_mirror`` existed (:data:`HASH_VERSION` 1) are brought up to
+date by the next hash run: the stage's digest includes :data:`HASH_VERSION`, so it runs again,
+and the decoded rows that lack a mirror hash are forgotten and hashed again (the same rows
+come back, now with their mirror hash; nothing else changes).
 
 Decoding runs in ``hash.workers`` processes; each takes a run of samples, decodes them one by
 one inside the loader's guard, and hashes the run in one vectorised DCT. Rows are committed
@@ -21,7 +28,7 @@ import numpy as np
 from curate.catalog import Workspace
 from curate.config import RunConfig
 from curate.images import open_image, read_ref
-from curate.phash import gray32, phash_batch
+from curate.phash import gray32, phash_with_mirror
 from curate.progress import bar
 
 
@@ -29,8 +36,9 @@ def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
     """(sample_id, image_ref) pairs → ``images`` rows, pHashes computed as one batch.
 
     Returns:
-        one tuple per item in the ``images`` column order (see ``_SCHEMA``); never raises for a
-        bad image (its status says why).
+        one tuple per item in the ``images`` column order (see ``_SCHEMA``: …, ``phash`` uint64
+        at index 5, …, ``phash_mirror`` uint64 last; both None without a decoded image); never
+        raises for a bad image (its status says why).
     """
     rows: list[list] = []
     grays: list[np.ndarray] = []
@@ -46,10 +54,12 @@ def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
             except Exception as e:  # noqa: BLE001 - never lose the row over its hash
                 d.notes.append(f"phash_failed: {type(e).__name__}: {e}")
         rows.append([sid, d.status, d.detail, None if data is None else len(data), sha, None, d.width, d.height,
-                     d.raw_width, d.raw_height, d.mode, d.format, d.orientation, d.notes])
+                     d.raw_width, d.raw_height, d.mode, d.format, d.orientation, d.notes, None])
     if grays:
-        for k, h in zip(with_gray, phash_batch(np.stack(grays)).tolist()):
+        hashes, mirrors = phash_with_mirror(np.stack(grays))
+        for k, h, m in zip(with_gray, hashes.tolist(), mirrors.tolist()):
             rows[k][5] = int(h)
+            rows[k][-1] = int(m)
     return [tuple(r) for r in rows]
 
 
@@ -76,20 +86,33 @@ def _insert(ws: Workspace, rows: list[tuple]) -> None:
         _SCHEMA = pa.schema([
             ("sample_id", pa.int64()), ("status", s), ("detail", s), ("n_bytes", pa.int64()), ("sha256", s),
             ("phash", pa.uint64()), ("width", i32), ("height", i32), ("raw_width", i32), ("raw_height", i32),
-            ("mode", s), ("format", s), ("orientation", i32), ("notes", pa.list_(s)),
+            ("mode", s), ("format", s), ("orientation", i32), ("notes", pa.list_(s)), ("phash_mirror", pa.uint64()),
         ])
     cols = list(zip(*rows))
     t = pa.table([pa.array(list(c), type=f.type) for c, f in zip(cols, _SCHEMA)], schema=_SCHEMA)
     with ws.transaction() as con:
         con.register("_img_batch", t)
         try:
-            con.execute("INSERT INTO images SELECT * FROM _img_batch")
+            cols = ", ".join(_SCHEMA.names)  # by name: older catalogs have phash_mirror appended last too
+            con.execute(f"INSERT INTO images ({cols}) SELECT {cols} FROM _img_batch")
         finally:
             con.unregister("_img_batch")
 
 
+HASH_VERSION = 2  # bump when the stage stores something new: 2 = phash_mirror
+
+
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
-    return None  # depends only on ingest (upstream digest) and its config section
+    # depends on ingest (upstream digest), its config section, and what the stage stores
+    return {"hash_version": HASH_VERSION}
+
+
+def _forget_without_mirror(ws: Workspace) -> int:
+    """Forget decoded rows hashed before mirror hashes existed (pHash but no ``phash_mirror``),
+    so this run hashes them again. Returns how many were forgotten."""
+    with ws.transaction() as con:
+        n = con.execute("DELETE FROM images WHERE phash IS NOT NULL AND phash_mirror IS NULL").fetchall()[0][0]
+    return int(n)
 
 
 def _forget_for_new_limit(ws: Workspace, max_pixels: int) -> int:
@@ -110,6 +133,7 @@ def _forget_for_new_limit(ws: Workspace, max_pixels: int) -> int:
 
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     rehash = _forget_for_new_limit(ws, cfg.hash.max_pixels)
+    rehash_mirror = _forget_without_mirror(ws)
     todo = ws.q(
         "SELECT s.sample_id, s.image_ref FROM samples s ANTI JOIN images i USING (sample_id) "
         "WHERE s.image_ref IS NOT NULL ORDER BY s.sample_id"
@@ -146,6 +170,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     return {
         "hashed": hashed,
         "rehashed_for_new_max_pixels": rehash,
+        "rehashed_for_mirror_phash": rehash_mirror,
         "images_total": int(sum(by_status.values())),
         "by_status": by_status,
         "metadata_only": int(ws.scalar("SELECT count(*) FROM samples WHERE image_ref IS NULL")),

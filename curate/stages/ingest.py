@@ -327,24 +327,32 @@ def _folder_table(root: Path, ws: Workspace) -> pa.Table:
         side = p.with_suffix(".txt")
         notes: list[str] = []
         caption = _text(side.read_bytes(), "txt", notes) if side.is_file() else None
-        url = sha = None
+        url = sha = extra = None
         js = p.with_suffix(".json")
         if js.is_file():
             try:
                 meta = json.loads(_text(js.read_bytes(), "json", notes))
                 if isinstance(meta, dict):
-                    url, sha = meta.get("url"), meta.get("sha256")
+                    url, sha, extra = meta.get("url"), meta.get("sha256"), _json_rest(meta)
                     caption = caption if caption is not None else meta.get("caption")
             except ValueError:
                 notes.append(f"bad_json({js.name}): not valid JSON")
-        _wds_row(rows, p.relative_to(root).as_posix(), caption, url, str(p.resolve()), sha, i, notes)
+        _wds_row(rows, p.relative_to(root).as_posix(), caption, url, str(p.resolve()), sha, i, notes, extra)
     return pa.table(rows, schema=_WDS_SCHEMA)
 
 
 _WDS_SCHEMA = pa.schema([
     ("key", pa.string()), ("caption", pa.string()), ("url", pa.string()), ("image_ref", pa.string()),
     ("sha256", pa.string()), ("__row", pa.int64()), ("__fix_notes", pa.list_(pa.string())),
+    ("__extra_json", pa.string()),  # the sidecar .json's other fields (img2dataset status, sizes, LAION scores…)
 ])
+_JSON_MAPPED = ("caption", "url", "sha256", "key")
+
+
+def _json_rest(meta: dict) -> str | None:
+    """A sidecar JSON's fields that have no column of their own, as JSON text (kept in ``extra``)."""
+    rest = {k: v for k, v in meta.items() if k not in _JSON_MAPPED}
+    return json.dumps(rest, ensure_ascii=False, sort_keys=True, default=str) if rest else None
 _IDENTITY = Mapping(
     "internal",
     {"key": "key", "caption": "caption", "url": "url", "image_ref": "image_ref", "sha256_meta": "sha256"},
@@ -352,9 +360,9 @@ _IDENTITY = Mapping(
 )
 
 
-def _wds_row(rows: dict[str, list[Any]], key, caption, url, ref, sha, i, notes) -> None:
+def _wds_row(rows: dict[str, list[Any]], key, caption, url, ref, sha, i, notes, extra: str | None = None) -> None:
     for k, v in (("key", key), ("caption", caption), ("url", url), ("image_ref", ref), ("sha256", sha),
-                 ("__row", i), ("__fix_notes", notes)):
+                 ("__row", i), ("__fix_notes", notes), ("__extra_json", extra)):
         rows[k].append(v if v is None or k in ("__row", "__fix_notes") else str(v))
 
 
@@ -432,7 +440,7 @@ def _webdataset_table(shard: Path) -> tuple[pa.Table, list[str]]:
     rows: dict[str, list[Any]] = {k: [] for k in _WDS_SCHEMA.names}
     with tarfile.open(shard, "r:*") as tf:
         for i, (key, g) in enumerate(groups.items()):
-            caption = url = sha = None
+            caption = url = sha = extra = None
             kn = list(notes.get(key, []))
             try:
                 if "json" in g:
@@ -440,6 +448,7 @@ def _webdataset_table(shard: Path) -> tuple[pa.Table, list[str]]:
                         meta = json.loads(_text(tf.extractfile(g["json"]).read(), "json", kn))
                         if isinstance(meta, dict):
                             caption, url, sha = meta.get("caption"), meta.get("url"), meta.get("sha256")
+                            extra = _json_rest(meta)
                     except ValueError:
                         kn.append(f"bad_json({key}.json): not valid JSON")
                 if "txt" in g:
@@ -448,7 +457,7 @@ def _webdataset_table(shard: Path) -> tuple[pa.Table, list[str]]:
                 kn.append(f"unreadable_member: {e}")
             img = _image_member(g)
             ref = tar_ref(shard, img.name, img.offset_data, img.size) if img else None
-            _wds_row(rows, key, caption, url, ref, sha, i, kn)
+            _wds_row(rows, key, caption, url, ref, sha, i, kn, extra)
     return pa.table(rows, schema=_WDS_SCHEMA), unit_notes
 
 
@@ -553,6 +562,8 @@ def _select_sql(plan: _Plan, source_id: int, from_sql: str) -> str:
     extra = (
         "json_object(" + ", ".join(f"{_lit(c)}, b.{_q(c)}" for c in extra_cols) + ")" if extra_cols else "CAST(NULL AS JSON)"
     )
+    if "__extra_json" in columns:  # webdataset / folder sidecar JSON: its unmapped fields
+        extra = "json(b.__extra_json)"
     if notes:
         listed = "list_filter([" + ", ".join(f"CASE WHEN {c} THEN {t} END" for c, t in notes) + "], lambda x: x IS NOT NULL)"
         notes_sql = f"(CASE WHEN {' OR '.join(f'({c})' for c, _ in notes)} THEN {listed} ELSE CAST([] AS VARCHAR[]) END)"

@@ -19,7 +19,8 @@ from curate.stages.export import summary
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
-    return None
+    # probe commands run outside the stage chain: a newer probe run makes the report out of date
+    return ws.q("SELECT stage, max(run_id) FROM runs WHERE stage LIKE 'probe-%' AND status = 'ok' GROUP BY stage ORDER BY stage")
 
 
 def thumbnail(image_ref: str | None, px: int, max_pixels: int) -> tuple[str | None, str]:
@@ -74,7 +75,11 @@ def build_context(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             "WHERE i.status <> 'ok' ORDER BY i.sample_id LIMIT 500"
         )
     ]
-    return dict(s=s, clusters=clusters, flagged=flagged, bad_images=bad, workspace=str(ws.root), thumb_px=rc.thumb_px)
+    from curate.probes.report import context as probe_context
+
+    probes, probes_data = probe_context(ws, cfg, thumbnail)  # memorization probes (curate.probes), if any ran
+    return dict(s=s, clusters=clusters, flagged=flagged, bad_images=bad, workspace=str(ws.root), thumb_px=rc.thumb_px,
+                probes=probes, probes_data=probes_data)
 
 
 def render(ctx: dict[str, Any]) -> str:
@@ -91,7 +96,8 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     ctx = build_context(ws, cfg)
     d = ws.out / "report"
     d.mkdir(parents=True, exist_ok=True)
-    html = render(ctx)
-    atomic_write_bytes(d / "index.html", html.encode("utf-8"))
-    atomic_write_bytes(d / "report.json", (json.dumps(ctx["s"], indent=2, sort_keys=True) + "\n").encode())
+    html = render(ctx).encode("utf-8")
+    atomic_write_bytes(d / "index.html", html)
+    data = {**ctx["s"], "probes": ctx["probes_data"]}
+    atomic_write_bytes(d / "report.json", (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
     return {"clusters_shown": len(ctx["clusters"]), "bytes": len(html)}

@@ -1,0 +1,95 @@
+"""Figures for the report's probe section, as base64 PNG (``data:image/png;base64,…``): the report
+stays one self-contained file and its Content-Security-Policy allows ``img-src data:`` only.
+
+Drawn with matplotlib's Agg backend (no display, no fonts fetched); PNGs carry no timestamp,
+so the same data give the same bytes.
+"""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+from curate.probes.stats import BIN_WIDTH, N_BINS
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(w: float = 7.0, h: float = 3.4):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(w, h))
+
+
+def similarity_histogram(gen_hist: list[int], bg_hist: list[int] | None, lines: dict[str, float], title: str) -> str:
+    """Somepalli et al.'s figure: top-1 similarity of generations vs the train→train background,
+    0.005-wide bins on [0, 1], each normalised to a density (area 1) so sets of different sizes
+    compare; vertical lines at ``lines`` (label → similarity). Returns base64 PNG."""
+    fig, ax = _figure()
+    edges = np.arange(N_BINS + 1) * BIN_WIDTH
+    for hist, label, colour in ((bg_hist, "train → train (background)", "#999999"), (gen_hist, "generations → train", "#c0392b")):
+        if not hist or sum(hist) == 0:
+            continue
+        dens = np.asarray(hist, float) / (sum(hist) * BIN_WIDTH)
+        ax.stairs(dens, edges, label=f"{label}, n={sum(hist)}", color=colour, fill=label.startswith("train"),
+                  alpha=0.5 if label.startswith("train") else 1.0, linewidth=1.5)
+    for (label, x), style in zip(lines.items(), ("--", ":", "-.", (0, (1, 3)))):
+        if x is not None:
+            ax.axvline(x, color="#333333", linestyle=style, linewidth=1, label=f"{label} {x:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("top-1 similarity (cosine)")
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def risk_vs_cluster(cluster_size: list[int], risk: list[float], caption_count: list[int], verdicts: list[str | None]) -> str:
+    """Scatter of probe risk against duplicate-cluster size (log scale); marker size grows with
+    caption duplication, colour shows the prompt's worst verdict when scored. Returns base64 PNG."""
+    fig, ax = _figure()
+    colours = {"replicated": "#c0392b", "close": "#e67e22", "novel": "#27ae60", None: "#7f8c8d"}
+    cs = np.asarray(cluster_size, float)
+    rk = np.asarray(risk, float)
+    sz = 12 + 18 * np.log2(np.maximum(1, np.asarray(caption_count, float)))
+    for v in ("replicated", "close", "novel", None):
+        m = np.array([x == v for x in verdicts], bool)
+        if m.any():
+            ax.scatter(cs[m], rk[m], s=sz[m], c=colours[v], alpha=0.7, edgecolors="none",
+                       label=v or "not scored")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("duplicate-cluster size (samples, log scale)")
+    ax.set_ylabel("replication risk")
+    ax.set_title("Probe risk vs cluster size (marker size: caption duplication)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def noise_vs_similarity(noise: list[float], similarity: list[float], verdicts: list[str], title: str) -> str:
+    """Per prompt: Wen et al.'s noise-difference magnitude against the highest top-1 similarity of
+    its generations. Returns base64 PNG."""
+    fig, ax = _figure()
+    colours = {"replicated": "#c0392b", "close": "#e67e22", "novel": "#27ae60"}
+    for v, c in colours.items():
+        idx = [i for i, x in enumerate(verdicts) if x == v]
+        if idx:
+            ax.scatter([noise[i] for i in idx], [similarity[i] for i in idx], c=c, s=22, alpha=0.8, label=v)
+    ax.set_xlabel("noise-difference magnitude d(p) (Wen et al.)")
+    ax.set_ylabel("max top-1 similarity")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)

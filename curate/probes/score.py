@@ -1,0 +1,366 @@
+"""``probe score``: how much do the generations copy the training set?
+
+1. **Descriptor.** With ``probe.sscd`` (``--sscd``), SSCD (Pizzi et al., CVPR 2022), the
+   copy-detection descriptor of Somepalli et al., with preprocessing ``probe.sscd_preprocess``
+   (``sscd_288``: the SSCD README's short side 288 + ImageNet mean/std; ``sscd_320``; ``dcr_224``:
+   Somepalli et al.'s DCR code, Resize 256 → CenterCrop 224 → Normalize(0.5, 0.5)); the training
+   images are embedded with it too (under its own key, resumably, as the embed stage does) if the
+   workspace lacks those vectors. Without it, the configured embed model and preprocessing — the
+   catalog's key, whose training vectors the embed stage made. Which one, its key and its
+   preprocessing are recorded (``probe_stats.descriptor``). Generations and training images go
+   through the same loader and the same preprocessing; vectors are L2-normalised, similarity is
+   cosine.
+2. **Search.** Every generation's ``probe.matches`` nearest training images, exact
+   (:func:`curate.probes.search.topk`) → ``gen_matches`` (rank 1 = top-1).
+3. **Tiled ℓ2** (Carlini et al. 2023) between the generation and each of those training images,
+   both through SD's training transform to ``probe.l2_px`` (512) square, ``probe.tiles`` (4×4)
+   tiles → ``gen_matches.tiled_l2``.
+4. **Background** (Somepalli et al.): the top-1 similarity of each of ``probe.background_sample``
+   training images to another training image (cached in ``index/``, recomputed when the parts
+   change).
+5. **Verdict** per generation (:func:`curate.probes.stats.verdict`): *replicated* when the top-1
+   similarity > ``replicated_similarity`` (default: 0.5 for SSCD — Somepalli et al.'s threshold;
+   for another descriptor ``dedup.embedding_min_cosine``, the similarity at which curate calls two
+   training images duplicates with that model, since 0.5 means nothing outside SSCD's scale), or
+   the tiled ℓ2 to one of the matches ≤ ``tiled_l2_max`` (0.15, Carlini et al.'s δ); *close* when
+   not replicated and the top-1 similarity > ``close_similarity`` — by default (curate's choice,
+   not the papers') the training set's own *dataset similarity*: the 95th percentile of the
+   background over training images outside duplicate clusters, i.e. the generation is closer to a
+   training image than 95% of distinct training images are to their nearest other one (capped at
+   the replicated threshold; with fewer than 20 such images there is no close band); *novel*
+   otherwise. Per prompt and set: the most severe verdict of its generations, with the generation
+   that decided it as evidence (seed, matched sample, similarity, tiled ℓ2, whether the match is
+   one of the probe's reference samples or in their clusters) and Wen et al.'s noise magnitude.
+6. **Statistics** per set (:func:`curate.probes.stats.replication_stats`): fraction of generations
+   with top-1 > 0.5, mean, 75/90/95th percentiles (95th = dataset similarity), 0.005-bin histogram,
+   against the background histogram. The fraction above 0.5 is Somepalli et al.'s statistic and is
+   only meaningful with SSCD; ``fraction_replicated`` uses the descriptor's own threshold.
+
+Tables ``gen_matches``, ``gen_scores``, ``probe_verdicts``, ``probe_stats`` are rewritten for the
+generations scored; ``out/probe_scores.json`` holds the statistics and verdicts.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate.catalog import Workspace, atomic_write_bytes, digest_of
+from curate.config import RunConfig
+from curate.errors import ConfigError, CurateError
+from curate.probes import search
+from curate.probes.stats import (CARLINI_DELTA, SOMEPALLI_THRESHOLD, VERDICTS, replication_stats, sd_square,
+                                 tiled_l2, verdict)
+from curate.progress import bar
+
+MIN_CLOSE_BACKGROUND = 20  # background values needed to derive the close threshold
+
+
+def descriptor_spec(cfg: RunConfig):
+    """(ModelSpec, kind 'sscd' | 'embed', registry name) of the copy-detection descriptor.
+
+    Raises:
+        ConfigError: the embed model is ``precomputed:`` and no SSCD file is given (imported
+            vectors cannot embed new images), or the SSCD file is missing.
+    """
+    from curate.models import resolve_image_model
+
+    ec, pc = cfg.embed, cfg.probe
+    if pc.sscd:
+        path = cfg.path(pc.sscd)
+        if not path.is_file():
+            raise ConfigError(f"SSCD model file {path} not found; download a TorchScript file such as "
+                              "sscd_disc_mixup.torchscript.pt (github.com/facebookresearch/sscd-copy-detection)")
+        name = f"sscd:{path}"
+        return resolve_image_model(name, preset=pc.sscd_preprocess, trim_border=ec.trim_border,
+                                   jpeg_draft=ec.jpeg_draft), "sscd", name
+    if ec.model.startswith("precomputed:"):
+        raise ConfigError(f"embed.model {ec.model} holds vectors made elsewhere, which cannot embed generations: "
+                          "pass --sscd PATH (probe.sscd) to score with SSCD")
+    from curate.stages.embed import image_spec
+
+    return image_spec(cfg), "embed", ec.model
+
+
+def _ensure_training(ws: Workspace, cfg: RunConfig, spec, kind: str, name: str) -> dict[str, Any]:
+    """Training vectors under the descriptor's key: the catalog's must exist; SSCD's are made here."""
+    missing = int(ws.scalar(
+        "SELECT count(*) FROM samples s JOIN images i USING (sample_id) WHERE i.status = 'ok' AND s.image_ref IS NOT NULL "
+        "AND s.sample_id NOT IN (SELECT sample_id FROM embeddings WHERE model = ?)", [spec.key]))
+    out: dict[str, Any] = {"training_missing_before": missing, "training_embedded": 0}
+    if missing == 0:
+        return out
+    if kind == "embed":
+        raise CurateError(f"{missing} training images have no {spec.key} vector: run `curate embed` first")
+    from curate import api
+    from curate.stages.embed import _embed_images, image_spec
+
+    cfg2 = api.with_overrides(cfg, "embed", {"model": name, "preprocess": cfg.probe.sscd_preprocess})
+    if image_spec(cfg2).key != spec.key:
+        raise RuntimeError(f"SSCD key mismatch: {image_spec(cfg2).key} vs {spec.key}")
+    c: dict[str, Any] = {}
+    _embed_images(ws, cfg2, spec, c, {})
+    out["training_embedded"] = int(c.get("embedded", 0))
+    out["training_embed_failed"] = c.get("failed", {})
+    return out
+
+
+def _background(ws: Workspace, cfg: RunConfig, key: str, only: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Background (ids, top-1 similarity), cached in ``index/`` under a fingerprint of the parts."""
+    from curate.embstore import list_parts
+
+    folder = ws.embeddings_dir(key)
+    parts = [(n, (folder / f"part-{n:05d}.npy").stat().st_size, (folder / f"part-{n:05d}.npy").stat().st_mtime_ns)
+             for n in list_parts(folder)]
+    import hashlib
+
+    fp = digest_of(key, parts, cfg.probe.background_sample, hashlib.sha256(np.ascontiguousarray(only).tobytes()).hexdigest())
+    cache = ws.root / "index" / f"probe-background-{digest_of(key)[:16]}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        if str(z["fingerprint"]) == fp:
+            return z["ids"], z["sims"]
+    ids, sims = search.background(folder, cfg.probe.background_sample, only=only)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, ids=ids, sims=sims, fingerprint=np.array(fp))
+    atomic_write_bytes(cache, buf.getvalue())
+    return ids, sims
+
+
+def _embed_generations(model, spec, items: list[tuple[int, str]], max_pixels: int, batch: int):
+    """(vectors float32 (n, d) L2-normalised, status per item: 'ok' or the loader/vector status)."""
+    from curate.feeder import ImageDataset, collate, forward, normalise, vector_status
+
+    ds = ImageDataset(items, spec.preprocess, max_pixels)
+    vecs = np.zeros((len(items), model.dim), np.float32)
+    status = ["ok"] * len(items)
+    pos = {gid: i for i, (gid, _) in enumerate(items)}
+    for b0 in bar(range(0, len(items), batch), desc="embed generations", unit="batch"):
+        ids, x, bad = collate([ds[i] for i in range(b0, min(len(items), b0 + batch))])
+        for gid, st in bad:
+            status[pos[gid]] = st
+        if x is None:
+            continue
+        feats = forward(model, x)
+        v, _ = normalise(feats)
+        for gid, row, st in zip(ids, v, vector_status(feats)):
+            vecs[pos[gid]] = row
+            status[pos[gid]] = st
+    return vecs, status
+
+
+class _Pixels:
+    """Decoded training / generated images at SD's training size, uint8, least recently used first out."""
+
+    def __init__(self, px: int, max_pixels: int, capacity: int = 256):
+        self.px, self.max_pixels, self.capacity = px, max_pixels, capacity
+        self.cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
+
+    def get(self, ref: str | None) -> np.ndarray | None:
+        if ref is None:
+            return None
+        if ref in self.cache:
+            self.cache.move_to_end(ref)
+            return self.cache[ref]
+        from curate.images import decode, read_ref
+
+        d = decode(read_ref(ref), max_pixels=self.max_pixels)
+        arr = None if d.rgb is None else np.round(sd_square(d.rgb, self.px) * 255).astype(np.uint8)
+        self.cache[ref] = arr
+        if len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+        return arr
+
+
+def thresholds(cfg: RunConfig, kind: str, bg_ids: np.ndarray, bg: np.ndarray, clustered: set[int]) -> dict[str, Any]:
+    """The replicated / close similarity thresholds in force and where each comes from (module doc)."""
+    pc = cfg.probe
+    if pc.replicated_similarity is not None:
+        rep, rep_src = pc.replicated_similarity, "probe.replicated_similarity"
+    elif kind == "sscd":
+        rep, rep_src = SOMEPALLI_THRESHOLD, "Somepalli et al. 2023: SSCD top-1 similarity > 0.5"
+    else:
+        cos = cfg.dedup.embedding_min_cosine
+        rep = cos if cos is not None else 0.92
+        rep_src = ("dedup.embedding_min_cosine: the similarity at which this model's training images are duplicates"
+                   if cos is not None else "0.92, dedup's default embedding threshold (dedup.embedding_min_cosine is off)")
+    if pc.close_similarity is not None:
+        close, close_src = min(pc.close_similarity, rep), "probe.close_similarity"
+    else:
+        mask = np.array([int(i) not in clustered for i in bg_ids], bool)
+        single = bg[mask] if len(bg) else bg
+        if len(single) >= MIN_CLOSE_BACKGROUND:
+            ds = float(np.percentile(single, 95))
+            close = min(ds, rep)
+            close_src = (f"dataset similarity of the training set: 95th percentile ({ds:.4f}) of the background over "
+                         f"{len(single)} training images outside duplicate clusters" + (", capped" if ds > rep else ""))
+        else:
+            close, close_src = rep, f"no close band: fewer than {MIN_CLOSE_BACKGROUND} background values outside clusters"
+    return {"replicated_similarity": float(rep), "replicated_source": rep_src, "close_similarity": float(close),
+            "close_source": close_src, "tiled_l2_max": pc.tiled_l2_max, "tiles": pc.tiles, "l2_px": pc.l2_px,
+            "tiled_l2_source": f"Carlini et al. 2023: tiled l2 <= {CARLINI_DELTA} on {pc.tiles}x{pc.tiles} tiles"}
+
+
+def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[str, Any]:
+    """Score the generations (all sets, or ``gen_set``) — see module doc.
+
+    Returns:
+        counters: descriptor {name, kind, key, preset, preprocess, dim, description}, training
+        vectors, generations scored / failed {status}, background n, thresholds, per set
+        {n, fraction_above, p95, fraction_replicated, verdicts {replicated, close, novel},
+        prompts {…}}, output path.
+
+    Raises:
+        CurateError: no generations, or training vectors missing for the catalog's model.
+        ConfigError: descriptor cannot be used (see :func:`descriptor_spec`).
+    """
+    from curate.models import load_image_model
+
+    pc, ec = cfg.probe, cfg.embed
+    sql = "SELECT gen_id, gen_set, probe_id, prompt, path, seed, noise_magnitude FROM generations"
+    gens = ws.q(sql + (" WHERE gen_set = ?" if gen_set else "") + " ORDER BY gen_set, probe_id, seed, gen_id",
+                [gen_set] if gen_set else [])
+    if not gens:
+        raise CurateError("no generations to score: run `curate probe generate` or `curate probe import` first")
+    spec, kind, name = descriptor_spec(cfg)
+    key = spec.key
+    counters: dict[str, Any] = _ensure_training(ws, cfg, spec, kind, name)
+    only = np.asarray([r[0] for r in ws.q("SELECT sample_id FROM embeddings WHERE model = ? AND status = 'ok' "
+                                           "ORDER BY sample_id", [key])], np.int64)
+    if len(only) == 0:
+        raise CurateError(f"no training vectors under {key}: nothing to search")
+    preset = ec.preprocess if kind == "embed" else pc.sscd_preprocess
+    model = load_image_model(name, ec.device, preset=preset, trim_border=ec.trim_border, jpeg_draft=ec.jpeg_draft,
+                             precision=ec.precision)
+    if model.preprocess != spec.preprocess:
+        raise RuntimeError(f"{name}: loaded preprocessing {model.preprocess} differs from {spec.preprocess}")
+    desc = {"name": name, "kind": kind, "key": key, "preset": spec.preset, "preprocess": spec.preprocess.identity(),
+            "dim": model.dim, "description": model.description, "somepalli_threshold_applies": kind == "sscd"}
+    counters.update(descriptor=desc, training_vectors=int(len(only)))
+
+    items = [(int(g[0]), g[4]) for g in gens]
+    vecs, status = _embed_generations(model, spec, items, cfg.hash.max_pixels, max(1, ec.batch_size))
+    ok = np.array([s == "ok" for s in status], bool)
+    k = min(pc.matches, len(only))
+    nn_ids, nn_sims = search.topk(vecs[ok], ws.embeddings_dir(key), k, only=only)
+    bg_ids, bg = _background(ws, cfg, key, only)
+    clustered = {int(r[0]) for r in ws.q("SELECT sample_id FROM clusters")}
+    th = thresholds(cfg, kind, bg_ids, bg, clustered)
+    counters.update(background_n=int(len(bg)), thresholds=th)
+
+    refs_of = {int(p): set(s or []) for p, s in ws.q("SELECT probe_id, sample_ids FROM probes")}
+    cluster_of = {int(s): int(c) for s, c in ws.q("SELECT sample_id, cluster_id FROM clusters")}
+    image_ref = dict(ws.q("SELECT s.sample_id, s.image_ref FROM samples s WHERE s.sample_id IN "
+                          f"(SELECT unnest(?::BIGINT[]))", [sorted({int(i) for i in nn_ids.ravel() if i >= 0})]))
+    pixels = _Pixels(pc.l2_px, cfg.hash.max_pixels)
+    match_rows, score_rows = [], []
+    per_gen: dict[int, dict[str, Any]] = {}
+    row_of = np.cumsum(ok) - 1
+    for gi, g in enumerate(bar(gens, desc="tiled l2", unit="gen")):
+        gen_id, gset, pid, prompt, path = int(g[0]), g[1], int(g[2]), g[3], g[4]
+        if not ok[gi]:
+            score_rows.append((gen_id, key, status[gi], None, None, None, None, None, None, json.dumps({"status": status[gi]})))
+            continue
+        r = row_of[gi]
+        gpx = pixels.get(path)
+        refs = refs_of.get(pid, set())
+        ref_clusters = {cluster_of[s] for s in refs if s in cluster_of}
+        matches = []
+        for rank in range(k):
+            sid, sim = int(nn_ids[r, rank]), float(nn_sims[r, rank])
+            if sid < 0:
+                continue
+            tpx = pixels.get(image_ref.get(sid))
+            tl2 = (tiled_l2(gpx.astype(np.float32) / 255.0, tpx.astype(np.float32) / 255.0, pc.tiles)
+                   if gpx is not None and tpx is not None else None)
+            matches.append((sid, sim, tl2))
+            match_rows.append((gen_id, key, rank + 1, sid, sim, tl2))
+        top_sid, top_sim, top_l2 = matches[0]
+        l2s = [(m[2], m[0]) for m in matches if m[2] is not None]
+        min_l2, min_l2_sid = min(l2s) if l2s else (None, None)
+        v, why = verdict(top_sim, min_l2, th["replicated_similarity"], th["close_similarity"], pc.tiled_l2_max)
+        in_refs = top_sid in refs or cluster_of.get(top_sid, -1) in ref_clusters
+        ev = {"criteria": why, "top1_in_references": bool(in_refs), "top1_cluster_id": cluster_of.get(top_sid),
+              "min_tiled_l2_sample_id": min_l2_sid}
+        score_rows.append((gen_id, key, "ok", top_sid, top_sim, top_l2, min_l2, min_l2_sid, v, json.dumps(ev)))
+        per_gen[gen_id] = {"gen_id": gen_id, "set": gset, "probe_id": pid, "prompt": prompt, "seed": g[5], "path": path,
+                           "sample_id": top_sid, "similarity": top_sim, "tiled_l2": top_l2, "min_tiled_l2": min_l2,
+                           "min_tiled_l2_sample_id": min_l2_sid, "verdict": v, "criteria": why,
+                           "in_references": bool(in_refs), "noise_magnitude": g[6]}
+
+    sets = sorted({g[1] for g in gens})
+    verdict_rows, stats_rows, out_sets = [], [], {}
+    failed: dict[str, int] = {}
+    for st in status:
+        if st != "ok":
+            failed[st] = failed.get(st, 0) + 1
+    for s in sets:
+        pg = [p for p in per_gen.values() if p["set"] == s]
+        top1 = np.array([p["similarity"] for p in pg], np.float64)
+        stats = replication_stats(top1, bg, SOMEPALLI_THRESHOLD)
+        stats["fraction_replicated"] = float(np.mean([p["verdict"] == "replicated" for p in pg])) if pg else None
+        stats["fraction_extracted_l2"] = (float(np.mean([p["min_tiled_l2"] is not None and p["min_tiled_l2"] <= pc.tiled_l2_max
+                                                         for p in pg])) if pg else None)
+        stats["verdicts"] = {v: sum(p["verdict"] == v for p in pg) for v in VERDICTS}
+        stats["failed"] = sum(1 for g, st in zip(gens, status) if g[1] == s and st != "ok")
+        stats["thresholds"] = th
+        by_probe: dict[int, list[dict]] = {}
+        for p in pg:
+            by_probe.setdefault(p["probe_id"], []).append(p)
+        prompts = []
+        for pid, lst in by_probe.items():
+            sev = min(VERDICTS.index(p["verdict"]) for p in lst)
+            deciding = sorted([p for p in lst if VERDICTS.index(p["verdict"]) == sev],
+                              key=lambda p: (-p["similarity"], p["gen_id"]))[0]
+            noise = [p["noise_magnitude"] for p in lst if p["noise_magnitude"] is not None]
+            l2s = [p["min_tiled_l2"] for p in lst if p["min_tiled_l2"] is not None]
+            ev = {"generation": {k2: deciding[k2] for k2 in ("gen_id", "seed", "path", "sample_id", "similarity",
+                                                              "tiled_l2", "min_tiled_l2", "criteria", "in_references")},
+                  "thresholds": {k2: th[k2] for k2 in ("replicated_similarity", "close_similarity", "tiled_l2_max")}}
+            row = {"set": s, "probe_id": pid, "prompt": lst[0]["prompt"], "verdict": VERDICTS[sev], "n_generations": len(lst),
+                   "n_replicated": sum(p["verdict"] == "replicated" for p in lst),
+                   "n_close": sum(p["verdict"] == "close" for p in lst),
+                   "max_similarity": max(p["similarity"] for p in lst), "min_tiled_l2": min(l2s) if l2s else None,
+                   "noise_magnitude": float(np.mean(noise)) if noise else None, "evidence": ev}
+            prompts.append(row)
+            verdict_rows.append((s, pid, key, row["verdict"], row["n_generations"], row["n_replicated"], row["n_close"],
+                                 row["max_similarity"], row["min_tiled_l2"], row["noise_magnitude"], json.dumps(ev)))
+        stats["prompt_verdicts"] = {v: sum(r["verdict"] == v for r in prompts) for v in VERDICTS}
+        stats_rows.append((s, key, json.dumps(desc), json.dumps(stats)))
+        out_sets[s] = {"stats": stats, "prompts": sorted(prompts, key=lambda r: (VERDICTS.index(r["verdict"]),
+                                                                               -r["max_similarity"], r["probe_id"]))}
+    gen_ids = ",".join(str(int(g[0])) for g in gens)
+    with ws.transaction() as con:
+        con.execute(f"DELETE FROM gen_matches WHERE gen_id IN ({gen_ids})")
+        con.execute(f"DELETE FROM gen_scores WHERE gen_id IN ({gen_ids})")
+        for s in sets:
+            con.execute("DELETE FROM probe_verdicts WHERE gen_set = ?", [s])
+            con.execute("DELETE FROM probe_stats WHERE gen_set = ?", [s])
+        if match_rows:
+            con.executemany("INSERT INTO gen_matches VALUES (?, ?, ?, ?, ?, ?)", match_rows)
+        if score_rows:
+            con.executemany("INSERT INTO gen_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", score_rows)
+        if verdict_rows:
+            con.executemany("INSERT INTO probe_verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", verdict_rows)
+        con.executemany("INSERT INTO probe_stats VALUES (?, ?, ?, ?)", stats_rows)
+    out_path = ws.out / "probe_scores.json"
+    doc = {"descriptor": desc, "thresholds": th, "background": {"n": int(len(bg))}, "sets": out_sets}
+    atomic_write_bytes(out_path, (json.dumps(doc, indent=2, sort_keys=True, default=_jsonable) + "\n").encode())
+    counters.update(
+        generations=len(gens), scored=int(ok.sum()), failed=failed, output=str(out_path),
+        sets={s: {k2: out_sets[s]["stats"][k2] for k2 in ("n", "fraction_above", "mean", "p95", "fraction_replicated",
+                                                           "verdicts", "prompt_verdicts")} for s in sets})
+    return counters
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

@@ -1,0 +1,92 @@
+"""Hosts, registrable domains and canonical URLs, shared by rule packs and claims.
+
+**Registrable domain** (eTLD+1): the public suffix plus one label, from the Public Suffix
+List (https://publicsuffix.org/list/), private section included (so ``alice.github.io`` and
+``bob.github.io`` are different registrants). The PSL snapshot shipped inside ``tldextract``
+is used; nothing is fetched.
+
+A listed domain (rule pack ``domain_list``, claim ``domains``, opt-out list) is reduced to its
+registrable domain: listing ``www.example.co.uk`` or ``example.co.uk`` claims every host under
+``example.co.uk`` (``cdn.example.co.uk``, ``img.cdn.example.co.uk``). A public suffix on its own
+(``co.uk``, ``github.io``) is refused — it would claim every registrant under it.
+
+**Canonical URL** (for URL lists): scheme and host lower-cased, user info, a trailing dot on
+the host and the default port (``:80`` for http, ``:443`` for https) dropped, an empty path
+written ``/`` (RFC 3986 §6.2.3), the fragment dropped; path and query are kept as they are (they are case-sensitive on most servers). The same SQL
+expression canonicalises both sides of a comparison.
+"""
+from __future__ import annotations
+
+import functools
+import re
+
+_LABELS = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)+")
+
+
+@functools.lru_cache(maxsize=1)
+def _extractor():
+    import tldextract
+
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
+
+
+def registrable_domain(host: str) -> str | None:
+    """eTLD+1 of a host name (``cdn.example.co.uk`` → ``example.co.uk``), lower case.
+
+    Returns None for IP addresses, single labels (``localhost``) and bare public suffixes.
+    """
+    r = _extractor()(host.strip().lower().rstrip("."))
+    return r.top_domain_under_public_suffix or None
+
+
+def normalise_domain(entry: str) -> str:
+    """A listed domain → the registrable domain it stands for.
+
+    Accepts ``example.co.uk``, ``www.example.co.uk``, ``EXAMPLE.co.uk.``, an IDN
+    (``bücher.de`` → ``xn--bcher-kva.de``), or a URL whose host is taken (``https://x.com/a``).
+
+    Raises:
+        ValueError: not a domain name, or a public suffix on its own (``co.uk``), with the fix.
+    """
+    d = entry.strip()
+    if "://" in d:
+        d = d.split("://", 1)[1]
+    d = d.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0]
+    d = d.lower().rstrip(".")
+    try:
+        d = d.encode("idna").decode("ascii") if d and not d.isascii() else d
+    except UnicodeError:
+        raise ValueError(f"{entry!r} is not a valid internationalised domain name") from None
+    if not _LABELS.fullmatch(d):
+        raise ValueError(f"{entry!r} is not a domain name (write e.g. example.co.uk: no spaces, at least two labels)")
+    reg = registrable_domain(d)
+    if reg is None:
+        raise ValueError(f"{entry!r} is a public suffix (publicsuffix.org), not a registrable domain: it would "
+                         f"match every site under it; list the site's own domain, e.g. example.{d}")
+    return reg
+
+
+def host_sql(url: str) -> str:
+    """SQL expression: the lower-case host of the URL column ``url`` (no port, no trailing dot)."""
+    return f"rtrim(lower(regexp_extract({url}, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/:?#]+)', 1)), '.')"
+
+
+def under_domain_sql(host: str, domain: str) -> str:
+    """SQL condition: host ``host`` is ``domain`` or a subdomain of it."""
+    return f"({host} = {domain} OR suffix({host}, '.' || {domain}))"
+
+
+_URL_PARTS = r"(?s)^([A-Za-z][A-Za-z0-9+.-]*)://(?:[^@/?#]*@)?([^/?#:]*?)\.?(:[0-9]*)?([/?#].*)?$"
+
+
+def canonical_url_sql(url: str) -> str:
+    """SQL expression: canonical form of the URL column ``url`` (see module doc); NULL when
+    it is not ``scheme://host…``."""
+    x = f"regexp_extract({url}, '{_URL_PARTS}', ['scheme', 'host', 'port', 'rest'])"
+    return (
+        f"CASE WHEN regexp_matches({url}, '{_URL_PARTS}') AND {x}.host <> '' THEN "
+        f"lower({x}.scheme) || '://' || lower({x}.host) || "
+        f"CASE WHEN ({x}.port = ':80' AND lower({x}.scheme) = 'http') OR ({x}.port = ':443' AND lower({x}.scheme) = 'https') "
+        f"OR {x}.port = ':' THEN '' ELSE {x}.port END || "
+        f"CASE WHEN starts_with({x}.rest, '/') THEN '' ELSE '/' END || regexp_replace({x}.rest, '#.*$', '', 's') END"
+    )
