@@ -5,7 +5,6 @@ Every command builds a config and makes one API call; errors become one message.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -25,6 +24,16 @@ class _NumberOrOff(click.ParamType):
 
 OFF = object()  # an option given as `off`: the config value becomes null
 
+# where a per-sample stage runs (hash, embed, flag's image classifiers): curate.config.EngineConfig, docs/SCALE_OUT.md
+_ENGINE_OPTIONS = [
+    ("--engine", "engine", click.Choice(["local", "ray"]), "local (this machine) or ray (a Ray cluster, same results)"),
+    ("--ray-address", "ray_address", str, "ray: cluster to join (auto, or HOST:PORT); default $RAY_ADDRESS, else "
+     "start Ray on this machine"),
+    ("--actors", "actors", int, "ray: actors in the pool (default: as many as the cluster's resources allow)"),
+    ("--actor-cpus", "actor_cpus", float, "ray: CPUs per actor (default 1)"),
+    ("--ray-staging", "ray_staging", str, "ray: folder or URI (s3://...) for the work shards every node reads"),
+]
+
 STAGE_OPTIONS = {
     # stage: [(option, config key, type, help)]
     "ingest": [("--batch-rows", "batch_rows", int, "rows per insert batch"),
@@ -32,7 +41,7 @@ STAGE_OPTIONS = {
                ("--duckdb-threads", "duckdb_threads", int, "DuckDB threads"),
                ("--duckdb-memory-limit", "duckdb_memory_limit", str, "DuckDB memory limit, e.g. 3GB")],
     "hash": [("--max-pixels", "max_pixels", int, "refuse to decode above this many pixels"),
-             ("--workers", "workers", int, "decoding processes")],
+             ("--workers", "workers", int, "decoding processes"), *_ENGINE_OPTIONS],
     "embed": [("--model", "model", str, "efficientnet_lite0 | open_clip:<arch>/<tag|path|none> | sscd:<path>"),
               ("--device", "device", click.Choice(["auto", "cpu", "cuda"]), "where the model runs"),
               ("--batch-size", "batch_size", int, "images per forward pass"),
@@ -42,7 +51,8 @@ STAGE_OPTIONS = {
               ("--preprocess", "preprocess", click.Choice(["auto", "model", "full", "sscd_288", "sscd_320", "dcr_224"]),
                "input preprocessing: auto, model (the model's own), full (whole image, no crop), SSCD presets; "
                "part of the embedding key"),
-              ("--caption-model", "caption_model", str, "all-MiniLM-L6-v2 | open_clip:<arch>/<pretrained> (captions)")],
+              ("--caption-model", "caption_model", str, "all-MiniLM-L6-v2 | open_clip:<arch>/<pretrained> (captions)"),
+              *_ENGINE_OPTIONS, ("--num-gpus", "num_gpus", float, "ray: GPUs per embedding actor (e.g. 1; 0 = CPU)")],
     "dedup": [("--phash-max-distance", "phash_max_distance", _NumberOrOff(click.INT),
                "pHash Hamming radius in bits (0-64), or off (no pHash edges)"),
               ("--phash-mirror/--no-phash-mirror", "phash_mirror", None,
@@ -52,7 +62,7 @@ STAGE_OPTIONS = {
               ("--caption-exact/--no-caption-exact", "caption_exact", None, "edges between equal normalised captions")],
     "flag": [("--pack", "packs", str, "rule pack name or YAML path (repeatable)"),
              ("--claims", "claims", str, "claim file (.yaml/.csv) or folder of them (repeatable); see curate.claims"),
-             ("--opt-out", "opt_out", str, "opt-out list: one URL or domain per line (repeatable)")],
+             ("--opt-out", "opt_out", str, "opt-out list: one URL or domain per line (repeatable)"), *_ENGINE_OPTIONS],
     "export": [("--format", "format", click.Choice(["manifest", "webdataset"]),
                 "manifest (default), or webdataset: also out/webdataset/NNNNNN.tar shards of the kept samples"),
                ("--shard-size", "shard_size", int, "webdataset: samples per shard (default 10000)"),
@@ -65,9 +75,11 @@ HELP = {
               "HF datasets into the catalog. The layout chosen for each file and its column mapping go to stderr.\n\n"
               "Example: curate --workspace ws ingest --config examples/sample/curate.yaml --schema auto",
     "hash": "sha256, decode status and pHash (bit-identical to imagededup's, on the loader's pixels) for every "
-            "image.\n\nExample: curate --workspace ws hash --workers 8",
+            "image.\n\nExample: curate --workspace ws hash --workers 8\n\n"
+            "On a Ray cluster: curate --workspace ws hash --engine ray --ray-address auto --ray-staging s3://b/tmp",
     "embed": "Image (and caption) embeddings: float16, L2-normalised parts keyed by model + preprocessing.\n\n"
-             "Example: curate --workspace ws embed --device cuda --batch-size 256 --caption-model all-MiniLM-L6-v2",
+             "Example: curate --workspace ws embed --device cuda --batch-size 256 --caption-model all-MiniLM-L6-v2\n\n"
+             "On a Ray cluster: curate --workspace ws embed --engine ray --ray-address auto --num-gpus 1 --actor-cpus 8",
     "dedup": "Duplicate edges (sha256, pHash incl. mirror images, embedding) and clusters with one keeper.\n\n"
              "Example: curate --workspace ws dedup --phash-max-distance 8 --embedding-min-cosine off",
     "flag": "Evaluate rule packs; --dry-run prints per-rule hit counts without writing.\n\n"

@@ -987,7 +987,7 @@ ABLATIONS: dict[str, tuple[str, dict, dict]] = {
                              {"embedding_min_side": 1}),
     "centre_crop_embedding": ("embedding of the centre crop (`preprocess: model`: short side 256, crop 224)",
                               {"preprocess": "model"}, {}),
-    "previous_default": ("centre-crop embedding and no mirror pHash: the pipeline before issue #5's quality work",
+    "previous_default": ("centre-crop embedding and no mirror pHash: the pipeline before them, at today's thresholds",
                          {"preprocess": "model"}, {"phash_mirror": False}),
 }
 HEAVY_ABLATIONS = ("centre_crop_embedding", "previous_default")
@@ -1284,7 +1284,8 @@ def run_benchmark(work: Path, *, min_side: int = 64, limit: int | None = None, a
         short[name] = [k for k, v in sc.items() if k not in SUMMARY_ROWS and "/" not in k
                        and (v["cluster"]["recall"] < TARGET_R or v["cluster"]["precision"] < TARGET_P)]
         g = graphs[name]
-        res["signals"][name]["scores"]["all_but_short"] = score_graph(g, truth, ignore, without=short[name])["all_but_short"]
+        sc["all_but_short"] = (score_graph(g, truth, ignore, without=short[name])["all_but_short"] if short[name]
+                               else sc["copies"])  # nothing short: every copy
 
     diag = copy_diagnostics(ws, truth, index, emb_key) if emb_key else {}
     fm = {"base": false_merges(g_def, truth, None, ignore), "all": false_merges(g_def, truth, "*", ignore)}
@@ -1728,8 +1729,10 @@ def headline(res: dict) -> dict:
     rec = res["recommended"]
     out = {"files": res["dataset"]["files"], "combined_default": s("combined"),
            "combined_recommended": s("combined_recommended"),
-           "recommended": {"phash_max_distance": (rec.get("phash_only") or {}).get("phash_max_distance"),
-                           "embedding_min_cosine": rec["embedding"].get("embedding_min_cosine"),
+           "recommended": {"phash_max_distance": rec["combined"]["phash_max_distance"],
+                           "embedding_min_cosine": rec["combined"]["embedding_min_cosine"],
+                           "transforms_meeting": rec["combined"]["transforms_meeting"],
+                           "phash_only_best": (rec.get("phash_only") or {}).get("phash_max_distance"),
                            "closest_distinct_pair": rec["embedding"].get("closest_distinct_pair"),
                            "combined_max_f1": rec["combined_max_f1"]},
            "short_of_target": res["short_of_target"], "seconds": res["timings"]["total"]}

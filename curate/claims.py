@@ -13,8 +13,8 @@ matching sample, extended to every near-duplicate copy of it.
     url_lists: [urls.txt]                   # files, one URL per line (# comments)
     keywords: [Jane Example]                # names / titles, whole words in captions
     reference_images: [refs/]               # image files or folders of them
-    phash_max_distance: 10                  # default: dedup.phash_max_distance
-    embedding_min_cosine: 0.92              # default: dedup.embedding_min_cosine
+    phash_max_distance: 8                   # default: dedup.phash_max_distance
+    embedding_min_cosine: 0.93              # default: dedup.embedding_min_cosine
     extend_to_clusters: true
 
 or CSV with a header ``field,value`` and one row per entry (``claimant``, ``contact``,

@@ -402,8 +402,15 @@ def _insert(ws, key: str, batch: list[tuple[int, str | None, list[_Row]]]) -> No
             con.unregister("_score_batch")
 
 
+def local_batches(spec: Spec, todo: list[tuple], n: int, max_pixels: int):
+    """Yield, per ``n`` candidates (sample_id, image_ref, …) of ``todo``, the list of
+    (sample_id, sha256 of the bytes or None, rows) that :func:`_insert` stores — in this process."""
+    for k in range(0, len(todo), n):
+        yield [(item[0], *_classify(spec, item[1], max_pixels)) for item in todo[k:k + n]]
+
+
 def ensure_scores(ws, packs: Iterable, *, max_pixels: int | None = None,
-                  batch_size: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+                  batch_size: dict[str, int] | None = None, engine=None) -> dict[str, dict[str, Any]]:
     """Classify every candidate sample that the classifier rules of ``packs`` need and that has
     no stored score yet; store the rows in ``image_scores`` (one transaction per batch).
 
@@ -412,6 +419,9 @@ def ensure_scores(ws, packs: Iterable, *, max_pixels: int | None = None,
         packs: loaded rule packs; rules of other kinds are ignored.
         max_pixels: decode limit (header width × height, pixels); default the loader's.
         batch_size: samples per committed batch per classifier name (default :data:`BATCH`).
+        engine: where to classify — a :class:`curate.config.EngineConfig` (``flag``'s section);
+            ``engine: ray`` classifies the same batches in a Ray actor pool
+            (:func:`curate.engine.ray_engine.classify_batches`) and stores them here. None = local.
 
     Returns:
         Per classifier key: ``{'classifier', 'candidates_to_do', 'classified', 'failed',
@@ -438,19 +448,21 @@ def ensure_scores(ws, packs: Iterable, *, max_pixels: int | None = None,
                                                           for k, v in spec.settings},
                     "candidates_to_do": len(todo), "classified": 0, "failed": 0}
         t0 = time.perf_counter()
-        if todo:
-            _model(spec.name)  # load (or fail with the install hint) before the first batch
         n = sizes[spec.name]
+        if todo and engine is not None and engine.engine == "ray":  # same batches, classified by Ray actors
+            from curate.engine.ray_engine import classify_batches
+
+            batches = classify_batches(ws, engine, spec, todo, n, max_pixels)
+        else:
+            if todo:
+                _model(spec.name)  # load (or fail with the install hint) before the first batch
+            batches = local_batches(spec, todo, n, max_pixels)
         with bar(total=len(todo), desc=f"[flag] {spec.name}", unit="img") as pb:
-            for k in range(0, len(todo), n):
-                batch = []
-                for sid, ref, _sha in todo[k:k + n]:
-                    sha, rows = _classify(spec, ref, max_pixels)
-                    batch.append((sid, sha, rows))
-                    counters["failed"] += rows[0].status != "ok"
-                    pb.update(1)
+            for batch in batches:  # one transaction per batch: a killed run keeps the finished ones
                 _insert(ws, key, batch)
                 counters["classified"] += len(batch)
+                counters["failed"] += sum(rows[0].status != "ok" for _, _, rows in batch)
+                pb.update(len(batch))
         dt = time.perf_counter() - t0
         counters["seconds"] = round(dt, 3)
         counters["images_per_s"] = round(counters["classified"] / dt, 2) if counters["classified"] and dt > 0 else None

@@ -79,7 +79,37 @@ class IngestConfig(_Closed):
     )
 
 
-class HashConfig(_Closed):
+#: keys of :class:`EngineConfig` (and ``embed.num_gpus``): where and how wide a stage runs, never what it
+#: computes, so :func:`curate.stages.stage_digest` leaves them out (switching engines re-runs nothing)
+ENGINE_KEYS = ("engine", "ray_address", "ray_num_cpus", "actors", "actor_cpus", "ray_staging", "num_gpus")
+
+
+class EngineConfig(_Closed):
+    """Where a per-sample stage (hash, embed, the image classifiers of flag) runs.
+
+    ``local``: this machine (worker processes). ``ray``: a Ray cluster through Ray Data — the
+    work list is written as parquet shards, read by Ray Data and processed by an actor pool;
+    the results are the same catalog rows and embedding parts as ``local`` (same code per
+    item, same batches), and the catalog is written by this process only. See
+    docs/SCALE_OUT.md and :mod:`curate.engine.ray_engine`.
+    """
+
+    engine: Literal["local", "ray"] = Field("local", description="local = this machine; ray = a Ray cluster")
+    ray_address: str | None = Field(
+        None, description="ray: the cluster to join: 'auto' (the cluster this node belongs to, e.g. under `ray job "
+        "submit`), 'HOST:PORT' of its head; null = $RAY_ADDRESS if set, else start Ray on this machine")
+    ray_num_cpus: int | None = Field(None, ge=1, description="ray, Ray started on this machine: CPUs it may use "
+                                     "(null = all)")
+    actors: int | None = Field(None, ge=1, description="ray: actors in the pool (null = autoscale from 1 up to what "
+                               "the cluster's resources allow)")
+    actor_cpus: float = Field(1.0, gt=0, description="ray: CPUs reserved per actor (embed: its torch threads and "
+                              "decoding processes come out of these)")
+    ray_staging: str | None = Field(
+        None, description="ray: folder or URI (s3://, gs://, hdfs://, …) for the work shards that every node reads; "
+        "null = <workspace>/tmp/ray (on several nodes it must then be a shared filesystem)")
+
+
+class HashConfig(EngineConfig):
     max_pixels: int = Field(89_478_485, ge=1, description="decode refused above this many pixels (header size)")
     batch_size: int = Field(256, ge=1, description="samples per committed batch")
     workers: int = Field(2, ge=0, description="decoding processes (0 = in the main process)")
@@ -100,7 +130,7 @@ class PrecomputedEmbeddings(_Closed):
     allow_unmatched: bool = Field(False, description="keys absent from the catalog are counted, not an error")
 
 
-class EmbedConfig(_Closed):
+class EmbedConfig(EngineConfig):
     """Image (and optionally caption) embeddings; see :mod:`curate.models` for the names.
 
     The stored vectors are keyed by model + preprocessing identity (``trim_border``,
@@ -118,6 +148,8 @@ class EmbedConfig(_Closed):
         "auto", description="decoding worker processes; auto = 1 per 8 CPUs on CPU (the model's threads "
                             "use the cores), CPUs − 1 on GPU (decoding is the bottleneck); 0 = in-process")
     part_rows: int = Field(4096, ge=1, description="samples per work chunk = rows per embedding part file (at most)")
+    num_gpus: float = Field(0.0, ge=0, description="ray: GPUs per embedding actor (1, or 0.5 to share a GPU between "
+                            "two actors); 0 = CPU actors")
     preprocess: Literal["auto", "model", "full", "sscd_288", "sscd_320", "dcr_224"] = Field(
         "auto", description="auto = full for efficientnet_lite0, model for other models; model = the model's own "
         "(efficientnet_lite0: short side 256 + centre crop 224); full = the whole image squashed to the model's "
@@ -159,9 +191,11 @@ class DedupConfig(_Closed):
         "auto", description="pHash pair search, all exact and identical: multi-index hashing ('mih'), faiss brute "
         "force ('brute', O(n²)), or whichever a cost estimate says is cheaper ('auto')"
     )
-    embedding_search: Literal["auto", "exact", "ivf"] = Field(
+    embedding_search: Literal["auto", "exact", "ivf", "ivfpq"] = Field(
         "auto", description="embedding pair search over distinct vectors: exact ('exact'), k-means partitions "
-        "searched multi-probe ('ivf', approximate; recall measured), or 'ivf' from embedding_ivf_min_n on ('auto')"
+        "searched multi-probe ('ivf', approximate; recall measured), faiss IVF-PQ codes with every candidate "
+        "verified exactly ('ivfpq', the cluster-scale path of docs/SCALE_OUT.md; recall measured), or 'ivf' from "
+        "embedding_ivf_min_n on ('auto')"
     )
     embedding_ivf_min_n: int = Field(200_000, ge=2, description="distinct vectors from which 'auto' uses IVF")
     embedding_nlist: int | None = Field(
@@ -184,7 +218,9 @@ class DedupConfig(_Closed):
         return v
 
 
-class FlagConfig(_Closed):
+class FlagConfig(EngineConfig):
+    """Rule packs and claims; ``engine`` & co. place the image classifiers (NudeNet, OCR) that some rules need."""
+
     packs: list[str] = Field(default_factory=lambda: ["laion-safety"], description="shipped pack names or YAML paths")
     claims: list[str] = Field(default_factory=list,
                               description="claim files (.yaml/.csv, one claimant each) or folders of them; see curate.claims")

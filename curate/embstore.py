@@ -8,6 +8,10 @@ its chunk produced. Parts are written atomically (temp name + rename; meta, then
 vectors), so a part whose vector file exists is complete; a killed writer leaves at most a
 ``*.tmp<pid>`` file, removed by :func:`clean_temp`. Readers join on the ids, never on row
 position. A folder's ``store.json`` records what the vectors are (model, preprocessing).
+
+A folder is a local path or a URI (``s3://bucket/prefix/<key>``, …; :mod:`curate.fsio`):
+Ray actors on any node write parts through the same functions. On object storage a part's
+files are single PUTs (all-or-nothing), vectors are read whole instead of memory-mapped.
 """
 from __future__ import annotations
 
@@ -19,13 +23,19 @@ from typing import Iterator
 
 import numpy as np
 
+from curate import fsio
 from curate.catalog import atomic_write_bytes
 
 _PART = re.compile(r"^part-(\d{5,})\.npy$")
 
 
-def list_parts(folder: Path) -> list[int]:
-    """Numbers of the complete parts in ``folder``, ascending."""
+def list_parts(folder: Path | str) -> list[int]:
+    """Numbers of the complete parts in ``folder`` (a path or URI), ascending."""
+    if fsio.is_uri(folder):
+        names = set(fsio.listdir(folder))
+        return sorted(int(m.group(1)) for m in map(_PART.match, names)
+                      if m and f"part-{m.group(1)}.ids.npy" in names)
+    folder = Path(fsio.local_path(folder))
     nums = []
     for p in folder.glob("part-*.npy"):
         m = _PART.match(p.name)
@@ -40,8 +50,20 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_part(folder: Path, num: int, ids: np.ndarray, vecs: np.ndarray, meta: dict | None = None) -> None:
-    """Write one part atomically (meta, then ids, then vectors; each temp + rename).
+def _put(folder: Path | str, name: str, data: bytes) -> None:
+    if fsio.is_uri(folder):
+        fsio.write_bytes(fsio.join(folder, name), data)  # one PUT: all or nothing
+    else:
+        atomic_write_bytes(Path(fsio.local_path(folder)) / name, data)
+
+
+def _get(folder: Path | str, name: str) -> bytes | None:
+    return fsio.read_bytes(fsio.join(folder, name))
+
+
+def write_part(folder: Path | str, num: int, ids: np.ndarray, vecs: np.ndarray, meta: dict | None = None) -> None:
+    """Write one part atomically (meta, then ids, then vectors; each temp + rename, or one PUT
+    per file on object storage), so a part whose vector file exists is complete.
 
     Args:
         ids: int64 (n,) sample ids.
@@ -64,29 +86,36 @@ def write_part(folder: Path, num: int, ids: np.ndarray, vecs: np.ndarray, meta: 
             k = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{int(bad.sum())} vectors are not finite and L2-normalised (row {k}: norm {norms[k]})")
     if meta is not None:
-        atomic_write_bytes(folder / f"part-{num:05d}.meta.json", (json.dumps(meta, sort_keys=True) + "\n").encode())
-    atomic_write_bytes(folder / f"part-{num:05d}.ids.npy", _npy_bytes(ids.astype(np.int64)))
-    atomic_write_bytes(folder / f"part-{num:05d}.npy", _npy_bytes(np.ascontiguousarray(v, dtype=np.float16)))
+        _put(folder, f"part-{num:05d}.meta.json", (json.dumps(meta, sort_keys=True) + "\n").encode())
+    _put(folder, f"part-{num:05d}.ids.npy", _npy_bytes(ids.astype(np.int64)))
+    _put(folder, f"part-{num:05d}.npy", _npy_bytes(np.ascontiguousarray(v, dtype=np.float16)))
 
 
-def read_part_meta(folder: Path, num: int) -> dict | None:
+def read_part_meta(folder: Path | str, num: int) -> dict | None:
     """The part's ``meta.json`` as a dict, or None when it has none."""
-    p = folder / f"part-{num:05d}.meta.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    data = _get(folder, f"part-{num:05d}.meta.json")
+    return json.loads(data) if data is not None else None
 
 
-def part_files(folder: Path, num: int) -> list[Path]:
+def part_files(folder: Path | str, num: int) -> list[Path | str]:
     """The files of part ``num`` that exist (vectors, ids, meta)."""
     names = (f"part-{num:05d}.npy", f"part-{num:05d}.ids.npy", f"part-{num:05d}.meta.json")
-    return [folder / n for n in names if (folder / n).is_file()]
+    return [fsio.join(folder, n) for n in names if fsio.exists(fsio.join(folder, n))]
 
 
 _TMP = re.compile(r"\.tmp\d+$")
 
 
-def clean_temp(folder: Path) -> int:
+def clean_temp(folder: Path | str) -> int:
     """Remove temp files a killed writer left behind (``*.tmp<pid>``); returns how many."""
     n = 0
+    if fsio.is_uri(folder):  # object-store writes leave no temp files, but a local mirror may
+        for name in fsio.listdir(folder):
+            if _TMP.search(name):
+                fsio.delete(fsio.join(folder, name))
+                n += 1
+        return n
+    folder = Path(fsio.local_path(folder))
     for p in folder.glob("*.tmp*"):
         if _TMP.search(p.name) and p.is_file():
             p.unlink()
@@ -94,25 +123,36 @@ def clean_temp(folder: Path) -> int:
     return n
 
 
-def write_store_meta(folder: Path, meta: dict) -> None:
+def write_store_meta(folder: Path | str, meta: dict) -> None:
     """Record what the folder's vectors are (``store.json``: model, dim, preprocessing, ...)."""
-    atomic_write_bytes(folder / "store.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    _put(folder, "store.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
 
 
-def read_store_meta(folder: Path) -> dict | None:
-    p = folder / "store.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+def read_store_meta(folder: Path | str) -> dict | None:
+    data = _get(folder, "store.json")
+    return json.loads(data) if data is not None else None
 
 
-def read_part_ids(folder: Path, num: int) -> np.ndarray:
-    return np.load(folder / f"part-{num:05d}.ids.npy")
+def _load_npy(folder: Path | str, name: str, mmap: bool = False) -> np.ndarray:
+    if fsio.is_uri(folder):
+        data = _get(folder, name)
+        if data is None:
+            raise FileNotFoundError(fsio.join(folder, name))
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    return np.load(Path(fsio.local_path(folder)) / name, mmap_mode="r" if mmap else None)
 
 
-def iter_parts(folder: Path, mmap: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield (part number, ids int64 (n,), vectors float16 (n, d)) for every complete part."""
+def read_part_ids(folder: Path | str, num: int) -> np.ndarray:
+    """int64 (n,) sample ids of part ``num``."""
+    return _load_npy(folder, f"part-{num:05d}.ids.npy")
+
+
+def iter_parts(folder: Path | str, mmap: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield (part number, ids int64 (n,), vectors float16 (n, d)) for every complete part
+    (memory-mapped when local and ``mmap``)."""
     for num in list_parts(folder):
-        ids = np.load(folder / f"part-{num:05d}.ids.npy")
-        vecs = np.load(folder / f"part-{num:05d}.npy", mmap_mode="r" if mmap else None)
+        ids = _load_npy(folder, f"part-{num:05d}.ids.npy")
+        vecs = _load_npy(folder, f"part-{num:05d}.npy", mmap=mmap)
         if vecs.shape[0] != ids.shape[0]:
             raise ValueError(f"{folder}/part-{num:05d}: {vecs.shape[0]} vectors but {ids.shape[0]} ids")
         yield num, ids, vecs

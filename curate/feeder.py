@@ -10,6 +10,7 @@ Light on purpose (numpy, Pillow, torch only; no catalog), so the embed stage and
   view, no copy), failures listed apart;
 - :func:`chunk_batches` — batches that never straddle a work chunk (resumable parts);
 - :func:`forward` — features for a batch, also for differently sized tensors;
+- :func:`embed_batch` — a collated batch → vectors and per-sample failures (both engines);
 - :func:`normalise`, :func:`vector_status` — L2 normalisation and the K13 checks.
 """
 from __future__ import annotations
@@ -117,6 +118,36 @@ def chunk_batches(n: int, part_rows: int, batch_size: int) -> list[list[int]]:
         c1 = min(n, c0 + part_rows)
         out += [list(range(b, min(c1, b + batch_size))) for b in range(c0, c1, batch_size)]
     return out
+
+
+def embed_batch(model, sids: list[int], x, bad: list[tuple[int, str]]):
+    """One collated batch (:func:`collate`'s output) through the model and the K13 checks.
+
+    Returns:
+        (ids with a vector, their L2-normalised float32 (d,) vectors, [(sample id, status)] of
+        the rows without one — vector failures (``zero_vector``, ``nonfinite_vector``) then the
+        decode failures ``bad`` —, seconds spent in the model). The local and the Ray engine
+        both embed through this function.
+    """
+    import time
+
+    ids: list[int] = []
+    vecs: list[np.ndarray] = []
+    failed: list[tuple[int, str]] = []
+    dt = 0.0
+    if x is not None:
+        t0 = time.perf_counter()
+        feats = forward(model, x)
+        dt = time.perf_counter() - t0
+        unit, _ = normalise(feats)
+        for sid, v, st in zip(sids, unit, vector_status(feats)):
+            if st == "ok":
+                ids.append(sid)
+                vecs.append(v)
+            else:
+                failed.append((sid, st))
+    failed.extend(bad)
+    return ids, vecs, failed, dt
 
 
 def forward(model, x) -> np.ndarray:

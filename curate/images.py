@@ -50,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.fsio import is_uri, read_bytes, read_range
+
 BACKGROUND = (255, 255, 255)  # fixed compositing background for transparent pixels
 
 
@@ -88,6 +90,9 @@ class Decoded:
 def read_ref(image_ref: str) -> bytes | None:
     """Bytes behind an image reference, or None if the file (or shard) is missing.
 
+    A file or a ``tar:`` shard may be a URI (``s3://…``, ``gs://…``; :mod:`curate.fsio`), so
+    workers on any node of a cluster read the same bytes.
+
     Raises:
         ValueError: malformed reference.
     """
@@ -98,6 +103,8 @@ def read_ref(image_ref: str) -> bytes | None:
     if image_ref.startswith("tar:"):
         _, off, size, rest = image_ref.split(":", 3)
         shard = rest.rsplit("#", 1)[0]
+        if is_uri(shard):  # a shard on object storage (s3://, gs://, …): a ranged read
+            return read_range(shard, int(off), int(size))
         try:
             with open(shard, "rb") as f:
                 f.seek(int(off))
@@ -105,6 +112,8 @@ def read_ref(image_ref: str) -> bytes | None:
         except FileNotFoundError:
             return None
         return data
+    if is_uri(image_ref):  # s3://, gs://, … through pyarrow / fsspec (curate.fsio)
+        return read_bytes(image_ref)
     try:
         return Path(image_ref).read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):

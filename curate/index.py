@@ -549,6 +549,8 @@ def embedding_edges(
          representatives, recall = found / exact pairs touching those rows. Cost
          ≈ n·d·(nlist + nprobe·n/nlist) multiply-adds for balanced partitions; skewed
          partitions cost more, never more memory than one query block × one partition block.
+       - ``"ivfpq"``: :mod:`curate.ivfpq` — faiss IVF-PQ (compressed codes, the cluster-scale
+         path of docs/SCALE_OUT.md), candidates verified by exact cosine; recall measured.
        - ``"auto"``: ``"ivf"`` when there are ≥ ``ivf_min_n`` representatives, else ``"exact"``.
 
     Edges between representatives carry their cosine; the edge set has the same connected
@@ -581,8 +583,8 @@ def embedding_edges(
         ValueError: a row is not L2-normalised (K13), a bad ``method``, ``nprobe`` < 1 or
             ``nlist`` < 1.
     """
-    if method not in ("auto", "exact", "ivf"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'ivf', got {method!r}")
+    if method not in ("auto", "exact", "ivf", "ivfpq"):
+        raise ValueError(f"method must be 'auto', 'exact', 'ivf' or 'ivfpq', got {method!r}")
     if nprobe < 1 or (nlist is not None and nlist < 1):
         raise ValueError(f"nprobe and nlist must be ≥ 1, got nprobe={nprobe}, nlist={nlist}")
     stats = {} if stats is None else stats
@@ -598,6 +600,8 @@ def embedding_edges(
     if len(reps) < 2:
         stats["method"] = "exact"
         a, b, s = empty
+    elif method == "ivfpq":  # compressed codes, candidates verified exactly (curate.ivfpq, issue #8)
+        a, b, s = _ivfpq_pairs(vecs, reps, float(min_cosine), nlist, nprobe, recall_sample, seed, stats)
     elif not use_ivf:
         stats["method"] = "exact"
         a, b, s = cosine_pairs(vecs[reps], min_cosine)
@@ -610,6 +614,19 @@ def embedding_edges(
     c = np.concatenate([s.astype(np.float32), np.ones(len(members), np.float32)])
     order = np.lexsort((j, i))
     return i[order], j[order], c[order]
+
+
+def _ivfpq_pairs(vecs, reps, min_cosine, nlist, nprobe, recall_sample, seed, stats):
+    """:func:`curate.ivfpq.pairs` over the representative rows ``reps``: faiss IVF-PQ trained on
+    a sample, range search at ``min_cosine`` − a calibrated margin, every candidate verified by
+    its exact float32 cosine (so no false edge), recall measured on ``recall_sample`` rows.
+    Returns (a, b, cosine) as row indices of ``vecs``, a < b."""
+    from curate import ivfpq
+
+    res = ivfpq.pairs(ivfpq.ArraySource(reps, vecs[reps]), min_cosine,
+                      ivfpq.Params(nlist=nlist, nprobe=nprobe, seed=seed), recall_sample=recall_sample)
+    stats.update(method="ivfpq", **{k: v for k, v in res.stats.items() if k not in ("rows", "engine")})
+    return res.a, res.b, res.cosine
 
 
 def _row_hashes(vecs: np.ndarray) -> np.ndarray:

@@ -335,13 +335,18 @@ def rule_sql(rule) -> str:
         conds, ev = [], []
         if rule.min_side is not None:
             conds.append(f"least({w}, {h}) < {rule.min_side}")
+            ev.append(f"CASE WHEN least({w}, {h}) < {rule.min_side} THEN 'short side ' || least({w}, {h}) "
+                      f"|| ' px < {rule.min_side}' END")
         if rule.max_aspect is not None:
             conds.append(f"greatest({w}, {h}) > {rule.max_aspect!r} * least({w}, {h})")
+            ev.append(f"CASE WHEN greatest({w}, {h}) > {rule.max_aspect!r} * least({w}, {h}) THEN 'aspect ' || "
+                      f"round(CAST(greatest({w}, {h}) AS DOUBLE) / nullif(least({w}, {h}), 0), 2) || ' > {rule.max_aspect}' END")
         if not conds:
             raise ConfigError(f"rule {rule.id}: image_size needs min_side or max_aspect")
         return (
             f"SELECT s.sample_id, CAST(greatest({w}, {h}) AS DOUBLE) / nullif(least({w}, {h}), 0) AS score, "
-            f"'size ' || {w} || 'x' || {h} AS evidence FROM samples s LEFT JOIN images i USING (sample_id) "
+            f"'size ' || {w} || 'x' || {h} || ': ' || concat_ws('; ', {', '.join(ev)}) AS evidence "
+            f"FROM samples s LEFT JOIN images i USING (sample_id) "
             f"WHERE {w} IS NOT NULL AND {h} IS NOT NULL AND ({' OR '.join(conds)})"
         )
     if isinstance(rule, Retrieval):  # filled by curate.claims.prepare_retrieval (needs images and a model)

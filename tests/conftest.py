@@ -13,6 +13,9 @@ SHARED = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("CURATE_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# torch's OpenMP threads busy-wait by default; on 2 shared cores that starves the other test
+# processes (DataLoader workers, subprocess drivers) and slows small models 15-100×
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +26,17 @@ def sample_ws(tmp_path_factory):
     ws = tmp_path_factory.mktemp("sample") / "ws"
     result = api.run(ws, SAMPLE / "curate.yaml")
     return ws, result
+
+
+def query(ws, sql: str, params: list | None = None) -> list[tuple]:
+    """Rows of ``sql`` on the catalog of workspace ``ws``, over a short-lived read-only connection."""
+    import duckdb
+
+    con = duckdb.connect(str(Path(ws) / "catalog.duckdb"), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
 
 
 class _ReadOnly:

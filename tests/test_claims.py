@@ -15,6 +15,7 @@ from curate.errors import ConfigError
 from curate.urls import canonical_url_sql, normalise_domain
 
 from conftest import SAMPLE, sample_file_of
+from conftest import query as _q
 
 UKBENCH = SAMPLE / "near-dup" / "imagededup" / "base_images" / "ukbench00120.jpg"
 UKBENCH_COPIES = {"near-dup/imagededup/base_images/ukbench00120.jpg",
@@ -23,12 +24,6 @@ UKBENCH_COPIES = {"near-dup/imagededup/base_images/ukbench00120.jpg",
                   "near-dup/imagededup/ukbench00120_gray.jpg"}
 
 
-def _q(ws, sql, params=None):
-    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +49,9 @@ def claimed(sample_ws, tmp_path_factory):
 
     w = api.open_workspace(ws, cfg)
     try:
+        before = w.q("SELECT * FROM claim_matches ORDER BY ALL")  # the demo config's own claims
         dry = run_claims(w, cfg, load_claims(cfg), dry_run=True)["claimants"]
-        assert w.scalar("SELECT count(*) FROM claim_matches") == 0  # dry run wrote nothing
+        assert w.q("SELECT * FROM claim_matches ORDER BY ALL") == before  # dry run wrote nothing
     finally:
         w.close()
     flag = api.run_one(ws, "flag", cfg)["counters"]
@@ -270,7 +266,8 @@ def test_cli_flag_claims_dry_run_prints_counts_and_writes_nothing(tmp_path, samp
     ws = tmp_path / "ws"
     shutil.copytree(src, ws)
     (tmp_path / "cc.csv").write_text("field,value\nclaimant,Creative Commons\ndomain,creativecommons.org\n")
-    before = _q(ws, "SELECT count(*) FROM flags")[0][0]
+    before = _q(ws, "SELECT * FROM flags ORDER BY ALL")
+    matches = _q(ws, "SELECT * FROM claim_matches ORDER BY ALL")
     r = CliRunner().invoke(main, ["--quiet", "--workspace", str(ws), "flag", "--claims", str(tmp_path / "cc.csv"),
                                   "--dry-run"])
     assert r.exit_code == 0, r.output
@@ -279,5 +276,5 @@ def test_cli_flag_claims_dry_run_prints_counts_and_writes_nothing(tmp_path, samp
     n_host = _q(ws, "SELECT count(*) FROM samples WHERE url LIKE '%://i.creativecommons.org/%'")[0][0]
     assert cc["direct"] == n_host and cc["via_cluster"] > 0 and cc["samples"] == cc["direct"] + cc["via_cluster"]
     assert "laion-safety/nsfw-punsafe" in out  # the packs' per-rule counts are there too
-    assert _q(ws, "SELECT count(*) FROM flags")[0][0] == before
-    assert _q(ws, "SELECT count(*) FROM claim_matches")[0][0] == 0
+    assert _q(ws, "SELECT * FROM flags ORDER BY ALL") == before
+    assert _q(ws, "SELECT * FROM claim_matches ORDER BY ALL") == matches

@@ -4,7 +4,6 @@ stock-agency watermark drawn on one of them with Pillow, scores stored in ``imag
 resumable batches, settings keys, unknown handling and dry-run."""
 from __future__ import annotations
 
-import duckdb
 import pytest
 
 from curate import api, classifiers
@@ -12,6 +11,7 @@ from curate.config import RunConfig
 from curate.errors import ConfigError
 from curate.rules import load_pack, pack_path
 from conftest import SAMPLE
+from conftest import query as _q
 
 PHOTOS = SAMPLE / "photos"
 
@@ -114,12 +114,6 @@ def _ingested(tmp):
     return ws, cfg
 
 
-def _q(ws, sql, params=None):
-    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def _file_of(ws):

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import SAMPLE
+from conftest import query as _q
 from curate import api
 from curate.config import RunConfig
 from curate.errors import ConfigError
@@ -40,12 +41,6 @@ def photo_ws(tmp_path):
     return ws, cfg
 
 
-def _q(ws, sql, params=None):
-    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def _clusters_by_name(ws) -> dict[str, set[str]]:

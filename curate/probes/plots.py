@@ -34,24 +34,33 @@ def _figure(w: float = 7.0, h: float = 3.4):
 
 def similarity_histogram(gen_hist: list[int], bg_hist: list[int] | None, lines: dict[str, float], title: str) -> str:
     """Somepalli et al.'s figure: top-1 similarity of generations vs the train→train background,
-    0.005-wide bins on [0, 1], each normalised to a density (area 1) so sets of different sizes
-    compare; vertical lines at ``lines`` (label → similarity). Returns base64 PNG."""
+    0.005-wide bins on [0, 1], each as a density (area 1) on its own y axis (generations left,
+    background right), so a handful of generations does not flatten the background; vertical
+    lines at ``lines`` (label → similarity). Returns base64 PNG."""
     fig, ax = _figure()
     edges = np.arange(N_BINS + 1) * BIN_WIDTH
-    for hist, label, colour in ((bg_hist, "train → train (background)", "#999999"), (gen_hist, "generations → train", "#c0392b")):
-        if not hist or sum(hist) == 0:
-            continue
-        dens = np.asarray(hist, float) / (sum(hist) * BIN_WIDTH)
-        ax.stairs(dens, edges, label=f"{label}, n={sum(hist)}", color=colour, fill=label.startswith("train"),
-                  alpha=0.5 if label.startswith("train") else 1.0, linewidth=1.5)
+    handles = []
+    if bg_hist and sum(bg_hist):
+        bx = ax.twinx()
+        dens = np.asarray(bg_hist, float) / (sum(bg_hist) * BIN_WIDTH)
+        handles.append(bx.stairs(dens, edges, fill=True, color="#bbbbbb", alpha=0.6,
+                                 label=f"train → train (background), n={sum(bg_hist)}; right axis"))
+        bx.set_ylabel("density (background)", color="#777777")
+        bx.tick_params(axis="y", colors="#777777")
+        ax.set_zorder(bx.get_zorder() + 1)
+        ax.patch.set_visible(False)
+    if gen_hist and sum(gen_hist):
+        dens = np.asarray(gen_hist, float) / (sum(gen_hist) * BIN_WIDTH)
+        handles.append(ax.stairs(dens, edges, color="#c0392b", linewidth=1.5,
+                                 label=f"generations → train, n={sum(gen_hist)}; left axis"))
     for (label, x), style in zip(lines.items(), ("--", ":", "-.", (0, (1, 3)))):
         if x is not None:
-            ax.axvline(x, color="#333333", linestyle=style, linewidth=1, label=f"{label} {x:.3f}")
+            handles.append(ax.axvline(x, color="#333333", linestyle=style, linewidth=1, label=f"{label} {x:.3f}"))
     ax.set_xlim(0, 1)
     ax.set_xlabel("top-1 similarity (cosine)")
-    ax.set_ylabel("density")
+    ax.set_ylabel("density (generations)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(handles=handles, fontsize=7, loc="upper left")
     fig.tight_layout()
     return _png(fig)
 

@@ -185,10 +185,13 @@ def thresholds(cfg: RunConfig, kind: str, bg_ids: np.ndarray, bg: np.ndarray, cl
     elif kind == "sscd":
         rep, rep_src = SOMEPALLI_THRESHOLD, "Somepalli et al. 2023: SSCD top-1 similarity > 0.5"
     else:
+        from curate.config import DedupConfig
+
         cos = cfg.dedup.embedding_min_cosine
-        rep = cos if cos is not None else 0.92
+        default = DedupConfig.model_fields["embedding_min_cosine"].default
+        rep = cos if cos is not None else default
         rep_src = ("dedup.embedding_min_cosine: the similarity at which this model's training images are duplicates"
-                   if cos is not None else "0.92, dedup's default embedding threshold (dedup.embedding_min_cosine is off)")
+                   if cos is not None else f"{default}, dedup's default embedding threshold (dedup.embedding_min_cosine is off)")
     if pc.close_similarity is not None:
         close, close_src = min(pc.close_similarity, rep), "probe.close_similarity"
     else:
@@ -249,14 +252,19 @@ def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[st
     k = min(pc.matches, len(only))
     nn_ids, nn_sims = search.topk(vecs[ok], ws.embeddings_dir(key), k, only=only)
     bg_ids, bg = _background(ws, cfg, key, only)
-    clustered = {int(r[0]) for r in ws.q("SELECT sample_id FROM clusters")}
+    clustered = {int(r[0]) for r in ws.q("SELECT sample_id FROM clusters WHERE sample_id IN (SELECT unnest(?::BIGINT[]))",
+                                          [[int(i) for i in bg_ids]])}
     th = thresholds(cfg, kind, bg_ids, bg, clustered)
     counters.update(background_n=int(len(bg)), thresholds=th)
 
-    refs_of = {int(p): set(s or []) for p, s in ws.q("SELECT probe_id, sample_ids FROM probes")}
-    cluster_of = {int(s): int(c) for s, c in ws.q("SELECT sample_id, cluster_id FROM clusters")}
+    refs_of = {int(p): set(s or []) for p, s in ws.q("SELECT probe_id, sample_ids FROM probes WHERE probe_id IN "
+                                                     "(SELECT DISTINCT probe_id FROM generations)")}
+    matched = sorted({int(i) for i in nn_ids.ravel() if i >= 0})
+    needed = sorted(set(matched).union(*refs_of.values()) if refs_of else set(matched))
+    cluster_of = {int(s): int(c) for s, c in ws.q("SELECT sample_id, cluster_id FROM clusters WHERE sample_id IN "
+                                                  "(SELECT unnest(?::BIGINT[]))", [needed])}
     image_ref = dict(ws.q("SELECT s.sample_id, s.image_ref FROM samples s WHERE s.sample_id IN "
-                          f"(SELECT unnest(?::BIGINT[]))", [sorted({int(i) for i in nn_ids.ravel() if i >= 0})]))
+                          "(SELECT unnest(?::BIGINT[]))", [matched]))
     pixels = _Pixels(pc.l2_px, cfg.hash.max_pixels)
     match_rows, score_rows = [], []
     per_gen: dict[int, dict[str, Any]] = {}

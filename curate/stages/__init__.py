@@ -1,7 +1,8 @@
 """Pipeline stages. Each module exposes ``run(ws, cfg) -> counters`` and ``inputs(ws, cfg)``.
 
 :func:`run_stage` wraps a stage with the bookkeeping every stage shares: it computes the
-stage's digest (its own config section, the fingerprint of its inputs, and the digests of
+stage's digest (its own config section without the engine keys — ``curate.config.ENGINE_KEYS``,
+which place the work but never change it —, the fingerprint of its inputs, and the digests of
 the upstream stages' last successful runs), skips the stage when the last successful run
 has the same digest (idempotency), and records the run with its counters in ``runs``.
 """
@@ -13,7 +14,7 @@ import traceback
 from typing import Any
 
 from curate.catalog import STAGES, Workspace, digest_of
-from curate.config import RunConfig
+from curate.config import ENGINE_KEYS, RunConfig
 from curate.progress import info
 
 UPSTREAM: dict[str, tuple[str, ...]] = {
@@ -41,6 +42,8 @@ def stage_digest(ws: Workspace, cfg: RunConfig, name: str) -> str:
         ups.append(r["digest"] if r else None)
     own = mod.inputs(ws, cfg) if hasattr(mod, "inputs") else None
     section = cfg.model_dump(mode="json", by_alias=True).get(name)
+    if isinstance(section, dict):  # where a stage runs (local / ray, actors, GPUs) never changes its results
+        section = {k: v for k, v in section.items() if k not in ENGINE_KEYS}
     return digest_of(name, section, own, ups)
 
 

@@ -3,7 +3,7 @@
 **Key.** Vectors are stored under a key = model name + ``@`` + 12 hex digits of the
 preprocessing identity (:attr:`curate.models.ModelSpec.key`; captions:
 ``text:<model>@…``). Changing the model *or* anything that changes the pixels the model
-sees (border trimming, JPEG draft decoding, SSCD preset, the model's input size/mean/std,
+sees (border trimming, JPEG draft decoding, the resolved preset (model, full, SSCD presets), the model's input size/mean/std,
 curate's preprocessing version) gives a new key, so old vectors are never mixed with new
 ones; switching back finds the old ones again. ``embeddings.model`` holds the key.
 
@@ -29,6 +29,12 @@ and runs the model (bf16/fp16 autocast on GPU), while 2–4 batches per worker a
 prefetched. Counters report the time spent waiting for data (``data_wait_s``) against the
 model's time.
 
+**Engines.** ``embed.engine: ray`` (:mod:`curate.engine.ray_engine`) embeds the same chunks
+in a Ray actor pool (GPU actors with ``num_gpus``): each actor runs the chunk's batches through
+the same feeder and model code, writes the chunk's part itself (same number, same bytes) and
+returns its rows, which this process commits one part per transaction. Resume works the same
+way (reconcile above). Caption embeddings always run in this process.
+
 **K13.** Raw features are L2-normalised in float32; rows with a NaN/inf value get status
 ``nonfinite_vector`` and rows with norm < 1e-6 ``zero_vector``; neither is stored, so every
 stored row has unit norm and a cosine threshold means what it says.
@@ -50,8 +56,8 @@ from curate.catalog import Workspace
 from curate.config import RunConfig
 from curate.embstore import (clean_temp, list_parts, lookup, read_part_ids, read_part_meta, read_store_meta,
                              write_part, write_store_meta)
-from curate.feeder import (MIN_NORM, ImageDataset, chunk_batches, collate, decode_workers, forward,  # noqa: F401
-                           normalise, vector_status)
+from curate.feeder import (MIN_NORM, ImageDataset, chunk_batches, collate, decode_workers, embed_batch,  # noqa: F401
+                           forward, normalise, vector_status)
 from curate.progress import bar
 
 
@@ -160,6 +166,18 @@ def _next_part(folder: Path) -> int:
     return (list_parts(folder) or [-1])[-1] + 1
 
 
+def write_chunk(folder, num: int, key: str, dim: int, ids: list[int], vecs: list[np.ndarray],
+                failed: list[tuple[int, str]]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Write one work chunk's part (both engines): ids int64 (n,), vectors (n, ``dim``) stored
+    float16, and in its meta the chunk's samples without a vector, sorted. Returns (ids,
+    sorted failures) — what the chunk's catalog rows are made of."""
+    arr = np.asarray(ids, np.int64)
+    v = np.stack(vecs) if vecs else np.zeros((0, dim), np.float32)
+    bad = sorted(failed)
+    write_part(folder, num, arr, v, meta={"key": key, "failed": [list(f) for f in bad]})
+    return arr, bad
+
+
 def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any], model_box: dict) -> None:
     from torch.utils.data import DataLoader
 
@@ -169,12 +187,15 @@ def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any],
     key = spec.key
     folder = ws.embeddings_dir(key)
     counters.update(reconcile(ws, key, folder))
-    todo = ws.q(
-        "SELECT s.sample_id, s.image_ref FROM samples s JOIN images i USING (sample_id) "
-        "WHERE i.status = 'ok' AND s.image_ref IS NOT NULL "
-        "AND s.sample_id NOT IN (SELECT sample_id FROM embeddings WHERE model = ?) ORDER BY s.sample_id",
-        [key],
-    )
+    todo_sql = ("SELECT s.sample_id, s.image_ref FROM samples s JOIN images i USING (sample_id) "
+                "WHERE i.status = 'ok' AND s.image_ref IS NOT NULL "
+                "AND s.sample_id NOT IN (SELECT sample_id FROM embeddings WHERE model = ?) ORDER BY s.sample_id")
+    if ec.engine == "ray":  # the same chunks, parts and rows, embedded by a Ray actor pool
+        from curate.engine.ray_engine import embed_images
+
+        embed_images(ws, cfg, spec, folder, todo_sql, [key], counters)
+        return
+    todo = ws.q(todo_sql, [key])
     counters.update(embedded=0, failed={}, parts_written=0)
     if not todo:
         return
@@ -214,29 +235,19 @@ def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any],
         for b, idx in enumerate(batches):
             t0 = time.perf_counter()
             sids, x, bad = next(it)
-            t1 = time.perf_counter()
-            wait += t1 - t0
-            if x is not None:
-                feats = forward(model, x)
-                model_s += time.perf_counter() - t1
-                vecs, _ = normalise(feats)
-                for sid, v, st in zip(sids, vecs, vector_status(feats)):
-                    if st == "ok":
-                        chunk_ids.append(sid)
-                        chunk_vecs.append(v)
-                    else:
-                        chunk_failed.append((sid, st))
-            chunk_failed.extend(bad)
+            wait += time.perf_counter() - t0
+            ok_ids, ok_vecs, failed, dt = embed_batch(model, sids, x, bad)
+            model_s += dt
+            chunk_ids += ok_ids
+            chunk_vecs += ok_vecs
+            chunk_failed += failed
             pb.update(len(idx))
             if b == 0:  # worker start-up and the model's first-call set-up end here
                 t_first, wait_first = time.perf_counter(), wait
             chunk = idx[0] // ec.part_rows
             if b + 1 == len(batches) or batches[b + 1][0] // ec.part_rows != chunk:
                 num = first + chunk
-                ids = np.asarray(chunk_ids, np.int64)
-                v = np.stack(chunk_vecs) if chunk_vecs else np.zeros((0, model.dim), np.float32)
-                failed = sorted(chunk_failed)
-                write_part(folder, num, ids, v, meta={"key": key, "failed": [list(f) for f in failed]})
+                ids, failed = write_chunk(folder, num, key, model.dim, chunk_ids, chunk_vecs, chunk_failed)
                 _insert_rows(ws, [(int(i), key, num, "ok") for i in ids] + [(s, key, num, st) for s, st in failed])
                 counters["embedded"] += len(ids)
                 counters["parts_written"] += 1

@@ -78,7 +78,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     prepare_retrieval(ws, cfg, packs)  # retrieval rules: reference images / text concepts → temp tables
     from curate.classifiers import ensure_scores  # classifier rules read stored scores: compute missing ones first
 
-    classifiers = ensure_scores(ws, packs, max_pixels=cfg.hash.max_pixels)
+    classifiers = ensure_scores(ws, packs, max_pixels=cfg.hash.max_pixels, engine=cfg.flag)
     per_rule: dict[str, int] = {}
     with ws.transaction() as con:
         con.execute("DELETE FROM flags WHERE holder IS NULL")

@@ -17,6 +17,10 @@ Decoding runs in ``hash.workers`` processes; each takes a run of samples, decode
 one inside the loader's guard, and hashes the run in one vectorised DCT. Rows are committed
 in batches of ``hash.batch_size``; a killed run resumes with the samples that have no
 ``images`` row yet (nothing hashed twice, nothing lost).
+
+``hash.engine: ray`` (:mod:`curate.engine.ray_engine`): the same runs of samples are hashed by
+:func:`hash_items` in a Ray actor pool and come back in order; this process commits them exactly
+as above (the catalog has one writer), so both engines store the same rows.
 """
 from __future__ import annotations
 
@@ -76,8 +80,8 @@ def _work(args):
 _SCHEMA = None
 
 
-def _insert(ws: Workspace, rows: list[tuple]) -> None:
-    """Insert ``images`` rows in one transaction (typed through arrow: phash is uint64)."""
+def images_schema():
+    """The arrow schema of :func:`hash_items`' rows (the ``images`` columns, in that order)."""
     import pyarrow as pa
 
     global _SCHEMA
@@ -88,12 +92,25 @@ def _insert(ws: Workspace, rows: list[tuple]) -> None:
             ("phash", pa.uint64()), ("width", i32), ("height", i32), ("raw_width", i32), ("raw_height", i32),
             ("mode", s), ("format", s), ("orientation", i32), ("notes", pa.list_(s)), ("phash_mirror", pa.uint64()),
         ])
-    cols = list(zip(*rows))
-    t = pa.table([pa.array(list(c), type=f.type) for c, f in zip(cols, _SCHEMA)], schema=_SCHEMA)
+    return _SCHEMA
+
+
+def rows_table(rows: list[tuple]):
+    """:func:`hash_items` rows → an arrow table of :func:`images_schema` (exact round trip)."""
+    import pyarrow as pa
+
+    schema = images_schema()
+    cols = list(zip(*rows)) if rows else [[] for _ in schema]
+    return pa.table([pa.array(list(c), type=f.type) for c, f in zip(cols, schema)], schema=schema)
+
+
+def _insert(ws: Workspace, rows: list[tuple]) -> None:
+    """Insert ``images`` rows in one transaction (typed through arrow: phash is uint64)."""
+    t = rows_table(rows)
     with ws.transaction() as con:
         con.register("_img_batch", t)
         try:
-            cols = ", ".join(_SCHEMA.names)  # by name: older catalogs have phash_mirror appended last too
+            cols = ", ".join(images_schema().names)  # by name: older catalogs have phash_mirror appended last too
             con.execute(f"INSERT INTO images ({cols}) SELECT {cols} FROM _img_batch")
         finally:
             con.unregister("_img_batch")
@@ -131,43 +148,56 @@ def _forget_for_new_limit(ws: Workspace, max_pixels: int) -> int:
     return int(n)
 
 
+def _commit(ws: Workspace, results, bs: int, total: int) -> int:
+    """Insert the ``images`` rows of ``results`` (lists of rows, in sample order) every ``bs``
+    rows, one transaction each; returns how many were inserted."""
+    hashed = 0
+    pending: list[tuple] = []
+    with bar(total=total, desc="hash", unit="img") as pb:
+        for part in results:
+            pending.extend(part)
+            pb.update(len(part))
+            if len(pending) >= bs:
+                _insert(ws, pending)
+                hashed += len(pending)
+                pending = []
+        if pending:
+            _insert(ws, pending)
+            hashed += len(pending)
+    return hashed
+
+
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     rehash = _forget_for_new_limit(ws, cfg.hash.max_pixels)
     rehash_mirror = _forget_without_mirror(ws)
-    todo = ws.q(
-        "SELECT s.sample_id, s.image_ref FROM samples s ANTI JOIN images i USING (sample_id) "
-        "WHERE s.image_ref IS NOT NULL ORDER BY s.sample_id"
-    )
+    todo_sql = ("SELECT s.sample_id, s.image_ref FROM samples s ANTI JOIN images i USING (sample_id) "
+                "WHERE s.image_ref IS NOT NULL ORDER BY s.sample_id")
     bs = cfg.hash.batch_size
-    hashed = 0
-    pool = None
-    if cfg.hash.workers > 0 and len(todo) > 64:
-        import multiprocessing as mp
+    # runs of `sub` samples stream through the workers (in order) while the main process
+    # commits every `bs` rows, so workers never wait for a commit; both engines hash the same runs
+    sub = max(8, min(64, bs // max(1, 2 * (cfg.hash.workers or 1))))
+    if cfg.hash.engine == "ray":  # runs hashed by a Ray actor pool, rows committed here (single writer)
+        from curate.engine.ray_engine import hash_runs
 
-        pool = mp.get_context("fork").Pool(cfg.hash.workers)
-    try:
-        # runs of `sub` samples stream through the workers (in order) while the main process
-        # commits every `bs` rows, so workers never wait for a commit
-        sub = max(8, min(64, bs // max(1, 2 * (cfg.hash.workers or 1))))
-        pieces = ((todo[i : i + sub], cfg.hash.max_pixels) for i in range(0, len(todo), sub))
-        pending: list[tuple] = []
-        with bar(total=len(todo), desc="hash", unit="img") as pb:
-            for part in (pool.imap(_work, pieces) if pool else map(_work, pieces)):
-                pending.extend(part)
-                pb.update(len(part))
-                if len(pending) >= bs:
-                    _insert(ws, pending)
-                    hashed += len(pending)
-                    pending = []
-            if pending:
-                _insert(ws, pending)
-                hashed += len(pending)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+        total = int(ws.scalar(f"SELECT count(*) FROM ({todo_sql})"))
+        ray_stats: dict[str, Any] = {}
+        hashed = _commit(ws, hash_runs(ws, cfg.hash, todo_sql, sub, stats=ray_stats), bs, total)
+    else:
+        todo = ws.q(todo_sql)
+        pool = None
+        if cfg.hash.workers > 0 and len(todo) > 64:
+            import multiprocessing as mp
+
+            pool = mp.get_context("fork").Pool(cfg.hash.workers)
+        try:
+            pieces = ((todo[i : i + sub], cfg.hash.max_pixels) for i in range(0, len(todo), sub))
+            hashed = _commit(ws, pool.imap(_work, pieces) if pool else map(_work, pieces), bs, len(todo))
+        finally:
+            if pool:
+                pool.close()
+                pool.join()
     by_status = dict(ws.q("SELECT status, count(*) FROM images GROUP BY status ORDER BY status"))
-    return {
+    out = {
         "hashed": hashed,
         "rehashed_for_new_max_pixels": rehash,
         "rehashed_for_mirror_phash": rehash_mirror,
@@ -176,3 +206,6 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         "metadata_only": int(ws.scalar("SELECT count(*) FROM samples WHERE image_ref IS NULL")),
         "notes": int(ws.scalar("SELECT count(*) FROM images WHERE len(notes) > 0")),
     }
+    if cfg.hash.engine == "ray":
+        out["ray"] = ray_stats  # cluster, actors, units, shards, worker processes
+    return out
