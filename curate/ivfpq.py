@@ -199,8 +199,8 @@ def model(n: float, d: int, nlist: int, nprobe: int, m: int, nbits: int = 8, *, 
 
     Returns:
         ``codes_bytes`` (inverted lists: n·(m·nbits/8 + 8)), ``codes_bytes_per_shard``,
-        ``quantizer_bytes`` (nlist·d·4), ``train_bytes`` (the float32 training sample at 64 rows per
-        list), ``vectors_bytes`` (the float16 rows read for verification), ``assign_madds``
+        ``quantizer_bytes`` (nlist·d·4), ``train_bytes`` (the float32 training sample at 39 rows per
+        list, faiss's minimum), ``vectors_bytes`` (the float16 rows read for verification), ``assign_madds``
         (n·nlist·d, fill; the same again for the queries), ``encode_madds`` (n·2^nbits·d),
         ``scan_codes`` (n·nprobe·n/nlist code distances, the self-join), ``verify_madds``
         (candidates·d).
@@ -210,7 +210,7 @@ def model(n: float, d: int, nlist: int, nprobe: int, m: int, nbits: int = 8, *, 
         "codes_bytes": n * code,
         "codes_bytes_per_shard": n * code / index_shards,
         "quantizer_bytes": nlist * d * 4.0,
-        "train_bytes": min(n, 64.0 * nlist) * d * 4.0,
+        "train_bytes": min(n, 39.0 * nlist) * d * 4.0,
         "vectors_bytes": n * d * 2.0,
         "assign_madds": n * float(nlist) * d,
         "encode_madds": n * float(2**nbits) * d,

@@ -81,14 +81,19 @@ def connect(sec) -> dict[str, Any]:
 
 
 def _data_context() -> None:
+    import warnings
+
     import ray.data
 
+    # Ray Data's own context copy touches its deprecated fields (use_polars, …): not ours to fix
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data\.context")
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # e.g. "progress bars disabled" is not news
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # results in unit order: commits mirror the local engine
     ctx.enable_progress_bars = False  # curate draws its own bar on stderr; stdout carries JSON only
     ctx.use_datasource_v2 = False  # see module doc: V2's listing task always takes a CPU
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def pool_size(sec, res: dict[str, Any], n_units: int, num_gpus: float = 0.0) -> int:
@@ -249,10 +254,11 @@ class HashWorker:
         return t.append_column("worker_pid", pa.array([self.pid] * t.num_rows, pa.int64()))
 
 
-def hash_runs(ws, sec, todo_sql: str, sub: int, stats: dict[str, Any] | None = None) -> Iterator[list[tuple]]:
+def hash_runs(ws, sec, todo_sql: str, sub: int, stats: dict[str, Any] | None = None) -> Iterator[Any]:
     """The hash stage's rows for ``todo_sql`` (sample_id, image_ref ordered by sample_id),
-    computed by a :class:`HashWorker` pool in runs of ``sub`` samples; yields lists of rows (the
-    tuples :func:`~curate.stages.hash.hash_items` returns) in sample order.
+    computed by a :class:`HashWorker` pool in runs of ``sub`` samples; yields arrow tables of
+    :func:`~curate.stages.hash.images_schema` (the rows :func:`~curate.stages.hash.hash_items`
+    returns, exactly) in sample order.
 
     Args:
         sec: the ``hash`` config section (engine keys, ``max_pixels``, ``batch_size``).
@@ -264,7 +270,7 @@ def hash_runs(ws, sec, todo_sql: str, sub: int, stats: dict[str, Any] | None = N
     names = images_schema().names
     for t in run_units(ws, sec, "hash", _unit_batches(ws, _units_sql(todo_sql, sub)), n_units, HashWorker,
                        {"max_pixels": sec.max_pixels}, stats=stats):
-        yield _table_rows(t, names)
+        yield t.select(names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,6 +384,8 @@ def embed_images(ws, cfg, spec, folder, todo_sql: str, params: list, counters: d
     Raises:
         ConfigError: ``device: cuda`` with ``num_gpus: 0`` (the actors would see no GPU).
     """
+    import pyarrow as pa
+
     from curate.embstore import clean_temp, list_parts
     from curate.errors import ConfigError
     from curate.progress import bar
@@ -404,13 +412,20 @@ def embed_images(ws, cfg, spec, folder, todo_sql: str, params: list, counters: d
     with bar(total=n, desc=f"embed {ec.model} (ray)", unit="img") as pb:
         for t in run_units(ws, ec, "embed", batches, n_units, EmbedWorker, ctor, num_gpus=ec.num_gpus,
                            most_per_shard=8, stats=ray_stats):
-            for r in t.to_pylist():
+            for j in range(t.num_rows):
+                r = {k: t.column(k)[j].as_py() for k in t.column_names if k not in ("ids", "failed_ids")}
                 num = int(r["unit"])
-                failed = list(zip(r["failed_ids"], r["failed_status"]))
-                _insert_rows(ws, [(int(i), key, num, "ok") for i in r["ids"]] + [(s, key, num, st) for s, st in failed])
-                counters["embedded"] += len(r["ids"])
+                ids = t.column("ids")[j].values.to_numpy(zero_copy_only=False)
+                fids = t.column("failed_ids")[j].values.to_numpy(zero_copy_only=False)
+                n_rows = len(ids) + len(fids)  # the same rows as the local engine's, built column-wise
+                _insert_rows(ws, pa.table({
+                    "sample_id": pa.array(np.concatenate([ids, fids]).astype(np.int64)),
+                    "model": pa.array(np.full(n_rows, key, dtype=object), pa.string()),
+                    "part": pa.array(np.full(n_rows, num, np.int32)),
+                    "status": pa.array(["ok"] * len(ids) + r["failed_status"], pa.string())}))
+                counters["embedded"] += len(ids)
                 counters["parts_written"] += 1
-                for _, st in failed:
+                for st in r["failed_status"]:
                     counters["failed"][st] = counters["failed"].get(st, 0) + 1
                 for k in agg:
                     agg[k] += r[k]

@@ -259,7 +259,8 @@ def generate(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None, limit
     done = {(int(p), int(s)) for p, s in ws.q("SELECT probe_id, seed FROM generations WHERE gen_set = ?", [gen_set])}
     todo = [(int(pid), prompt, [s for s in seeds if (int(pid), s) not in done]) for pid, prompt in probes]
     todo = [t for t in todo if t[2]]
-    counters["already_done"] = sum(1 for pid, _ in probes for s in seeds if (int(pid), s) in done)
+    # finished before this run: in the catalog already, or recovered from their files just now
+    counters["already_done"] = max(0, sum(1 for pid, _ in probes for s in seeds if (int(pid), s) in done) - counters["recovered"])
     counters.update(generated=0, noise_measured=0)
     prev = ws.q("SELECT settings FROM generations WHERE gen_set = ? AND origin = 'generate' LIMIT 1", [gen_set])
     if prev and _set_settings_key(json.loads(prev[0][0])) != _set_settings_key(_settings(pc)):

@@ -63,25 +63,29 @@ from curate.progress import bar
 
 # -- catalog ---------------------------------------------------------------------------------
 
-def _insert_rows(ws: Workspace, rows: list[tuple], sims: list[tuple] | None = None) -> None:
-    """In one transaction: ``embeddings`` rows (sample_id, key, part, status) and
-    ``image_text`` rows (sample_id, image key, caption key, similarity)."""
-    if not rows and not sims:
+def _insert_rows(ws: Workspace, rows, sims: list[tuple] | None = None) -> None:
+    """In one transaction: ``embeddings`` rows (sample_id, key, part, status; tuples or an arrow
+    table) and ``image_text`` rows (sample_id, image key, caption key, similarity)."""
+    if (rows is None or not len(rows)) and not sims:
         return
     with ws.transaction() as con:
         insert_rows(con, rows, sims)
 
 
-def insert_rows(con, rows: list[tuple], sims: list[tuple] | None = None) -> None:
-    """:func:`_insert_rows` inside the caller's transaction (``con``), typed through arrow."""
+def insert_rows(con, rows, sims: list[tuple] | None = None) -> None:
+    """:func:`_insert_rows` inside the caller's transaction (``con``), typed through arrow;
+    ``rows`` may also be an arrow table with those four columns (the Ray engine's parts)."""
     import pyarrow as pa
 
-    if rows:
-        cols = list(zip(*rows))
-        t = pa.table({
-            "sample_id": pa.array(cols[0], pa.int64()), "model": pa.array(cols[1], pa.string()),
-            "part": pa.array(cols[2], pa.int32()), "status": pa.array(cols[3], pa.string()),
-        })
+    if rows is not None and len(rows):
+        if isinstance(rows, pa.Table):
+            t = rows
+        else:
+            cols = list(zip(*rows))
+            t = pa.table({
+                "sample_id": pa.array(cols[0], pa.int64()), "model": pa.array(cols[1], pa.string()),
+                "part": pa.array(cols[2], pa.int32()), "status": pa.array(cols[3], pa.string()),
+            })
         con.register("_emb_rows", t)
         try:
             con.execute("INSERT INTO embeddings (sample_id, model, part, status) "

@@ -104,9 +104,10 @@ def rows_table(rows: list[tuple]):
     return pa.table([pa.array(list(c), type=f.type) for c, f in zip(cols, schema)], schema=schema)
 
 
-def _insert(ws: Workspace, rows: list[tuple]) -> None:
-    """Insert ``images`` rows in one transaction (typed through arrow: phash is uint64)."""
-    t = rows_table(rows)
+def _insert(ws: Workspace, rows) -> None:
+    """Insert ``images`` rows (tuples, or an arrow table of :func:`images_schema` as the Ray
+    engine returns them) in one transaction (typed through arrow: phash is uint64)."""
+    t = rows if hasattr(rows, "num_rows") else rows_table(rows)
     with ws.transaction() as con:
         con.register("_img_batch", t)
         try:
@@ -149,21 +150,29 @@ def _forget_for_new_limit(ws: Workspace, max_pixels: int) -> int:
 
 
 def _commit(ws: Workspace, results, bs: int, total: int) -> int:
-    """Insert the ``images`` rows of ``results`` (lists of rows, in sample order) every ``bs``
-    rows, one transaction each; returns how many were inserted."""
+    """Insert the ``images`` rows of ``results`` (lists of rows, or arrow tables, in sample
+    order) every ``bs`` rows, one transaction each; returns how many were inserted."""
+    import pyarrow as pa
+
     hashed = 0
-    pending: list[tuple] = []
+    pending: list = []  # rows (local engine) or arrow tables (Ray engine: no round trip through Python)
+    n = 0
     with bar(total=total, desc="hash", unit="img") as pb:
         for part in results:
-            pending.extend(part)
-            pb.update(len(part))
-            if len(pending) >= bs:
-                _insert(ws, pending)
-                hashed += len(pending)
-                pending = []
+            k = part.num_rows if isinstance(part, pa.Table) else len(part)
+            if isinstance(part, pa.Table):
+                pending.append(part)
+            else:
+                pending.extend(part)
+            n += k
+            pb.update(k)
+            if n >= bs:
+                _insert(ws, pa.concat_tables(pending) if isinstance(part, pa.Table) else pending)
+                hashed += n
+                pending, n = [], 0
         if pending:
-            _insert(ws, pending)
-            hashed += len(pending)
+            _insert(ws, pa.concat_tables(pending) if isinstance(pending[0], pa.Table) else pending)
+            hashed += n
     return hashed
 
 
