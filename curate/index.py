@@ -32,6 +32,14 @@ def _hashes_to_codes(hashes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(hashes, dtype=">u8").view(np.uint8).reshape(-1, 8))
 
 
+def _check_phash_args(max_distance: int, method: str) -> None:
+    """Raises ValueError for a radius outside 0–64 bits or an unknown search method."""
+    if not 0 <= max_distance <= 64:
+        raise ValueError(f"max_distance must be in 0..64 bits, got {max_distance}")
+    if method not in ("auto", "mih", "brute"):
+        raise ValueError(f"method must be 'auto', 'mih' or 'brute', got {method!r}")
+
+
 def phash_pairs(
     hashes: np.ndarray, max_distance: int, method: str = "auto", stats: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,10 +84,7 @@ def phash_pairs(
     Raises:
         ValueError: ``max_distance`` outside 0–64, or an unknown ``method``.
     """
-    if not 0 <= max_distance <= 64:
-        raise ValueError(f"max_distance must be in 0..64 bits, got {max_distance}")
-    if method not in ("auto", "mih", "brute"):
-        raise ValueError(f"method must be 'auto', 'mih' or 'brute', got {method!r}")
+    _check_phash_args(max_distance, method)
     hashes = np.asarray(hashes, dtype=np.uint64)
     n = len(hashes)
     stats = {} if stats is None else stats
@@ -364,10 +369,7 @@ def phash_edges(
         ValueError: ``max_distance`` outside 0–64, an unknown ``method``, or ``mirror`` of
             another length than ``hashes``.
     """
-    if not 0 <= max_distance <= 64:
-        raise ValueError(f"max_distance must be in 0..64 bits, got {max_distance}")
-    if method not in ("auto", "mih", "brute"):
-        raise ValueError(f"method must be 'auto', 'mih' or 'brute', got {method!r}")
+    _check_phash_args(max_distance, method)
     hashes = np.asarray(hashes, dtype=np.uint64)
     n = len(hashes)
     if mirror is not None:
