@@ -332,13 +332,10 @@ def reference_features(paths: list[Path], cfg, need_embedding: bool) -> dict[str
         from torch.utils.data import DataLoader
 
         from curate.feeder import ImageDataset, collate, forward, normalise
-        from curate.models import load_image_model
-        from curate.stages.embed import image_spec
+        from curate.stages.embed import image_spec, load_model
 
         spec = image_spec(cfg)
-        model = load_image_model(cfg.embed.model, cfg.embed.device, preset=cfg.embed.preprocess,
-                                 trim_border=cfg.embed.trim_border, jpeg_draft=cfg.embed.jpeg_draft,
-                                 precision=cfg.embed.precision)
+        model = load_model(cfg)
         items = [(i, f) for i, f in enumerate(files) if okv[i]]
         vecs = np.zeros((len(files), model.dim), np.float32)
         loader = DataLoader(ImageDataset(items, spec.preprocess, cfg.hash.max_pixels), batch_size=16,
@@ -356,15 +353,12 @@ def reference_features(paths: list[Path], cfg, need_embedding: bool) -> dict[str
 def _direct_matches(ws, claim: Claim, cfg, counters: dict) -> list[tuple]:
     """Rows (sample_id, signal, score, evidence, matched_reference) for one claim."""
     from curate.rules import CaptionWords, _patterns
-    from curate.urls import canonical_url_sql, host_sql, under_domain_sql
+    from curate.urls import canonical_url_sql, domain_hits_sql
 
     rows: list[tuple] = []
     if claim.domains:
-        doms = ", ".join(f"({_lit(d)})" for d in claim.domains)
-        rows += ws.q(
-            f"SELECT s.sample_id, 'domain', 1.0, 'host ' || h.host || ' is under ' || d.domain, NULL "
-            f"FROM (SELECT sample_id, {host_sql('url')} AS host FROM samples WHERE url IS NOT NULL) h "
-            f"JOIN samples s USING (sample_id) JOIN (VALUES {doms}) d(domain) ON {under_domain_sql('h.host', 'd.domain')}")
+        rows += ws.q(f"SELECT sample_id, 'domain', 1.0, 'host ' || host || ' is under ' || domain, NULL "
+                     f"FROM ({domain_hits_sql(claim.domains)})")
     urls = claim.all_urls()
     if urls:
         ws.con.execute("CREATE OR REPLACE TEMP TABLE _claim_urls (u VARCHAR)")
@@ -396,6 +390,19 @@ def _direct_matches(ws, claim: Claim, cfg, counters: dict) -> list[tuple]:
     return rows
 
 
+def _vectors_above(folder: Path, queries: np.ndarray, min_cosine: float):
+    """Yield (sample_id, query column, cosine) for every stored vector of ``folder`` whose cosine
+    with a query is ≥ ``min_cosine``; ``queries`` is float32 (d, q), L2-normalised columns.
+    Parts are read memory-mapped and multiplied in blocks of 65,536 rows (float32)."""
+    from curate.embstore import float32_batches, iter_parts
+
+    for _, ids, vecs in iter_parts(folder):
+        for start, block in float32_batches(vecs):
+            sims = block @ queries
+            for r, c in zip(*np.nonzero(sims >= min_cosine)):
+                yield int(ids[start + r]), int(c), float(sims[r, c])
+
+
 def reference_matches(ws, cfg, refs: list[Path], phash_max: int | None, min_cosine: float | None,
                       counters: dict) -> list[tuple]:
     """Samples matching reference images by sha256, mirror-aware pHash and embedding cosine.
@@ -409,7 +416,6 @@ def reference_matches(ws, cfg, refs: list[Path], phash_max: int | None, min_cosi
     Returns:
         rows (sample_id, signal, score, evidence, matched_reference path).
     """
-    from curate.embstore import iter_parts
     from curate.stages.embed import image_key
 
     key = image_key(cfg)
@@ -440,17 +446,24 @@ def reference_matches(ws, cfg, refs: list[Path], phash_max: int | None, min_cosi
     if have_vectors and feats["vectors"] is not None:
         ok = np.flatnonzero(feats["ok"])
         R = np.ascontiguousarray(feats["vectors"][ok].T)
-        for _, ids, vecs in iter_parts(ws.embeddings_dir(feats["key"])):
-            for start in range(0, len(ids), 65536):
-                sims = np.asarray(vecs[start:start + 65536], np.float32) @ R
-                for r, c in zip(*np.nonzero(sims >= min_cosine)):
-                    f = feats["files"][ok[c]]
-                    rows.append((int(ids[start + r]), "embedding", round(float(sims[r, c]), 4),
-                                 f"cosine {sims[r, c]:.3f} to reference {Path(f).name} ≥ {min_cosine}", f))
+        for sid, c, sim in _vectors_above(ws.embeddings_dir(feats["key"]), R, min_cosine):
+            f = feats["files"][ok[c]]
+            rows.append((sid, "embedding", round(sim, 4), f"cosine {sim:.3f} to reference {Path(f).name} ≥ {min_cosine}", f))
     for _sid, sig, _s, _e, f in rows:
         c = counters.setdefault(Path(f).name, {})
         c[sig] = c.get(sig, 0) + 1
     return rows
+
+
+def match_counts(con, slug: str) -> dict[str, Any]:
+    """One claimant's ``claim_matches``: distinct samples in all (``samples``), matched directly
+    (``direct``), only through a duplicate cluster (``via_cluster``), and per signal."""
+    r = con.execute("SELECT count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (NOT via_cluster), "
+                    "count(DISTINCT sample_id) FILTER (via_cluster) FROM claim_matches WHERE slug = ?", [slug]).fetchone()
+    sig = con.execute("SELECT signal, count(DISTINCT sample_id) FROM claim_matches WHERE slug = ? "
+                      "GROUP BY signal ORDER BY signal", [slug]).fetchall()
+    return {"samples": int(r[0]), "direct": int(r[1]), "via_cluster": int(r[2]),
+            "by_signal": {k: int(v) for k, v in sig}}
 
 
 class _DryRun(Exception):
@@ -524,14 +537,8 @@ def _write(ws, per, counters: dict, dry_run: bool) -> None:
                        string_agg(signal || ': ' || evidence, ' | ' ORDER BY via_cluster, signal, evidence), ?
                 FROM claim_matches WHERE claimant = ? GROUP BY sample_id""",
                 [claim.pack, claim.slug, claim.category, claim.action, claim.claimant, claim.claimant])
-            r = con.execute(
-                "SELECT count(DISTINCT sample_id) FILTER (NOT via_cluster), count(DISTINCT sample_id) FILTER (via_cluster), "
-                "count(DISTINCT sample_id) FROM claim_matches WHERE claimant = ?", [claim.claimant]).fetchone()
-            sig = dict(con.execute("SELECT signal, count(DISTINCT sample_id) FROM claim_matches WHERE claimant = ? "
-                                   "GROUP BY signal ORDER BY signal", [claim.claimant]).fetchall())
             counters["claimants"][claim.claimant] = {
-                "slug": claim.slug, "category": claim.category, "action": claim.action,
-                "direct": int(r[0]), "via_cluster": int(r[1]), "samples": int(r[2]), "by_signal": sig}
+                "slug": claim.slug, "category": claim.category, "action": claim.action, **match_counts(con, claim.slug)}
         con.execute("DROP TABLE IF EXISTS _direct")
         if dry_run:
             raise _DryRun
@@ -556,7 +563,6 @@ def retrieval_rows(ws, cfg, rule, base: str | Path) -> list[tuple]:
         ConfigError: missing reference files; text concepts with an image model that has no
             text tower (efficientnet_lite0, sscd) or no image embeddings in the catalog.
     """
-    from curate.embstore import iter_parts
     from curate.stages.embed import image_key
 
     who = f"retrieval rule {rule.id!r}"
@@ -573,20 +579,14 @@ def retrieval_rows(ws, cfg, rule, base: str | Path) -> list[tuple]:
             raise ConfigError(f"{who}: text concepts need an image model with a text tower in the same space "
                               f"(embed.model: open_clip:<arch>/<pretrained>); {cfg.embed.model} has none")
         from curate.feeder import normalise
-        from curate.models import load_image_model
+        from curate.stages.embed import load_model
 
-        model = load_image_model(cfg.embed.model, cfg.embed.device, preset=cfg.embed.preprocess,
-                                 trim_border=cfg.embed.trim_border, jpeg_draft=cfg.embed.jpeg_draft,
-                                 precision=cfg.embed.precision)
+        model = load_model(cfg)
         t, ok = normalise(model.text.encode(list(rule.text)))
         T = np.ascontiguousarray(t[ok].T)
         texts = [x for x, g in zip(rule.text, ok) if g]
-        for _, ids, vecs in iter_parts(ws.embeddings_dir(key)):
-            for start in range(0, len(ids), 65536):
-                sims = np.asarray(vecs[start:start + 65536], np.float32) @ T
-                for r, c in zip(*np.nonzero(sims >= rule.min_cosine)):
-                    rows.append((int(ids[start + r]), "text", round(float(sims[r, c]), 4),
-                                 f"cosine {sims[r, c]:.3f} to text {texts[c]!r} ≥ {rule.min_cosine}"))
+        for sid, c, sim in _vectors_above(ws.embeddings_dir(key), T, rule.min_cosine):
+            rows.append((sid, "text", round(sim, 4), f"cosine {sim:.3f} to text {texts[c]!r} ≥ {rule.min_cosine}"))
     return rows
 
 

@@ -281,9 +281,6 @@ def _patterns(rule) -> list[str]:
     return []
 
 
-HOST_SQL = (
-    "rtrim(lower(regexp_extract(s.url, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/:?#]+)', 1)), '.')"
-)
 
 
 def rule_sql(rule) -> str:
@@ -307,13 +304,10 @@ def rule_sql(rule) -> str:
             f"FROM samples s WHERE s.url IS NOT NULL AND regexp_matches(s.url, {pat})"
         )
     if isinstance(rule, DomainList):
-        doms = ", ".join(f"({_lit(d)})" for d in rule.domains)
-        return (
-            f"SELECT s.sample_id, 1.0 AS score, 'host ' || h.host || ' is under ' || d.domain AS evidence "
-            f"FROM samples s JOIN (SELECT sample_id, {HOST_SQL} AS host FROM samples s WHERE s.url IS NOT NULL) h "
-            f"USING (sample_id) JOIN (VALUES {doms}) d(domain) "
-            f"ON h.host = d.domain OR suffix(h.host, '.' || d.domain)"
-        )
+        from curate.urls import domain_hits_sql
+
+        return (f"SELECT sample_id, 1.0 AS score, 'host ' || host || ' is under ' || domain AS evidence "
+                f"FROM ({domain_hits_sql(rule.domains)})")
     if isinstance(rule, MetadataThreshold):
         col = f"s.{rule.column}"
         hit = f"{col} {rule.op} {rule.value!r}"

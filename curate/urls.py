@@ -71,9 +71,14 @@ def host_sql(url: str) -> str:
     return f"rtrim(lower(regexp_extract({url}, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/:?#]+)', 1)), '.')"
 
 
-def under_domain_sql(host: str, domain: str) -> str:
-    """SQL condition: host ``host`` is ``domain`` or a subdomain of it."""
-    return f"({host} = {domain} OR suffix({host}, '.' || {domain}))"
+def domain_hits_sql(domains: list[str]) -> str:
+    """SQL: ``SELECT sample_id, host, domain`` for every sample whose URL host is one of
+    ``domains`` (already normalised by :func:`normalise_domain`) or a subdomain of it — one row
+    per (sample, matching domain). Used by rule packs' ``domain_list`` and by claims."""
+    doms = ", ".join("('" + d.replace("'", "''") + "')" for d in domains)
+    return (f"SELECT h.sample_id, h.host, d.domain FROM (SELECT sample_id, {host_sql('url')} AS host FROM samples "
+            f"WHERE url IS NOT NULL) h JOIN (VALUES {doms}) d(domain) "
+            f"ON h.host = d.domain OR suffix(h.host, '.' || d.domain)")
 
 
 _URL_PARTS = r"(?s)^([A-Za-z][A-Za-z0-9+.-]*)://(?:[^@/?#]*@)?([^/?#:]*?)\.?(:[0-9]*)?([/?#].*)?$"

@@ -39,6 +39,23 @@ def query(ws, sql: str, params: list | None = None) -> list[tuple]:
         con.close()
 
 
+def store_with_parts(proc, ws, n: int, timeout: float = 240, poll: float = 0.01):
+    """Wait until the embedding store of workspace ``ws`` holds ``n`` complete parts while
+    ``proc`` (a running embed process) is alive; return that store's folder (None on timeout)."""
+    import time
+
+    from curate.embstore import list_parts
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        d = Path(ws) / "embeddings"
+        subs = [p for p in d.iterdir() if p.is_dir()] if d.is_dir() else []
+        if subs and len(list_parts(subs[0])) >= n:
+            return subs[0]
+        time.sleep(poll)
+    return None
+
+
 class _ReadOnly:
     """Runs each query on a short-lived read-only connection (the pipeline may write between)."""
 

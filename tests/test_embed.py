@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -24,7 +23,7 @@ from curate.config import RunConfig
 from curate.errors import ConfigError
 from curate.embstore import iter_parts, list_parts, read_part_meta
 
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, store_with_parts
 
 WHITE_MEAN, BLACK_MEAN = 2.3, -1.9  # ImageNet-normalised mean of pure white ≈ 2.44, pure black ≈ −1.99
 
@@ -144,15 +143,7 @@ def test_embed_killed_with_sigkill_resumes_to_identical_parts(tmp_path, tiny):
 
     # B: killed with SIGKILL once at least two parts are on disk, then re-run
     pb = _embed_proc(tmp_path / "b", cfg)
-    folder_b = None
-    deadline = time.time() + 240
-    while time.time() < deadline and pb.poll() is None:
-        d = tmp_path / "b" / "embeddings"
-        subs = [p for p in d.iterdir() if p.is_dir()] if d.is_dir() else []
-        if subs and len(list_parts(subs[0])) >= 2:
-            folder_b = subs[0]
-            break
-        time.sleep(0.005)
+    folder_b = store_with_parts(pb, tmp_path / "b", 2, poll=0.005)
     assert pb.poll() is None, "the embed finished before it could be killed"
     pb.send_signal(signal.SIGKILL)
     pb.wait(timeout=30)

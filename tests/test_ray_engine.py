@@ -23,7 +23,7 @@ import pytest
 
 from curate import api
 from curate.config import RunConfig
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, store_with_parts
 from test_embed import _tiny_model
 
 
@@ -244,8 +244,6 @@ def test_killed_ray_driver_resumes_to_the_same_parts(ray_address, tmp_path):
     """SIGKILL the driver (``curate embed --engine ray`` joined to the cluster) once two parts are
     on disk; Ray ends its actors. Re-running resumes: the parts written before the kill are kept
     (recorded, not recomputed) and the result equals the local engine's."""
-    import time
-
     from curate.embstore import list_parts
 
     _photos(tmp_path / "imgs", 78)
@@ -257,14 +255,7 @@ def test_killed_ray_driver_resumes_to_the_same_parts(ray_address, tmp_path):
             "--ray-address", ray_address, "--actors", "1"]
     env = {**os.environ, "CURATE_QUIET": "1", "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    folder = None
-    deadline = time.time() + 240
-    while time.time() < deadline and p.poll() is None:
-        subs = [d for d in (ws / "embeddings").iterdir() if d.is_dir()] if (ws / "embeddings").is_dir() else []
-        if subs and len(list_parts(subs[0])) >= 2:
-            folder = subs[0]
-            break
-        time.sleep(0.01)
+    folder = store_with_parts(p, ws, 2)
     assert p.poll() is None, "the embed finished before it could be killed"
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=30)

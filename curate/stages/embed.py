@@ -72,6 +72,15 @@ def _insert_rows(ws: Workspace, rows, sims: list[tuple] | None = None) -> None:
         insert_rows(con, rows, sims)
 
 
+def _insert_arrow(con, table, sql: str) -> None:
+    """Run ``sql`` with the arrow ``table`` registered as ``_rows`` (unregistered afterwards)."""
+    con.register("_rows", table)
+    try:
+        con.execute(sql)
+    finally:
+        con.unregister("_rows")
+
+
 def insert_rows(con, rows, sims: list[tuple] | None = None) -> None:
     """:func:`_insert_rows` inside the caller's transaction (``con``), typed through arrow;
     ``rows`` may also be an arrow table with those four columns (the Ray engine's parts)."""
@@ -86,23 +95,15 @@ def insert_rows(con, rows, sims: list[tuple] | None = None) -> None:
                 "sample_id": pa.array(cols[0], pa.int64()), "model": pa.array(cols[1], pa.string()),
                 "part": pa.array(cols[2], pa.int32()), "status": pa.array(cols[3], pa.string()),
             })
-        con.register("_emb_rows", t)
-        try:
-            con.execute("INSERT INTO embeddings (sample_id, model, part, status) "
-                        "SELECT sample_id, model, part, status FROM _emb_rows ON CONFLICT DO NOTHING")
-        finally:
-            con.unregister("_emb_rows")
+        _insert_arrow(con, t, "INSERT INTO embeddings (sample_id, model, part, status) "
+                              "SELECT sample_id, model, part, status FROM _rows ON CONFLICT DO NOTHING")
     if sims:
         cols = list(zip(*sims))
         t = pa.table({
             "sample_id": pa.array(cols[0], pa.int64()), "image_model": pa.array(cols[1], pa.string()),
             "caption_model": pa.array(cols[2], pa.string()), "similarity": pa.array(cols[3], pa.float64()),
         })
-        con.register("_sim_rows", t)
-        try:
-            con.execute("INSERT INTO image_text SELECT * FROM _sim_rows ON CONFLICT DO NOTHING")
-        finally:
-            con.unregister("_sim_rows")
+        _insert_arrow(con, t, "INSERT INTO image_text SELECT * FROM _rows ON CONFLICT DO NOTHING")
 
 
 def reconcile(ws: Workspace, key: str, folder: Path) -> dict[str, int]:
@@ -136,6 +137,17 @@ def image_spec(cfg: RunConfig):
 
     ec = cfg.embed
     return resolve_image_model(ec.model, preset=ec.preprocess, trim_border=ec.trim_border, jpeg_draft=ec.jpeg_draft)
+
+
+def load_model(cfg: RunConfig):
+    """The configured image model (:func:`curate.models.load_image_model` with ``cfg.embed``'s
+    name, device, preset, border trimming, JPEG draft and precision): what the stored vectors
+    of :func:`image_key` were made with. Raises ConfigError as load_image_model does."""
+    from curate.models import load_image_model
+
+    ec = cfg.embed
+    return load_image_model(ec.model, ec.device, preset=ec.preprocess, trim_border=ec.trim_border,
+                            jpeg_draft=ec.jpeg_draft, precision=ec.precision)
 
 
 def image_key(cfg: RunConfig) -> str:
@@ -185,7 +197,7 @@ def write_chunk(folder, num: int, key: str, dim: int, ids: list[int], vecs: list
 def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any], model_box: dict) -> None:
     from torch.utils.data import DataLoader
 
-    from curate.models import load_image_model, resolve_device
+    from curate.models import resolve_device
 
     ec = cfg.embed
     key = spec.key
@@ -217,8 +229,7 @@ def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any],
     )
     it = iter(loader)
     try:
-        model = load_image_model(ec.model, ec.device, preset=ec.preprocess, trim_border=ec.trim_border,
-                                 jpeg_draft=ec.jpeg_draft, precision=ec.precision)
+        model = load_model(cfg)
     except BaseException:
         del it  # shuts the workers down
         raise

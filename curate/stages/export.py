@@ -135,15 +135,13 @@ WHERE m.slug = ? ORDER BY m.via_cluster, m.sample_id, m.signal, m.evidence
 
 
 def claimant_counts(ws: Workspace, slug: str) -> dict[str, Any]:
-    """One claimant's matched samples: total, direct, via_cluster only, removed, per signal."""
-    n = ws.q("SELECT count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (NOT via_cluster), "
-             "count(DISTINCT sample_id) FILTER (via_cluster), "
-             "count(DISTINCT m.sample_id) FILTER (NOT d.keep) FROM claim_matches m "
-             "JOIN decisions d USING (sample_id) WHERE slug = ?", [slug])[0]
-    return {"samples": int(n[0]), "direct": int(n[1]), "via_cluster": int(n[2]), "removed": int(n[3]),
-            "by_signal": {k: int(v) for k, v in ws.q(
-                "SELECT signal, count(DISTINCT sample_id) FROM claim_matches WHERE slug = ? "
-                "GROUP BY signal ORDER BY signal", [slug])}}
+    """One claimant's matched samples (:func:`curate.claims.match_counts`) and how many of them
+    the decisions remove."""
+    from curate.claims import match_counts
+
+    removed = ws.scalar("SELECT count(DISTINCT m.sample_id) FROM claim_matches m JOIN decisions d USING (sample_id) "
+                        "WHERE m.slug = ? AND NOT d.keep", [slug])
+    return {**match_counts(ws.con, slug), "removed": int(removed)}
 
 
 def claimant_summary(ws: Workspace) -> dict[str, Any]:
@@ -154,28 +152,28 @@ def claimant_summary(ws: Workspace) -> dict[str, Any]:
                                           "ORDER BY slug")}
 
 
-def write_claimant_lists(ws: Workspace, folder: Path) -> dict[str, Any]:
+def write_claimant_lists(ws: Workspace, folder: Path, claimants: dict[str, Any]) -> None:
     """Per claimant: ``<slug>.csv`` and ``<slug>.json`` in ``folder`` — one row per matched
     sample × signal (url, sample_id, claim, signal, score, evidence, matched_reference,
-    via_cluster, matched_via_sample_id, action, removed, cluster_id, reasons); the JSON adds the
-    claim itself and counts. Returns the per-claimant counts (also in summary.json)."""
-    out: dict[str, Any] = {}
-    for slug, claimant, category, action, contact in ws.q(
-            "SELECT DISTINCT slug, claimant, category, action, contact FROM claims ORDER BY slug"):
-        cur = ws.con.execute(CLAIMANT_SQL, [slug])
-        cols = [c[0] for c in cur.description]
+    via_cluster, matched_via_sample_id, action, removed, cluster_id, reasons, image_ref); the
+    JSON adds the claim itself and its counts (``claimants``: :func:`claimant_summary`)."""
+    for claimant, c in claimants.items():
+        slug = c["slug"]
+        ws.con.execute(f"CREATE OR REPLACE TEMP TABLE _claimant_rows AS {CLAIMANT_SQL}", [slug])
+        _copy_query(ws, "SELECT * FROM _claimant_rows", folder / f"{slug}.csv", "csv")
+        cur = ws.con.execute("SELECT * FROM _claimant_rows")
+        cols = [d[0] for d in cur.description]
         rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-        counts = claimant_counts(ws, slug)
-        claim = {"claimant": claimant, "slug": slug, "contact": contact, "category": category, "action": action,
-                 "entries": {k: [v for (v,) in ws.q("SELECT value FROM claims WHERE slug = ? AND kind = ? ORDER BY value",
-                                                   [slug, k])]
-                             for (k,) in ws.q("SELECT DISTINCT kind FROM claims WHERE slug = ? AND kind IS NOT NULL "
-                                              "ORDER BY kind", [slug])}}
-        _copy_query(ws, CLAIMANT_SQL.replace("?", "'" + slug.replace("'", "''") + "'"), folder / f"{slug}.csv", "csv")
+        ws.con.execute("DROP TABLE _claimant_rows")
+        entries = {}
+        for kind, value in ws.q("SELECT kind, value FROM claims WHERE slug = ? AND kind IS NOT NULL "
+                                "ORDER BY kind, value", [slug]):
+            entries.setdefault(kind, []).append(value)
+        claim = {"claimant": claimant, "slug": slug, "contact": c["contact"], "category": c["category"],
+                 "action": c["action"], "entries": entries}
+        counts = {k: c[k] for k in ("samples", "direct", "via_cluster", "removed", "by_signal")}
         doc = {"claim": claim, "counts": counts, "matches": rows}
         atomic_write_bytes(folder / f"{slug}.json", (json.dumps(doc, indent=2, default=str) + "\n").encode())
-        out[claimant] = {"slug": slug, **counts}
-    return out
 
 
 def summary(ws: Workspace) -> dict[str, Any]:
@@ -275,7 +273,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     _copy_query(ws, MANIFEST_SQL, out / "manifest.parquet", "parquet")
     _copy_query(ws, REMOVALS_SQL, rem / "all.csv", "csv")
     _copy_query(ws, REJECTS_SQL, out / "rejects.csv", "csv")
-    write_claimant_lists(ws, rem)
+    write_claimant_lists(ws, rem, s["claimants"])
     atomic_write_bytes(out / "summary.json", (json.dumps(s, indent=2, sort_keys=True) + "\n").encode())
     counters = {k: s[k] for k in ("input_rows", "kept", "removed", "rejected")} | {"reasons": s["reasons"]}
     if cfg.export.format == "webdataset":  # shards of the kept samples (curate.webdataset_export)
