@@ -59,7 +59,9 @@ STAGE_OPTIONS = {
                "also match each image's mirror pHash (flipped copies)"),
               ("--embedding-min-cosine", "embedding_min_cosine", _NumberOrOff(click.FLOAT),
                "cosine similarity threshold (-1..1), or off (no embedding edges)"),
-              ("--caption-exact/--no-caption-exact", "caption_exact", None, "edges between equal normalised captions")],
+              ("--caption-exact/--no-caption-exact", "caption_exact", None, "edges between equal normalised captions"),
+              # embedding_search: ivfpq only: survey, fill and search the embedding parts in Ray tasks
+              *[o for o in _ENGINE_OPTIONS if o[1] in ("engine", "ray_address", "actor_cpus")]],
     "flag": [("--pack", "packs", str, "rule pack name or YAML path (repeatable)"),
              ("--claims", "claims", str, "claim file (.yaml/.csv) or folder of them (repeatable); see curate.claims"),
              ("--opt-out", "opt_out", str, "opt-out list: one URL or domain per line (repeatable)"), *_ENGINE_OPTIONS],

@@ -24,7 +24,8 @@ CONFIG_FILE = "config.json"
 
 def open_workspace(root: str | Path, cfg: RunConfig | None = None) -> Workspace:
     ic = cfg.ingest if cfg else None
-    return Workspace(root, threads=ic.duckdb_threads if ic else None, memory_limit=ic.duckdb_memory_limit if ic else None)
+    return Workspace(root, threads=ic.duckdb_threads if ic else None, memory_limit=ic.duckdb_memory_limit if ic else None,
+                     embeddings_root=cfg.embeddings_root() if cfg else None)
 
 
 def save_config(ws_root: Path, cfg: RunConfig) -> None:

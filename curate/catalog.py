@@ -166,8 +166,10 @@ class Workspace:
         CurateError: if the catalog is locked by another process or unreadable.
     """
 
-    def __init__(self, root: str | Path, *, threads: int | None = None, memory_limit: str | None = None):
+    def __init__(self, root: str | Path, *, threads: int | None = None, memory_limit: str | None = None,
+                 embeddings_root: str | Path | None = None):
         self.root = Path(root).resolve()
+        self.embeddings_root = embeddings_root  # None: <root>/embeddings (RunConfig.embeddings_root)
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in ("embeddings", "index", "out", "logs"):
             (self.root / sub).mkdir(exist_ok=True)
@@ -188,10 +190,17 @@ class Workspace:
     def out(self) -> Path:
         return self.root / "out"
 
-    def embeddings_dir(self, model: str) -> Path:
+    def embeddings_dir(self, model: str) -> Path | str:
+        """The folder of embedding key ``model``'s parts (:mod:`curate.embstore`): a local Path
+        (created if missing) under ``<root>/embeddings`` or the configured ``embed.parts_root``,
+        or a URI string when that is object storage (``s3://…/<key>``; nothing to create)."""
+        from curate import fsio
+
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
-        d = self.root / "embeddings" / safe
-        d.mkdir(parents=True, exist_ok=True)
+        base = self.root / "embeddings" if self.embeddings_root is None else self.embeddings_root
+        d = fsio.join(base, safe)
+        if isinstance(d, Path):
+            d.mkdir(parents=True, exist_ok=True)
         return d
 
     def close(self) -> None:

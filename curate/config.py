@@ -37,6 +37,11 @@ class SourceConfig(_Closed):
       ``NNNNN.tar`` or ``NNNNN/`` images; rows that failed to download stay as samples
       whose image is ``missing``.
     - ``hf_dataset``: a folder written by ``datasets.Dataset.save_to_disk``.
+
+    Every kind but ``hf_dataset`` may also be a URI (``s3://bucket/laion/*.parquet``,
+    ``gs://…``, ``abfs://…``, ``hdfs://…``, or any installed fsspec protocol), read through
+    :mod:`curate.fsio` and giving the same catalog rows as the same files on a local path;
+    relative paths are relative to the config file.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -148,6 +153,11 @@ class EmbedConfig(EngineConfig):
         "auto", description="decoding worker processes; auto = 1 per 8 CPUs on CPU (the model's threads "
                             "use the cores), CPUs − 1 on GPU (decoding is the bottleneck); 0 = in-process")
     part_rows: int = Field(4096, ge=1, description="samples per work chunk = rows per embedding part file (at most)")
+    parts_root: str | None = Field(
+        None, description="folder or URI (s3://, gs://, hdfs://, …) holding the embedding parts, one sub-folder per "
+        "embedding key; null = <workspace>/embeddings. With --engine ray on several nodes the embedding actors write "
+        "parts themselves, so it must be a URI or a filesystem every node mounts. Relative paths are relative to the "
+        "config file. Changing it re-runs embed (parts already copied there are kept, not recomputed)")
     num_gpus: float = Field(0.0, ge=0, description="ray: GPUs per embedding actor (1, or 0.5 to share a GPU between "
                             "two actors); 0 = CPU actors")
     preprocess: Literal["auto", "model", "full", "sscd_288", "sscd_320", "dcr_224"] = Field(
@@ -165,7 +175,12 @@ class EmbedConfig(EngineConfig):
     )
 
 
-class DedupConfig(_Closed):
+class DedupConfig(EngineConfig):
+    """Duplicate edges and clusters (:mod:`curate.stages.dedup`). ``engine`` & co. place the
+    IVF-PQ work of ``embedding_search: ivfpq`` (``ray``: one Ray task per embedding part to
+    survey, fill and search it, ``actor_cpus`` CPUs each; ``actors`` and ``ray_staging`` are not
+    used); the other searches run in this process whatever the engine."""
+
     sha256: bool = True
     phash_max_distance: int | None = Field(
         8, ge=0, le=64, description="pHash Hamming distance ≤ this is an edge (bits, 0–64); null disables (8, with "
@@ -195,7 +210,12 @@ class DedupConfig(_Closed):
         "auto", description="embedding pair search over distinct vectors: exact ('exact'), k-means partitions "
         "searched multi-probe ('ivf', approximate; recall measured), faiss IVF-PQ codes with every candidate "
         "verified exactly ('ivfpq', the cluster-scale path of docs/SCALE_OUT.md; recall measured), or 'ivf' from "
-        "embedding_ivf_min_n on ('auto')"
+        "embedding_ivf_min_n on ('auto'). exact, ivf and auto load the eligible vectors into this process's memory "
+        "(n × d × 2 bytes); ivfpq never does: it reads the embedding parts one at a time (eligibility, the K13 "
+        "check and identical vectors decided part by part, one bit per stored row kept), trains on a sample, "
+        "fills and searches the index part by part — in Ray tasks with engine: ray — and verifies candidates "
+        "after a shuffle by the part that holds them (each part read once to verify); same edges and clusters as "
+        "exact wherever its recall is 1"
     )
     embedding_ivf_min_n: int = Field(200_000, ge=2, description="distinct vectors from which 'auto' uses IVF")
     embedding_nlist: int | None = Field(
@@ -328,8 +348,20 @@ class RunConfig(_Closed):
             raise ValueError("at least one source is needed")
         return v
 
+    def embeddings_root(self) -> str | Path | None:
+        """``embed.parts_root`` resolved: a URI as is, a local path against the config file's
+        folder; None = the workspace's own ``embeddings/`` folder."""
+        from curate import fsio
+
+        root = self.embed.parts_root
+        if root is None or fsio.is_uri(root):
+            return root
+        return self.path(str(fsio.local_path(root)))
+
     def path(self, p: str) -> Path:
-        """Resolve ``p`` against the config file's folder."""
+        """Resolve ``p`` (a path or a ``file://`` URI) against the config file's folder."""
+        if p.lower().startswith("file://"):
+            p = p[len("file://"):]
         q = Path(p).expanduser()
         return q if q.is_absolute() else (Path(self.base_dir) / q).resolve()
 

@@ -223,3 +223,169 @@ def delete_dir(uri: str | Path) -> None:
 def arrow_fs(uri: str | Path):
     """(pyarrow FileSystem, path) for handing to pyarrow / Ray Data readers and writers."""
     return _fs(uri)
+
+
+# ----------------------------------------------------------------------------------------------
+# listing, globbing and fingerprints of input files (curate ingest reads its sources by URI too)
+
+
+class FileStat:
+    """One entry of a listing: ``uri``, ``size`` (bytes), ``mtime_ns`` (None when the filesystem
+    gives no modification time, e.g. fsspec's ``memory://``) and ``is_dir``."""
+
+    __slots__ = ("uri", "size", "mtime_ns", "is_dir")
+
+    def __init__(self, uri: str, size: int | None, mtime_ns: int | None, is_dir: bool = False):
+        self.uri, self.size, self.mtime_ns, self.is_dir = uri, size, mtime_ns, is_dir
+
+    def __repr__(self) -> str:
+        return f"FileStat({self.uri!r}, size={self.size}, mtime_ns={self.mtime_ns}, is_dir={self.is_dir})"
+
+
+def _stat_of(uri: str, fi) -> FileStat:
+    import pyarrow.fs as pafs
+
+    is_dir = fi.type == pafs.FileType.Directory
+    return FileStat(uri, None if is_dir else fi.size, fi.mtime_ns, is_dir)
+
+
+def stat(uri: str) -> FileStat | None:
+    """The entry at a URI (a file or a folder / prefix), or None when nothing is there.
+
+    Raises:
+        ValueError: unknown scheme. OSError: the store refused (credentials, permissions).
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(uri)
+    fi = fs.get_file_info(path)
+    return None if fi.type == pafs.FileType.NotFound else _stat_of(str(uri), fi)
+
+
+def _children(base_uri: str, recursive: bool) -> list[FileStat]:
+    """Entries under the folder ``base_uri`` (files and folders), as URIs below ``base_uri``."""
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(base_uri)
+    root = path.strip("/")
+    base = str(base_uri).rstrip("/")
+    out = []
+    for fi in fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True)):
+        p = fi.path.strip("/")  # fsspec-backed filesystems add a leading '/', S3 does not
+        rel = p[len(root):].lstrip("/") if root and p.startswith(root) else p
+        if rel:
+            out.append(_stat_of(f"{base}/{rel}", fi))
+    return sorted(out, key=lambda s: s.uri)
+
+
+def list_entries(uri: str) -> list[FileStat]:
+    """Files and folders directly in the folder ``uri`` (sorted; [] when it does not exist)."""
+    return _children(uri, recursive=False)
+
+
+def walk(uri: str) -> list[FileStat]:
+    """Every file under the folder ``uri``, at any depth (sorted by URI; [] when it does not exist)."""
+    return [s for s in _children(uri, recursive=True) if not s.is_dir]
+
+
+def has_magic(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+def _match_parts(parts: list[str], pats: list[str]) -> bool:
+    import fnmatch
+
+    if not pats:
+        return not parts
+    if pats[0] == "**":  # zero or more components (not hidden ones, like glob.glob)
+        return _match_parts(parts, pats[1:]) or (
+            bool(parts) and not parts[0].startswith(".") and _match_parts(parts[1:], pats))
+    if not parts:
+        return False
+    if parts[0].startswith(".") and not pats[0].startswith("."):
+        return False  # a wildcard never matches a leading dot (glob.glob's rule)
+    return fnmatch.fnmatchcase(parts[0], pats[0]) and _match_parts(parts[1:], pats[1:])
+
+
+def glob(pattern: str) -> list[FileStat]:
+    """The files a URI pattern matches, sorted by URI: ``*``, ``?`` and ``[…]`` match within one
+    path component, ``**`` any number of components, and a wildcard never matches a leading dot
+    (the rules of :func:`glob.glob` with ``recursive=True``). The folder before the first
+    wildcard is listed once (recursively only when the pattern spans several components).
+    A pattern without wildcards gives its file, or [] when there is none.
+
+    Raises:
+        ValueError: unknown scheme. OSError: the store refused the listing (credentials, …).
+    """
+    m = _SCHEME.match(pattern)
+    if not m:
+        raise ValueError(f"not a URI: {pattern!r}")
+    if not has_magic(pattern):
+        s = stat(pattern)
+        return [s] if s is not None and not s.is_dir else []
+    head, rest = pattern[: m.end()], pattern[m.end():]
+    comps = rest.split("/")
+    k = next(i for i, c in enumerate(comps) if has_magic(c))
+    if k == 0:
+        raise ValueError(f"{pattern}: a wildcard in the bucket / host name is not supported")
+    base = head + "/".join(comps[:k])
+    pats = [c for c in comps[k:] if c != ""]
+    entries = _children(base, recursive=len(pats) > 1 or "**" in pats)
+    b = base.rstrip("/") + "/"
+    return [s for s in entries if not s.is_dir and _match_parts(s.uri[len(b):].split("/"), pats)]
+
+
+def open_input_file(uri: str | Path):
+    """A random-access pyarrow file (``read_at``, ``seek``), for parquet readers and ranged reads."""
+    fs, path = _fs(uri)
+    return fs.open_input_file(path)
+
+
+def open_input_stream(uri: str | Path):
+    """A sequential pyarrow stream (one GET on an object store), for whole-file reads."""
+    fs, path = _fs(uri)
+    return fs.open_input_stream(path)
+
+
+def copy_to_local(uri: str | Path, dest: Path, chunk: int = 8 << 20) -> int:
+    """Stream a file into the local file ``dest`` in ``chunk``-byte reads (memory stays bounded);
+    returns the bytes copied."""
+    n = 0
+    with open_input_stream(uri) as src, open(dest, "wb") as out:
+        while True:
+            buf = src.read(chunk)
+            if not buf:
+                break
+            out.write(buf)
+            n += len(buf)
+    return n
+
+
+#: files up to this size are hashed whole by :func:`fingerprint` when their store gives no mtime
+FINGERPRINT_FULL_MAX = 2 << 20
+
+
+def fingerprint(st: FileStat) -> str:
+    """Change detector for an input file on a filesystem (ingest's resumability).
+
+    ``<size>:<mtime_ns>`` when the store gives a modification time (S3 / GCS / Azure / HDFS and
+    local files: the same form as :func:`curate.catalog.file_fingerprint`). Without one (fsspec's
+    ``memory://``, some HTTP servers): ``<size>:sha256:<hex>`` of the whole file up to 2 MiB,
+    else ``<size>:sha256-ends:<hex>`` of its first and last MiB. A file whose bytes cannot be
+    read gives ``<size>:unreadable`` (ingest then reports it when it reads the file).
+    """
+    if st.mtime_ns is not None:
+        return f"{st.size}:{st.mtime_ns}"
+    import hashlib
+
+    size = int(st.size or 0)
+    try:
+        with open_input_file(st.uri) as f:
+            if size <= FINGERPRINT_FULL_MAX:
+                return f"{size}:sha256:{hashlib.sha256(f.read()).hexdigest()}"
+            mib = 1 << 20
+            h = hashlib.sha256(f.read_at(mib, 0))
+            h.update(f.read_at(mib, size - mib))
+            return f"{size}:sha256-ends:{h.hexdigest()}"
+    except OSError:
+        return f"{size}:unreadable"

@@ -631,18 +631,25 @@ def _ivfpq_pairs(vecs, reps, min_cosine, nlist, nprobe, recall_sample, seed, sta
     return res.a, res.b, res.cosine
 
 
-def _row_hashes(vecs: np.ndarray) -> np.ndarray:
-    """uint64 (n,) hash of each row's bytes (polynomial over 64-bit words, then a splitmix64 finaliser)."""
+def row_words(vecs: np.ndarray):
+    """Each row's bytes as uint64 words, ``ADD_BLOCK`` rows at a time: yields (first row,
+    uint64 (rows, ceil(row bytes / 8)) zero-padded, row bytes) — the input of the row hashes
+    here and of :func:`curate.ivfpq.content_keys`."""
     n = len(vecs)
-    out = np.empty(n, np.uint64)
-    mult = np.uint64(0x9E3779B97F4A7C15)
     for s in range(0, n, ADD_BLOCK):
         raw = np.ascontiguousarray(vecs[s : s + ADD_BLOCK]).view(np.uint8).reshape(min(ADD_BLOCK, n - s), -1)
-        pad = (-raw.shape[1]) % 8
-        if pad:
-            raw = np.pad(raw, ((0, 0), (0, pad)))
-        words = raw.view(np.uint64)
-        h = np.full(len(words), np.uint64(raw.shape[1]), np.uint64)
+        nbytes = raw.shape[1]
+        if nbytes % 8:
+            raw = np.pad(raw, ((0, 0), (0, (-nbytes) % 8)))
+        yield s, raw.view(np.uint64), nbytes
+
+
+def _row_hashes(vecs: np.ndarray) -> np.ndarray:
+    """uint64 (n,) hash of each row's bytes (polynomial over 64-bit words, then a splitmix64 finaliser)."""
+    out = np.empty(len(vecs), np.uint64)
+    mult = np.uint64(0x9E3779B97F4A7C15)
+    for s, words, nbytes in row_words(vecs):
+        h = np.full(len(words), np.uint64(nbytes), np.uint64)
         with np.errstate(over="ignore"):
             for k in range(words.shape[1]):
                 h = (h ^ words[:, k]) * mult

@@ -63,10 +63,12 @@ def read_table_ref(ref: str) -> bytes | None:
             raise ValueError(f"unknown image reference kind {kind!r} in {ref!r}")
     except (FileNotFoundError, IndexError, KeyError):
         return None
-    return _to_bytes(value, Path(path).parent)
+    from curate import fsio
+
+    return _to_bytes(value, path.rsplit("/", 1)[0] if fsio.is_uri(path) else Path(path).parent)
 
 
-def _to_bytes(value: Any, base: Path) -> bytes | None:
+def _to_bytes(value: Any, base: Path | str) -> bytes | None:
     if value is None:
         return None
     if isinstance(value, (bytes, bytearray)):
@@ -76,7 +78,11 @@ def _to_bytes(value: Any, base: Path) -> bytes | None:
             return bytes(value["bytes"])
         p = value.get("path")
         if p:
-            q = Path(p) if Path(p).is_absolute() else base / p
+            from curate import fsio
+
+            if fsio.is_uri(p) or fsio.is_uri(base):  # next to a parquet on object storage
+                return fsio.read_bytes(p if fsio.is_uri(p) else fsio.join(base, p))
+            q = Path(p) if Path(p).is_absolute() else Path(base) / p
             try:
                 return q.read_bytes()
             except OSError:
@@ -91,9 +97,7 @@ def _to_bytes(value: Any, base: Path) -> bytes | None:
 
 @lru_cache(maxsize=8)
 def _row_group_starts(path: str) -> tuple[list[int], int]:
-    import pyarrow.parquet as pq
-
-    md = pq.ParquetFile(path).metadata
+    md = _parquet_file(path).metadata
     starts, n = [], 0
     for i in range(md.num_row_groups):
         starts.append(n)
@@ -103,9 +107,20 @@ def _row_group_starts(path: str) -> tuple[list[int], int]:
 
 @lru_cache(maxsize=2)
 def _row_group_column(path: str, rg: int, column: str):
+    return _parquet_file(path).read_row_group(rg, columns=[column]).column(0)
+
+
+def _parquet_file(path: str):
+    """A parquet file by local path or by URI (s3://, gs://, memory://…, through curate.fsio)."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path).read_row_group(rg, columns=[column]).column(0)
+    from curate import fsio
+
+    if not fsio.is_uri(path):
+        return pq.ParquetFile(path)
+    if not fsio.exists(path):
+        raise FileNotFoundError(path)
+    return pq.ParquetFile(fsio.open_input_file(path))
 
 
 def _parquet_value(path: str, column: str, row: int) -> Any:

@@ -82,15 +82,47 @@ def test_storage_and_sharding_do_not_change_the_pairs(planted, tmp_path):
     assert sharded.stats["index_shards"] == 3
 
 
+def test_local_search_spills_candidates_to_disk_between_the_phases(planted, tmp_path, monkeypatch):
+    """engine="local": phase 1's candidates wait in files under spill_dir (not all in memory),
+    phase 2 reads them back one group at a time, and the folder is removed afterwards."""
+    ids, vecs, _ = planted
+    p = ivfpq.Params(nlist=128, nprobe=8)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    seen = []
+    real = ivfpq.verify_group
+
+    def watch(source, keys, lo, min_cosine, *chunks):
+        files = sorted(q.name for q in spill.rglob("*.npy"))
+        seen.append((lo, len(chunks), files))
+        return real(source, keys, lo, min_cosine, *chunks)
+
+    monkeypatch.setattr(ivfpq, "verify_group", watch)
+    got = ivfpq.pairs(ivfpq.ArraySource(ids, vecs, shard_rows=10_000), 0.93, p, recall_sample=0, spill_dir=spill)
+    monkeypatch.setattr(ivfpq, "verify_group", real)
+    ref = ivfpq.pairs(ivfpq.ArraySource(ids, vecs, shard_rows=10_000), 0.93, p, recall_sample=0)
+    assert np.array_equal(got.a, ref.a) and np.array_equal(got.b, ref.b) and np.array_equal(got.cosine, ref.cosine)
+    assert len(seen) == 4  # one verification group per shard (4 shards of 10,000 rows)
+    for lo, n_chunks, files in seen:  # every group's chunks came from the spill files
+        assert n_chunks >= 1 and sum(f.startswith(f"g{lo:05d}-") for f in files) == 3 * n_chunks
+    assert not any(spill.iterdir())  # removed once the search returns
+
+
 def test_model_of_two_billion_vectors():
     w = ivfpq.model(2e9, 768, nlist=262_144, nprobe=16, m=96)
     assert w["codes_bytes"] == 2e9 * 104  # 96 code bytes + an 8-byte id per vector
     assert w["quantizer_bytes"] == 262_144 * 768 * 4
     assert w["scan_codes"] == pytest.approx(2e9 * 16 * 2e9 / 262_144)
     assert w["assign_madds"] == pytest.approx(2e9 * 262_144 * 768)
+    shuffled = ivfpq.model(2e9, 768, nlist=131_072, nprobe=16, m=96, candidates_per_row=3.87)["shuffle_bytes"]
+    assert shuffled == pytest.approx(2e9 * 3.87 * (768 * 2 + 16)) and 1.1e13 < shuffled < 1.3e13  # ≈ 12 TB
 
 
-def test_dedup_with_ivfpq_gives_the_exact_clusters_on_the_sample(sample_ws, tmp_path):
+def test_dedup_with_ivfpq_gives_the_exact_clusters_on_the_sample(sample_ws, tmp_path, monkeypatch):
+    """The stage's ivfpq path reads the embedding parts part by part (load_all, which loads
+    every vector, must not be called) and gives the exact search's edges and clusters."""
+    from curate.stages import dedup
+
     local, _ = sample_ws
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -98,8 +130,10 @@ def test_dedup_with_ivfpq_gives_the_exact_clusters_on_the_sample(sample_ws, tmp_
         shutil.copy(local / name, ws / name)
     shutil.copytree(local / "embeddings", ws / "embeddings")
     cfg = api.with_overrides(api.workspace_config(ws), "dedup", {"embedding_search": "ivfpq"})
+    monkeypatch.setattr(dedup, "load_all", lambda *a, **k: pytest.fail("load_all on the ivfpq path"))
     out = api.run_one(ws, "dedup", cfg, force=True)["counters"]
     assert out["embedding_search"]["method"] == "ivfpq" and out["embedding_search"]["recall"] == 1.0
+    assert out["embedding_search"]["identical_collapsed"] > 0  # identical vectors: star edges, searched once
 
     def q(root, sql):
         con = duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
@@ -112,3 +146,5 @@ def test_dedup_with_ivfpq_gives_the_exact_clusters_on_the_sample(sample_ws, tmp_
     assert q(ws, sql) == q(local, sql)
     edges = "SELECT a, b, signal FROM dup_edges ORDER BY ALL"
     assert q(ws, edges) == q(local, edges)
+    dist = "SELECT a, b, distance FROM dup_edges WHERE signal = 'embedding' ORDER BY a, b"
+    assert all(abs(x[2] - y[2]) < 1e-6 for x, y in zip(q(ws, dist), q(local, dist)))  # float32 cosines

@@ -16,8 +16,8 @@ engine's own functions on each unit — :func:`curate.stages.hash.hash_items`, t
 :func:`~curate.feeder.chunk_batches`, :func:`~curate.feeder.embed_batch`) with
 :func:`curate.stages.embed.write_chunk`, :func:`curate.classifiers.local_batches` — so a unit
 gives the same result on either engine by construction. Embedding actors write their part
-files themselves (to the workspace's embeddings folder, which must then be on a filesystem
-every node mounts); everything else returns to the driver, which commits it exactly as the
+files themselves (to ``embed.parts_root``: an ``s3://``… URI or a filesystem every node
+mounts; by default the workspace's ``embeddings/`` folder, fine on one node); everything else returns to the driver, which commits it exactly as the
 local engine does (hash: every ``batch_size`` rows; embed: one transaction per part;
 classifiers: one per batch).
 

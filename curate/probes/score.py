@@ -96,13 +96,12 @@ def _ensure_training(ws: Workspace, cfg: RunConfig, spec, kind: str, name: str) 
     if kind == "embed":
         raise CurateError(f"{missing} training images have no {spec.key} vector: run `curate embed` first")
     from curate import api
-    from curate.stages.embed import _embed_images, image_spec
+    from curate.stages.embed import embed_images, image_spec
 
     cfg2 = api.with_overrides(cfg, "embed", {"model": name, "preprocess": cfg.probe.sscd_preprocess})
     if image_spec(cfg2).key != spec.key:
         raise RuntimeError(f"SSCD key mismatch: {image_spec(cfg2).key} vs {spec.key}")
-    c: dict[str, Any] = {}
-    _embed_images(ws, cfg2, spec, c, {})
+    c = embed_images(ws, cfg2, spec)
     out["training_embedded"] = int(c.get("embedded", 0))
     out["training_embed_failed"] = c.get("failed", {})
     return out
@@ -110,11 +109,12 @@ def _ensure_training(ws: Workspace, cfg: RunConfig, spec, kind: str, name: str) 
 
 def _background(ws: Workspace, cfg: RunConfig, key: str, only: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Background (ids, top-1 similarity), cached in ``index/`` under a fingerprint of the parts."""
+    from curate import fsio
     from curate.embstore import list_parts
 
     folder = ws.embeddings_dir(key)
-    parts = [(n, (folder / f"part-{n:05d}.npy").stat().st_size, (folder / f"part-{n:05d}.npy").stat().st_mtime_ns)
-             for n in list_parts(folder)]
+    parts = [(n, fsio.fingerprint(fsio.stat(str(fsio.join(folder, f"part-{n:05d}.npy")))))  # size + mtime
+             for n in list_parts(folder)]  # (or a content hash on stores without one: embed.parts_root)
     import hashlib
 
     fp = digest_of(key, parts, cfg.probe.background_sample, hashlib.sha256(np.ascontiguousarray(only).tobytes()).hexdigest())

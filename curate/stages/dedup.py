@@ -16,7 +16,10 @@ Signals and their edge ``distance`` column:
                 get star edges to their group's smallest id (distance 0) and are searched once;
                 exact search (faiss inner product) below ``embedding_ivf_min_n`` distinct
                 vectors, k-means partitions searched multi-probe above (recall measured and
-                counted); distance = 1 − cosine
+                counted); distance = 1 − cosine. ``embedding_search: ivfpq`` (cluster scale,
+                :func:`_embedding_edges_from_parts`): the same rules applied part by part, the
+                vectors never loaded here, faiss IVF-PQ search in Ray tasks with
+                ``dedup.engine: ray``
 - ``caption``   equal normalised caption (lower-case, collapsed spaces), if enabled; star
                 edges; distance 0
 
@@ -26,6 +29,7 @@ recomputes everything from the catalog, so re-running it is safe.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +43,15 @@ from curate import captions
 from curate.keeper import ranked_sql
 
 _EDGE_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("signal", pa.string()), ("distance", pa.float64())])
+
+#: samples whose vectors of key ``?`` may get embedding edges: still in the catalog (parts may hold pruned
+#: ids), image decoded, at least ``embedding_min_side`` (``?``) px on each side — 16 px icons embed alike
+#: (docs/BENCHMARKS.md, near-duplicate quality: 26 → 4 distinct pictures merged)
+ELIGIBLE_SQL = ("SELECT sample_id FROM embeddings WHERE model = ? AND status = 'ok' "
+                "AND sample_id IN (SELECT sample_id FROM samples) "
+                "AND sample_id NOT IN (SELECT sample_id FROM images WHERE status <> 'ok' "
+                "OR least(width, height) < ?)")
+UNIT_TOL = 1e-2  # K13: a stored row whose L2 norm is further than this from 1 (or not finite) is excluded
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
@@ -70,6 +83,14 @@ def _star_edges(ws: Workspace, signal: str, group_sql: str) -> int:
         WHERE x.sample_id <> m.first"""
     )
     return int(ws.scalar("SELECT count(*) FROM dup_edges WHERE signal = ?", [signal]))
+
+
+def _tmp_dir(ws: Workspace) -> Path:
+    """``<workspace>/tmp``: where IVF-PQ candidates wait between search and verification (the
+    workspace's disk, sized for the data, rather than a small system /tmp)."""
+    d = ws.root / "tmp"
+    d.mkdir(exist_ok=True)
+    return d
 
 
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
@@ -113,31 +134,29 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             from curate.stages.embed import image_key
 
             key = image_key(cfg)  # model + preprocessing identity: only vectors of the current config
-            ok = {r[0] for r in ws.q(  # only samples still in the catalog (parts may hold pruned ids)
-                "SELECT sample_id FROM embeddings WHERE model = ? AND status = 'ok' "
-                "AND sample_id IN (SELECT sample_id FROM samples) "
-                "AND sample_id NOT IN (SELECT sample_id FROM images WHERE status <> 'ok' "
-                "OR least(width, height) < ?)", [key, dc.embedding_min_side])}
-            # images smaller than embedding_min_side get no embedding edges: 16 px icons embed alike
-            # (docs/BENCHMARKS.md, near-duplicate quality: 26 → 4 distinct pictures merged)
-            ids, vecs = load_all(ws.embeddings_dir(key), only=ok, dtype=np.float16)
-            if len(ids):  # K13: a row that is not finite and unit-length is excluded and counted
-                norms = row_norms(vecs)
-                good = np.isfinite(norms) & (np.abs(norms - 1.0) <= 1e-2)
-                counters["embedding_vectors_excluded"] = int((~good).sum())
-                if not good.all():
-                    ids, vecs = ids[good], vecs[good]
-            counters["embedding_key"] = key
-            counters["embedded_searched"] = len(ids)
-            search = {}
-            i, j, s = embedding_edges(
-                vecs, dc.embedding_min_cosine, method=dc.embedding_search, ivf_min_n=dc.embedding_ivf_min_n,
-                nlist=dc.embedding_nlist, nprobe=dc.embedding_nprobe, recall_sample=dc.embedding_recall_sample,
-                stats=search,
-            )
-            # method, rows / distinct / identical collapsed, IVF nlist, nprobe, recall (no timings: reruns compare equal)
-            counters["embedding_search"] = {k: v for k, v in search.items() if not k.endswith("_seconds")}
-            counters["edges"]["embedding"] = _add_edges(ws, ids[i], ids[j], "embedding", 1.0 - np.asarray(s, np.float64))
+            if dc.embedding_search == "ivfpq":  # cluster scale: parts streamed, never all loaded here
+                _embedding_edges_from_parts(ws, cfg, key, counters)
+            else:
+                ok = {r[0] for r in ws.q(ELIGIBLE_SQL, [key, dc.embedding_min_side])}
+                ids, vecs = load_all(ws.embeddings_dir(key), only=ok, dtype=np.float16)
+                if len(ids):  # K13: a row that is not finite and unit-length is excluded and counted
+                    norms = row_norms(vecs)
+                    good = np.isfinite(norms) & (np.abs(norms - 1.0) <= UNIT_TOL)
+                    counters["embedding_vectors_excluded"] = int((~good).sum())
+                    if not good.all():
+                        ids, vecs = ids[good], vecs[good]
+                counters["embedding_key"] = key
+                counters["embedded_searched"] = len(ids)
+                search = {}
+                i, j, s = embedding_edges(
+                    vecs, dc.embedding_min_cosine, method=dc.embedding_search, ivf_min_n=dc.embedding_ivf_min_n,
+                    nlist=dc.embedding_nlist, nprobe=dc.embedding_nprobe, recall_sample=dc.embedding_recall_sample,
+                    stats=search,
+                )
+                # method, rows / distinct / identical collapsed, IVF nlist, nprobe, recall (no timings: reruns compare equal)
+                counters["embedding_search"] = {k: v for k, v in search.items() if not k.endswith("_seconds")}
+                counters["edges"]["embedding"] = _add_edges(ws, ids[i], ids[j], "embedding",
+                                                            1.0 - np.asarray(s, np.float64))
         edges = con.execute("SELECT a, b FROM dup_edges").fetchnumpy()  # one query: a[k] and b[k] stay paired
         ea, eb = np.asarray(edges["a"], np.int64), np.asarray(edges["b"], np.int64)
         nodes, cids = components(np.zeros(0, np.int64), ea, eb)
@@ -170,6 +189,105 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         largest_cluster=int(largest),
     )
     return counters
+
+
+def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counters: dict[str, Any]) -> None:
+    """``embedding_search: ivfpq``: the embedding edges of key ``key`` from its parts, which are
+    read part by part and never loaded here as a whole (docs/SCALE_OUT.md, *Dedup*); the same
+    edges, counters and order as the in-memory path would give with :mod:`curate.ivfpq`.
+
+    1. :func:`curate.ivfpq.survey`: each part read once — in this process, or one Ray task per
+       part with ``dedup.engine: ray`` — giving its ids, the K13 check (finite, unit norm) and a
+       128-bit content key per row (25 bytes per row back, no vectors), streamed into a DuckDB
+       temp table.
+    2. In DuckDB (spills to disk; no per-row arrays in Python but the edges): the rows searched are those
+       of :data:`ELIGIBLE_SQL`, first stored copy of each id (as :func:`curate.embstore.load_all`),
+       unit rows (the others counted in ``embedding_vectors_excluded``); identical vectors (equal
+       content key) get star edges to their group's smallest id, distance 0, and only that
+       representative is searched.
+    3. :class:`curate.ivfpq.PartsSource` over the parts with a keep mask per part (one bit per
+       stored row: the representatives) and its id-range directory; :func:`curate.ivfpq.pairs`
+       trains, fills, searches and verifies, with Ray tasks under ``dedup.engine: ray``.
+    """
+    from curate import ivfpq
+    from curate.embstore import list_parts
+
+    dc = cfg.dedup
+    con = ws.con
+    folder = ws.embeddings_dir(key)
+    parts = list_parts(folder)
+    con.execute("CREATE OR REPLACE TEMP TABLE _ev (part INTEGER, r INTEGER, sample_id BIGINT, unit BOOLEAN, "
+                "k1 UBIGINT, k2 UBIGINT)")
+    rows_of: dict[int, int] = {}
+    for p, ids, unit, keys in ivfpq.survey(folder, parts, dc.engine, dc, tol=UNIT_TOL):
+        rows_of[p] = len(ids)
+        t = pa.table({"part": pa.array(np.full(len(ids), p, np.int32)),
+                      "r": pa.array(np.arange(len(ids), dtype=np.int32)), "sample_id": pa.array(ids, pa.int64()),
+                      "unit": pa.array(unit, pa.bool_()), "k1": pa.array(keys[:, 0], pa.uint64()),
+                      "k2": pa.array(keys[:, 1], pa.uint64())})
+        con.register("_ev_part", t)
+        try:
+            con.execute("INSERT INTO _ev SELECT * FROM _ev_part")
+        finally:
+            con.unregister("_ev_part")
+    con.execute(  # eligible samples, first stored copy of each id (part order, then row order)
+        f"""CREATE OR REPLACE TEMP TABLE _ev_first AS SELECT part, r, sample_id, unit, k1, k2 FROM (
+              SELECT *, row_number() OVER (PARTITION BY sample_id ORDER BY part, r) AS copy FROM _ev
+              WHERE sample_id IN ({ELIGIBLE_SQL})) WHERE copy = 1""", [key, dc.embedding_min_side])
+    n_eligible, n_bad = con.execute("SELECT count(*), count(*) FILTER (NOT unit) FROM _ev_first").fetchone()
+    if n_eligible:
+        counters["embedding_vectors_excluded"] = int(n_bad)
+    con.execute("CREATE OR REPLACE TEMP TABLE _ev_rows AS SELECT part, r, sample_id, "
+                "min(sample_id) OVER (PARTITION BY k1, k2) AS rep FROM _ev_first WHERE unit")
+    n, n_rep = (int(x) for x in con.execute("SELECT count(*), count(*) FILTER (sample_id = rep) FROM _ev_rows")
+                .fetchone())
+    counters["embedding_key"] = key
+    counters["embedded_searched"] = n
+    search: dict[str, Any] = {"rows": n, "unique": n_rep, "identical_collapsed": n - n_rep}
+    a = b = np.zeros(0, np.int64)
+    cos = np.zeros(0, np.float32)
+    if n == 0:
+        search["method"] = "none"
+    elif n_rep < 2:
+        search["method"] = "exact"
+    else:
+        directory = con.execute("SELECT count(*) AS n, min(sample_id) AS lo, max(sample_id) AS hi FROM _ev_rows "
+                                "WHERE sample_id = rep GROUP BY part ORDER BY part").fetchnumpy()
+        keep: dict[int, np.ndarray] = {}  # per part: one bit per stored row, set for the representatives
+        cur: int | None = None
+        mask = np.zeros(0, bool)
+        reader = con.sql("SELECT part, r FROM _ev_rows WHERE sample_id = rep ORDER BY part, r").to_arrow_reader(1 << 20)
+        for batch in reader:  # streamed in part order: one part's bool mask at a time, then packed
+            bp, br = batch.column(0).to_numpy(), batch.column(1).to_numpy()
+            cuts = np.flatnonzero(np.diff(bp)) + 1
+            for seg_p, seg_r in zip(np.split(bp, cuts), np.split(br, cuts)):
+                if int(seg_p[0]) != cur:
+                    if cur is not None:
+                        keep[cur] = np.packbits(mask, bitorder="little")
+                    cur = int(seg_p[0])
+                    mask = np.zeros(rows_of[cur], bool)
+                mask[seg_r] = True
+        if cur is not None:
+            keep[cur] = np.packbits(mask, bitorder="little")
+        source = ivfpq.PartsSource(folder, keep=keep, directory=np.stack(
+            [np.asarray(directory[c], np.int64) for c in ("n", "lo", "hi")], 1))
+        res = ivfpq.pairs(source, float(dc.embedding_min_cosine),
+                          ivfpq.Params(nlist=dc.embedding_nlist, nprobe=dc.embedding_nprobe, seed=0),
+                          engine=dc.engine, sec=dc, recall_sample=dc.embedding_recall_sample,
+                          spill_dir=_tmp_dir(ws))
+        search.update(method="ivfpq", **{k: v for k, v in res.stats.items() if k not in ("rows", "engine")})
+        a, b, cos = res.a, res.b, res.cosine
+    star = con.execute("SELECT rep, sample_id FROM _ev_rows WHERE sample_id <> rep").fetchnumpy()
+    i = np.concatenate([a, np.asarray(star["rep"], np.int64)])
+    j = np.concatenate([b, np.asarray(star["sample_id"], np.int64)])
+    c = np.concatenate([np.asarray(cos, np.float32), np.ones(len(star["rep"]), np.float32)])
+    order = np.lexsort((j, i))  # the in-memory path's order: by (a, b)
+    for name in ("_ev", "_ev_first", "_ev_rows"):
+        con.execute(f"DROP TABLE {name}")
+    # method, rows / distinct / identical collapsed, nlist, m, nprobe, margin, recall (no timings, no engine:
+    # reruns and engines compare equal)
+    counters["embedding_search"] = {k: v for k, v in search.items() if not k.endswith("_seconds")}
+    counters["edges"]["embedding"] = _add_edges(ws, i[order], j[order], "embedding", 1.0 - c[order].astype(np.float64))
 
 
 def cluster_statistics(ws: Workspace) -> None:

@@ -194,11 +194,55 @@ def write_chunk(folder, num: int, key: str, dim: int, ids: list[int], vecs: list
     return arr, bad
 
 
-def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any], model_box: dict) -> None:
+def embed_images(ws: Workspace, cfg: RunConfig, spec=None, counters: dict[str, Any] | None = None,
+                 model_box: dict | None = None) -> dict[str, Any]:
+    """Embed every sample whose image hashed ``ok`` and that has no ``embeddings`` row for the
+    key of ``spec`` yet — the image half of the embed stage, also used by ``curate probe score``
+    to embed the training images with an SSCD descriptor.
+
+    Resumable and idempotent (module doc, *Work plan* and *Resume*): the catalog is first
+    reconciled with the parts on disk, then the remaining samples, in ``sample_id`` order, are
+    cut into chunks of ``cfg.embed.part_rows``; chunk *k* becomes part ``first + k`` of
+    ``ws.embeddings_dir(spec.key)``: ``part-NNNNN.ids.npy`` int64 (n,) sample ids and
+    ``part-NNNNN.npy`` float16 (n, d) rows, L2-normalised in float32 before rounding (norm
+    1 ± 1e-3, every value in [−1, 1]), plus ``part-NNNNN.meta.json`` with the chunk's samples
+    that got no vector. Each part's ``embeddings`` rows (status ``ok``, ``zero_vector``,
+    ``nonfinite_vector`` or the decode status) are committed in one transaction after its files
+    are in place. With ``cfg.embed.engine == "ray"`` the chunks are embedded by a Ray actor pool
+    (:func:`curate.engine.ray_engine.embed_images`): same parts, same rows.
+
+    Args:
+        ws: the open workspace (its catalog is written).
+        cfg: the run config; ``cfg.embed`` gives model, device, precision, batch size, decoding
+            workers, ``part_rows`` and the engine; ``cfg.hash.max_pixels`` the decode limit.
+        spec: the resolved :class:`curate.models.ModelSpec` whose ``key`` the vectors are
+            stored under and whose preprocessing the loader applies; None = :func:`image_spec`
+            of ``cfg`` (the spec must resolve to the model ``cfg.embed`` loads).
+        counters: dict updated in place (and returned); None = a new one.
+        model_box: dict that receives the loaded model under ``"image"`` (reused by the caption
+            half for an open_clip text tower); None = not kept.
+
+    Returns:
+        ``counters``: ``recovered_rows``, ``forgotten_parts``, ``temp_files_removed`` (the
+        reconciliation), ``embedded`` (vectors written), ``failed`` ({status: samples}),
+        ``parts_written``; when there was work, the local engine adds ``num_workers``,
+        ``device``, ``precision``, ``dim``, ``model_description``, ``seconds_embedding``,
+        ``images_per_s``, ``data_wait_s``, ``model_s``, ``data_wait_fraction`` (and their
+        ``…_after_first_batch`` steady-state variants), the Ray engine its own timings and
+        ``ray`` (cluster, actors, units, worker processes).
+
+    Raises:
+        ConfigError: the model cannot be loaded (unknown name, missing package or weights file,
+            no GPU for ``device: cuda``; with Ray, ``device: cuda`` without ``num_gpus``).
+        RuntimeError: the loaded model's preprocessing differs from ``spec``'s.
+    """
     from torch.utils.data import DataLoader
 
     from curate.models import resolve_device
 
+    spec = image_spec(cfg) if spec is None else spec
+    counters = {} if counters is None else counters
+    model_box = {} if model_box is None else model_box
     ec = cfg.embed
     key = spec.key
     folder = ws.embeddings_dir(key)
@@ -207,14 +251,14 @@ def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any],
                 "WHERE i.status = 'ok' AND s.image_ref IS NOT NULL "
                 "AND s.sample_id NOT IN (SELECT sample_id FROM embeddings WHERE model = ?) ORDER BY s.sample_id")
     if ec.engine == "ray":  # the same chunks, parts and rows, embedded by a Ray actor pool
-        from curate.engine.ray_engine import embed_images
+        from curate.engine import ray_engine
 
-        embed_images(ws, cfg, spec, folder, todo_sql, [key], counters)
-        return
+        ray_engine.embed_images(ws, cfg, spec, folder, todo_sql, [key], counters)
+        return counters
     todo = ws.q(todo_sql, [key])
     counters.update(embedded=0, failed={}, parts_written=0)
     if not todo:
-        return
+        return counters
     # The loader needs only the preprocessing (resolved without weights), so its workers start
     # and decode the first batches while the model loads: the model never waits at start-up.
     batches = chunk_batches(len(todo), ec.part_rows, ec.batch_size)
@@ -278,6 +322,7 @@ def _embed_images(ws: Workspace, cfg: RunConfig, spec, counters: dict[str, Any],
         rest = len(todo) - len(batches[0])
         counters.update(images_per_s_after_first_batch=round(rest / max(t_end - t_first, 1e-9), 2),
                         data_wait_fraction_after_first_batch=round((wait - wait_first) / max(t_end - t_first, 1e-9), 4))
+    return counters
 
 
 def _embed_captions(ws: Workspace, cfg: RunConfig, key: str, counters: dict[str, Any], model_box: dict) -> None:
@@ -366,7 +411,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         spec = image_spec(cfg)
         key = spec.key
         counters = {"model": ec.model, "key": key}
-        _embed_images(ws, cfg, spec, counters, model_box)
+        embed_images(ws, cfg, spec, counters, model_box)
         counters["total_embedded"] = int(ws.scalar(
             "SELECT count(*) FROM embeddings WHERE model = ? AND status = 'ok'", [key]))
         counters["parts"] = len(list_parts(ws.embeddings_dir(key)))

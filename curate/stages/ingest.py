@@ -16,6 +16,18 @@ with the bad values repaired per row (case K05). Columns holding image bytes are
 by ingest — samples get a reference (:mod:`curate.refs`). TSV (CC3M/CC12M) is read in
 batches of lines; a line with the wrong number of fields is rejected (``malformed_row``).
 
+Inputs by URI (``s3://``, ``gs://``, ``abfs://``, ``hdfs://``, or any fsspec protocol;
+:mod:`curate.fsio`): metadata parquet / TSV (and a metadata source's ``images`` folder), webdataset
+shards, img2dataset output folders and image folders; not ``hf_dataset`` (its Arrow files are
+memory-mapped), which is an error naming these. Globs are expanded by listing the store
+(:func:`curate.fsio.glob`, ``glob.glob``'s rules, sorted). Parquet is read through the pyarrow
+filesystem in batches of ``ingest.batch_rows`` (DuckDB's httpfs is not used), with the same plan,
+types, row numbers, notes and rejects as the local DuckDB path, so the rows are identical; a
+shard (or img2dataset companion tar) is streamed once into a temp file under the workspace and
+parsed like a local one, its ``tar:`` references naming the URI (ranged reads later). A URI
+unit's fingerprint is its size and the store's mtime, or, where the store keeps none (fsspec's
+``memory://``), its size and a sha256 of its bytes (:func:`curate.fsio.fingerprint`).
+
 Casting never rounds or drops silently: a value that does not fit its canonical type becomes
 NULL with a per-row note; NaN/±inf scores become NULL with a note (DuckDB sorts NaN above
 every number, so a threshold rule would otherwise treat it as "unsafe", case K15).
@@ -29,18 +41,23 @@ shifted into URL/TEXT), ``malformed_row`` (a TSV line with the wrong number of f
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
+import io
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
+from curate import fsio
 from curate.catalog import ROW_BITS, Workspace, digest_of, file_fingerprint
 from curate.config import RunConfig, SourceConfig
 from curate.errors import InputError
@@ -67,17 +84,25 @@ BYTES_COLUMN_ORDER = ["jpg", "jpeg", "png", "webp", "image", "img", "image_bytes
 
 @dataclass
 class Unit:
-    """One ingest unit: one transaction, one ``sources`` row."""
+    """One ingest unit: one transaction, one ``sources`` row.
+
+    ``path`` (and ``images``) is a local :class:`Path`, or a URI string (``s3://…``, ``gs://…``,
+    ``memory://…``: read through :mod:`curate.fsio`)."""
 
     source: SourceConfig
     fmt: str  # parquet | tsv | webdataset | folder | hf_arrow
-    path: Path
-    images: Path | None = None  # img2dataset companion: NNNNN.tar or NNNNN/ folder
+    path: Path | str
+    images: Path | str | None = None  # img2dataset companion: NNNNN.tar or NNNNN/ folder
     img2dataset: bool = False
+    stat: fsio.FileStat | None = None  # a URI unit's listing entry (size, mtime): no second request
 
     @property
     def uri(self) -> str:
-        return str(self.path.resolve())
+        return self.path if isinstance(self.path, str) else str(self.path.resolve())
+
+    @property
+    def name(self) -> str:
+        return fsio.name_of(self.path)
 
 
 def _inside(ws: Workspace, p: Path) -> bool:
@@ -129,6 +154,82 @@ def _hf_units(src: SourceConfig, root: Path) -> list[Unit]:
     return [Unit(src, "hf_arrow", f) for f in files]
 
 
+# ----------------------------------------------------------------------------------------------
+# inputs by URI (s3://, gs://, abfs://, hdfs://, memory://, …; curate.fsio)
+
+#: what a source may name by URI: metadata parquet / TSV (and its ``images`` folder), webdataset
+#: shards, img2dataset output folders, image folders. Not ``hf_dataset``: its Arrow files are
+#: memory-mapped (here and by the hash/embed stages through ``arrow:`` references).
+URI_SOURCES = "metadata (parquet, tsv), images folders, webdataset shards and img2dataset folders"
+
+
+def _loc(cfg: RunConfig, p: str) -> Path | str:
+    """A path from the config: a URI as written, a path resolved against the config's folder."""
+    return p.rstrip("/") if fsio.is_uri(p) else cfg.path(p)
+
+
+def _uri_files(src: SourceConfig, pattern: str, what: str) -> list[fsio.FileStat]:
+    """The files a URI (glob) names, sorted; an error naming the source when there is none."""
+    try:
+        files = fsio.glob(pattern)
+        st = None if files or fsio.has_magic(pattern) else fsio.stat(pattern)
+    except (ValueError, OSError) as e:  # unknown scheme, credentials, permissions
+        raise InputError(f"source {src.name!r}: cannot list {what} {pattern!r}: {e}") from None
+    if not files:
+        why = "matches no file" if fsio.has_magic(pattern) else "is a folder, not a file" if st else "does not exist"
+        raise InputError(f"source {src.name!r}: {what} {pattern!r} {why}")
+    return files
+
+
+def _uri_dir(src: SourceConfig, uri: str, what: str) -> str:
+    try:
+        st = fsio.stat(uri)
+    except (ValueError, OSError) as e:
+        raise InputError(f"source {src.name!r}: cannot read {what} folder {uri!r}: {e}") from None
+    if st is None or not st.is_dir:
+        raise InputError(f"source {src.name!r}: {what} folder {uri} does not exist")
+    return uri
+
+
+def _img2dataset_units_uri(src: SourceConfig, root: str) -> list[Unit]:
+    """:func:`_img2dataset_units` for a folder on object storage."""
+    entries = {fsio.name_of(e.uri): e for e in fsio.list_entries(_uri_dir(src, root, "img2dataset"))}
+    units = []
+    for name, st in sorted(entries.items()):
+        if st.is_dir or not name.endswith(".parquet"):
+            continue
+        stem = name[: -len(".parquet")]
+        tar, folder = entries.get(f"{stem}.tar"), entries.get(stem)
+        images = tar.uri if tar and not tar.is_dir else folder.uri if folder and folder.is_dir else None
+        units.append(Unit(src, "parquet", st.uri, images=images, img2dataset=True, stat=st))
+    if not units:
+        raise InputError(f"source {src.name!r}: {root} holds no NNNNN.parquet; is it an img2dataset output folder?")
+    return units
+
+
+def _uri_source_units(src: SourceConfig, cfg: RunConfig) -> list[Unit]:
+    """Units of a source that names a URI (see :data:`URI_SOURCES`)."""
+    kind = src.kind
+    if kind == "metadata":
+        images = _loc(cfg, src.images) if src.images else None
+        return [Unit(src, "tsv" if fsio.name_of(st.uri).lower().endswith(TSV_EXTS) else "parquet", st.uri,
+                     images=images, stat=st) for st in _uri_files(src, src.metadata, "metadata")]
+    if kind == "webdataset":
+        return [Unit(src, "webdataset", st.uri, stat=st) for st in _uri_files(src, src.webdataset, "webdataset")]
+    if kind == "img2dataset":
+        return _img2dataset_units_uri(src, _loc(cfg, src.img2dataset))
+    if kind == "folder":
+        return [Unit(src, "folder", _uri_dir(src, _loc(cfg, src.images), "images"))]
+    raise InputError(f"source {src.name!r}: a {kind} source cannot be read from a URI ({getattr(src, kind)!r}); "
+                     f"URIs work for {URI_SOURCES}. Copy it to a local path or mount the bucket")
+
+
+def _source_uri(src: SourceConfig) -> bool:
+    """The source names its input by URI (the ``images`` folder of a metadata source aside)."""
+    v = src.images if src.kind == "folder" else getattr(src, src.kind)
+    return fsio.is_uri(v)
+
+
 def _unit_list(ws: Workspace, cfg: RunConfig) -> tuple[list[Unit], list[str]]:
     """All input units, in config order then path order, and the paths skipped because they
     lie inside the workspace."""
@@ -136,13 +237,15 @@ def _unit_list(ws: Workspace, cfg: RunConfig) -> tuple[list[Unit], list[str]]:
     skipped: list[str] = []
     for src in cfg.sources:
         kind = src.kind
-        if kind == "metadata":
+        if _source_uri(src):
+            units += _uri_source_units(src, cfg)
+        elif kind == "metadata":
             files = _expand(ws, cfg, src.metadata, skipped)
             if not files or not all(f.is_file() for f in files):
                 raise InputError(f"source {src.name!r}: metadata {src.metadata!r} matches no file")
             for f in files:
                 fmt = "tsv" if f.name.lower().endswith(TSV_EXTS) else "parquet"
-                units.append(Unit(src, fmt, f, images=cfg.path(src.images) if src.images else None))
+                units.append(Unit(src, fmt, f, images=_loc(cfg, src.images) if src.images else None))
         elif kind == "webdataset":
             files = _expand(ws, cfg, src.webdataset, skipped)
             if not files or not all(f.is_file() for f in files):
@@ -176,8 +279,33 @@ def _folder_files(root: Path, skip: Path | None = None) -> list[Path]:
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
+def _uri_image_files(root: str, listing: list[fsio.FileStat] | None = None) -> list[tuple[str, fsio.FileStat]]:
+    """(path relative to ``root``, entry) of every image file under a URI folder, in the order
+    of :func:`_folder_files` (relative POSIX path); ``listing``: ``fsio.walk(root)`` if done."""
+    base = root.rstrip("/") + "/"
+    files = [(st.uri[len(base):], st) for st in (fsio.walk(root) if listing is None else listing)]
+    return sorted(((r, st) for r, st in files if PurePosixPath(r).suffix.lower() in IMAGE_EXTS), key=lambda x: x[0])
+
+
+def _uri_fingerprint(uri: str, st: fsio.FileStat | None = None) -> str:
+    """:func:`curate.catalog.file_fingerprint` for a URI: size and the store's mtime, or size and a
+    content hash where the store keeps no mtime (:func:`curate.fsio.fingerprint`); a folder: the
+    digest of its image files' fingerprints, as for a local folder."""
+    try:
+        st = st or fsio.stat(uri)
+        if st is None:
+            return "missing"
+        if st.is_dir:
+            return digest_of([(rel, fsio.fingerprint(f)) for rel, f in _uri_image_files(uri)])
+    except (ValueError, OSError) as e:
+        raise InputError(f"{uri}: cannot read: {e}") from None
+    return fsio.fingerprint(st)
+
+
 def _fingerprint(unit: Unit, ws: Workspace) -> str:
-    def fp(p: Path) -> str:
+    def fp(p: Path | str) -> str:
+        if isinstance(p, str):
+            return _uri_fingerprint(p, unit.stat if p == unit.path else None)
         if p.is_dir():
             return digest_of([(f.relative_to(p).as_posix(), file_fingerprint(f)) for f in _folder_files(p, ws.root)])
         return file_fingerprint(p)
@@ -246,15 +374,31 @@ def _arrow_batches(batches: Iterator[pa.RecordBatch], offset: int = 0) -> Iterat
         yield t
 
 
-def _tsv_batches(path: Path, names: list[str] | None, batch_rows: int) -> Iterator[pa.Table]:
+@contextlib.contextmanager
+def _open_binary(path: Path | str) -> Iterator[Any]:
+    """A local file or a URI (one sequential read, buffered) opened for reading lines; ``.gz``
+    decompressed."""
+    gz = fsio.name_of(path).lower().endswith(".gz")
+    if not isinstance(path, str):
+        with (gzip.open if gz else open)(path, "rb") as f:
+            yield f
+        return
+    with fsio.open_input_stream(path) as raw, io.BufferedReader(raw, 1 << 20) as f:
+        if gz:
+            with gzip.GzipFile(fileobj=f) as g:
+                yield g
+        else:
+            yield f
+
+
+def _tsv_batches(path: Path | str, names: list[str] | None, batch_rows: int) -> Iterator[pa.Table]:
     """Batches of a tab-separated file (no quoting: CC3M/CC12M captions contain quotes).
 
     ``names`` None: the first line is the header (and is not a row). A line whose field count
     differs from the header's is rejected with ``malformed_row``; invalid UTF-8 is repaired
     with a per-row note.
     """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with _open_binary(path) as f:
         row = 0  # 0-based line number in the file (the header is line 0; blank lines keep their number)
         if names is None:
             names = f.readline().rstrip(b"\r\n").decode("utf-8", "replace").removeprefix("\ufeff").split("\t")
@@ -301,11 +445,10 @@ def _tsv_batches(path: Path, names: list[str] | None, batch_rows: int) -> Iterat
             yield flush()
 
 
-def _tsv_layout(path: Path, schema: str) -> tuple[list[str] | None, Mapping]:
+def _tsv_layout(path: Path | str, schema: str) -> tuple[list[str] | None, Mapping]:
     """(column names if headerless else None, mapping) for a TSV file."""
     layouts = load_layouts()
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with _open_binary(path) as f:
         head = [ln.rstrip(b"\r\n").decode("utf-8", "replace").removeprefix("\ufeff").split("\t")
                 for _, ln in zip(range(200), f)]
     if schema != "auto" and schema in layouts and not layouts[schema].header:
@@ -321,23 +464,43 @@ def _tsv_layout(path: Path, schema: str) -> tuple[list[str] | None, Mapping]:
     return list(lay.names or []), m
 
 
-def _folder_table(root: Path, ws: Workspace) -> pa.Table:
+def _folder_table(root: Path | str, ws: Workspace) -> pa.Table:
+    """One row per image file under ``root`` (a local folder or a URI), caption from the
+    ``<stem>.txt`` sidecar, url / sha256 / other fields from ``<stem>.json``."""
+    if isinstance(root, str):
+        base = root.rstrip("/")
+        listing = fsio.walk(root)
+        present = {st.uri[len(base) + 1:] for st in listing}  # every file, for the sidecars
+
+        def sidecar(rel: str, ext: str):
+            r = PurePosixPath(rel).with_suffix(ext).as_posix()
+            return (lambda: fsio.read_bytes(f"{base}/{r}")) if r in present else None
+
+        entries = [(rel, f"{base}/{rel}") for rel, _ in _uri_image_files(root, listing)]
+    else:
+        def sidecar(rel: str, ext: str):
+            q = (root / rel).with_suffix(ext)
+            return q.read_bytes if q.is_file() else None
+
+        entries = [(p.relative_to(root).as_posix(), str(p.resolve())) for p in _folder_files(root, ws.root)]
     rows: dict[str, list[Any]] = {k: [] for k in _WDS_SCHEMA.names}
-    for i, p in enumerate(_folder_files(root, ws.root)):
-        side = p.with_suffix(".txt")
+    for i, (rel, ref) in enumerate(entries):
+        side = sidecar(rel, ".txt")
         notes: list[str] = []
-        caption = _text(side.read_bytes(), "txt", notes) if side.is_file() else None
+        data = side() if side else None
+        caption = _text(data, "txt", notes) if data is not None else None
         url = sha = extra = None
-        js = p.with_suffix(".json")
-        if js.is_file():
+        js = sidecar(rel, ".json")
+        data = js() if js else None
+        if data is not None:
             try:
-                meta = json.loads(_text(js.read_bytes(), "json", notes))
+                meta = json.loads(_text(data, "json", notes))
                 if isinstance(meta, dict):
                     url, sha, extra = meta.get("url"), meta.get("sha256"), _json_rest(meta)
                     caption = caption if caption is not None else meta.get("caption")
             except ValueError:
-                notes.append(f"bad_json({js.name}): not valid JSON")
-        _wds_row(rows, p.relative_to(root).as_posix(), caption, url, str(p.resolve()), sha, i, notes, extra)
+                notes.append(f"bad_json({PurePosixPath(rel).with_suffix('.json').name}): not valid JSON")
+        _wds_row(rows, rel, caption, url, ref, sha, i, notes, extra)
     return pa.table(rows, schema=_WDS_SCHEMA)
 
 
@@ -366,11 +529,15 @@ def _wds_row(rows: dict[str, list[Any]], key, caption, url, ref, sha, i, notes, 
         rows[k].append(v if v is None or k in ("__row", "__fix_notes") else str(v))
 
 
-def _tar_groups(shard: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], dict[str, list[str]], list[str]]:
+def _tar_groups(
+    shard: Path, label: str | None = None,
+) -> tuple[dict[str, dict[str, tarfile.TarInfo]], dict[str, list[str]], list[str]]:
     """Members of a tar grouped by webdataset key (member path up to the first dot of its
     basename): (groups, per-key notes, shard notes). A repeated member is noted on its key and
     the first one kept (case K06); links are noted and skipped; a shard cut short keeps the
     members before the cut, with a shard note (its last member may then decode as truncated).
+
+    ``label``: the name in errors (the shard's URI when ``shard`` is its local copy).
 
     Raises:
         InputError: not a tar at all.
@@ -381,7 +548,7 @@ def _tar_groups(shard: Path) -> tuple[dict[str, dict[str, tarfile.TarInfo]], dic
     try:
         tf = tarfile.open(shard, "r:*")
     except (tarfile.TarError, OSError) as e:
-        raise InputError(f"{shard}: not a readable tar shard: {e}") from None
+        raise InputError(f"{label or shard}: not a readable tar shard: {e}") from None
     with tf:
         it = iter(tf)
         while True:
@@ -433,10 +600,39 @@ def _image_member(g: dict[str, tarfile.TarInfo]) -> tarfile.TarInfo | None:
     return next((m for e, m in g.items() if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
 
 
-def _webdataset_table(shard: Path) -> tuple[pa.Table, list[str]]:
+def _tar_ref(shard: Path, ref_shard: str | None, img: tarfile.TarInfo) -> str:
+    """The ``tar:`` reference of a member; ``ref_shard``: the URI ``shard`` is a local copy of
+    (read back by :func:`curate.images.read_ref` as a ranged read through :mod:`curate.fsio`)."""
+    if ref_shard is None:
+        return tar_ref(shard, img.name, img.offset_data, img.size)
+    return f"tar:{img.offset_data}:{img.size}:{ref_shard}#{img.name}"
+
+
+_TMP_PREFIX = ".ingest-tmp-"  # local copies of shards on object storage (a killed run's are removed by the next)
+
+
+@contextlib.contextmanager
+def _local_copy(ws: Workspace, p: Path | str) -> Iterator[Path]:
+    """A local path ``p`` as is; a URI streamed (bounded memory) into a temp file under the
+    workspace, removed afterwards. A shard is read once, sequentially — one GET instead of a
+    ranged request per tar header — and parsed exactly as a local one."""
+    if not isinstance(p, str):
+        yield p
+        return
+    with tempfile.TemporaryDirectory(prefix=_TMP_PREFIX, dir=ws.root) as d:
+        dest = Path(d) / (fsio.name_of(p) or "file")
+        try:
+            fsio.copy_to_local(p, dest)
+        except (ValueError, OSError) as e:
+            raise InputError(f"{p}: cannot read: {e}") from None
+        yield dest
+
+
+def _webdataset_table(shard: Path, ref_shard: str | None = None) -> tuple[pa.Table, list[str]]:
     """One row per key; caption from ``.txt`` (else the ``.json``'s caption), url and sha256
-    from ``.json`` (img2dataset writes both). Returns (rows, shard notes)."""
-    groups, notes, unit_notes = _tar_groups(shard)
+    from ``.json`` (img2dataset writes both). Returns (rows, shard notes). ``ref_shard``: the
+    URI ``shard`` is a local copy of."""
+    groups, notes, unit_notes = _tar_groups(shard, ref_shard)
     rows: dict[str, list[Any]] = {k: [] for k in _WDS_SCHEMA.names}
     with tarfile.open(shard, "r:*") as tf:
         for i, (key, g) in enumerate(groups.items()):
@@ -456,15 +652,30 @@ def _webdataset_table(shard: Path) -> tuple[pa.Table, list[str]]:
             except (tarfile.TarError, OSError, EOFError) as e:
                 kn.append(f"unreadable_member: {e}")
             img = _image_member(g)
-            ref = tar_ref(shard, img.name, img.offset_data, img.size) if img else None
+            ref = _tar_ref(shard, ref_shard, img) if img else None
             _wds_row(rows, key, caption, url, ref, sha, i, kn, extra)
     return pa.table(rows, schema=_WDS_SCHEMA), unit_notes
 
 
-def _companion_refs(images: Path, ws: Workspace) -> pa.Table:
-    """key → image reference for an img2dataset shard's ``NNNNN.tar`` or ``NNNNN/`` folder."""
+def _companion_refs(images: Path | str, ws: Workspace) -> pa.Table:
+    """key → image reference for an img2dataset shard's ``NNNNN.tar`` or ``NNNNN/`` folder
+    (local, or a URI)."""
     keys, refs = [], []
-    if images.is_file():
+    if isinstance(images, str):
+        st = fsio.stat(images)
+        if st is not None and st.is_dir:
+            for rel, _ in _uri_image_files(images):
+                keys.append(PurePosixPath(rel).name.partition(".")[0])
+                refs.append(f"{images.rstrip('/')}/{rel}")
+        elif st is not None:
+            with _local_copy(ws, images) as local:
+                groups, _, _ = _tar_groups(local, images)
+                for key, g in groups.items():
+                    img = _image_member(g)
+                    if img is not None:
+                        keys.append(key.rpartition("/")[2])
+                        refs.append(_tar_ref(local, images, img))
+    elif images.is_file():
         groups, _, _ = _tar_groups(images)
         for key, g in groups.items():
             img = _image_member(g)
@@ -498,7 +709,7 @@ class _Plan:
     columns: list[str]  # readable (non-bytes) columns of the rows, incl. internal __ columns
     row_expr: str = "b.__row"
     image_sql: str | None = None  # computed image_ref expression (overrides the mapping's)
-    images_root: Path | None = None  # a path column is relative to this folder
+    images_root: Path | str | None = None  # a path column is relative to this folder (or URI)
     types: dict[str, pa.DataType] = field(default_factory=dict)  # source column types, when known
 
 
@@ -555,7 +766,8 @@ def _select_sql(plan: _Plan, source_id: int, from_sql: str) -> str:
     if plan.image_sql is not None:
         exprs["image_ref"] = plan.image_sql
     elif plan.images_root is not None and "image_ref" in mapping.columns:
-        root = str(plan.images_root.resolve()).rstrip("/") + "/"
+        r = plan.images_root
+        root = (r if isinstance(r, str) else str(r.resolve())).rstrip("/") + "/"
         exprs["image_ref"] = f"(CASE WHEN {exprs['image_ref']} IS NOT NULL THEN {_lit(root)} || {exprs['image_ref']} END)"
     used = set(mapping.columns.values())
     extra_cols = [c for c in columns if c not in used and not c.startswith("__") and c != "file_row_number"]
@@ -703,7 +915,10 @@ def _table_plan(unit: Unit, schema: pa.Schema, ws: Workspace, kind: str) -> tupl
         cols["image_ref"] = chosen
         unmapped = [c for c in names if c not in cols.values()]
         plan.mapping = Mapping(mapping.layout, cols, unmapped)
-        pre, suf = ref_prefix_sql("parquet" if kind == "parquet" else "arrow", unit.path, chosen)
+        if isinstance(unit.path, str):  # a URI: curate.refs reads the row group back through curate.fsio
+            pre, suf = f"{kind}:", f":{unit.uri}#{chosen}"
+        else:
+            pre, suf = ref_prefix_sql("parquet" if kind == "parquet" else "arrow", unit.path, chosen)
         plan.image_sql = f"({_lit(pre)} || CAST(__ROW__ AS VARCHAR) || {_lit(suf)})"
         others = [c for c in bytes_cols if c != chosen]
         unit_notes.append(f"images: bytes in column {chosen!r} (referenced, not copied)"
@@ -715,7 +930,7 @@ def _table_plan(unit: Unit, schema: pa.Schema, ws: Workspace, kind: str) -> tupl
             f"coalesce(r.__ref, 'missing:img2dataset ' || coalesce(CAST({status} AS VARCHAR), 'no image') "
             f"|| coalesce(': ' || CAST({err} AS VARCHAR), ''))"
         )
-        unit_notes.append(f"images: {unit.images.name} matched by key")
+        unit_notes.append(f"images: {fsio.name_of(unit.images)} matched by key")
     elif img_col is not None and unit.images is not None:
         plan.images_root = unit.images
     elif img_col is not None:
@@ -740,18 +955,28 @@ def _companion_join(ws: Workspace, unit: Unit, plan: _Plan, row_sql: str) -> str
     return f" LEFT JOIN _refs r ON r.__k = CAST(b.{_q(plan.mapping.columns['key'])} AS VARCHAR)"
 
 
-def _ingest_parquet(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int) -> tuple[Mapping, int, int, list[str], list[str]]:
-    import duckdb
+def _parquet_plan(ws: Workspace, unit: Unit):
+    """(ParquetFile, arrow schema, plan with column types, unit notes) of a parquet unit, by
+    local path or by URI (through :mod:`curate.fsio`). Raises InputError: not readable."""
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(unit.path)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{unit.path}: not a readable parquet file: {e}") from None
+        pf = pq.ParquetFile(fsio.open_input_file(unit.path) if isinstance(unit.path, str) else unit.path)
+    except Exception as e:  # noqa: BLE001 - missing object, permissions, not parquet
+        raise InputError(f"{unit.uri}: not a readable parquet file: {e}") from None
     schema = pf.schema_arrow
     plan, unit_notes = _table_plan(unit, schema, ws, "parquet")
     plan.types = {f.name: f.type for f in schema}
-    info(f"[ingest] {unit.path.name}: {plan.mapping.describe()}")
+    info(f"[ingest] {unit.name}: {plan.mapping.describe()}")
+    return pf, schema, plan, unit_notes
+
+
+def _ingest_parquet(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int) -> tuple[Mapping, int, int, list[str], list[str]]:
+    import duckdb
+
+    if isinstance(unit.path, str):
+        return _ingest_parquet_batches(ws, cfg, unit, source_id)
+    _, schema, plan, unit_notes = _parquet_plan(ws, unit)
     join = _companion_join(ws, unit, plan, "file_row_number")
     try:
         plan.row_expr = "b.file_row_number"
@@ -769,25 +994,30 @@ def _ingest_parquet(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int) -
             _unregister(ws.con, "_refs")
 
 
-def _ingest_parquet_pyarrow(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
-    """The same as :func:`_ingest_parquet`, read through pyarrow in batches with invalid UTF-8
-    repaired per row (used only when DuckDB refuses the file)."""
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(unit.path)
-    schema = pf.schema_arrow
-    plan, unit_notes = _table_plan(unit, schema, ws, "parquet")
+def _ingest_parquet_batches(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
+    """A parquet file read through pyarrow in record batches of ``ingest.batch_rows``, with the
+    plan, column types, row numbers (``__row`` = the file row number) and reject pass of
+    :func:`_ingest_parquet`, so the catalog rows equal DuckDB's (tested), and invalid UTF-8
+    repaired per row with a note. Used for a file named by URI (``s3://…``, through
+    :mod:`curate.fsio`; DuckDB's httpfs is not used) and for a local file DuckDB refuses for
+    its encoding."""
+    pf, schema, plan, unit_notes = _parquet_plan(ws, unit)
     join = _companion_join(ws, unit, plan, "b.__row")
     n_ok = n_rej = 0
+    repaired = False
     try:
         for t in _arrow_batches(pf.iter_batches(batch_size=cfg.ingest.batch_rows, columns=plan.columns)):
+            repaired = repaired or "__fix_notes" in t.column_names
             plan.columns = t.column_names
             a, b = _insert_table(ws, t, plan, source_id, join)
             n_ok, n_rej = n_ok + a, n_rej + b
+    except (OSError, pa.ArrowException) as e:  # an object that cannot be read to its end
+        raise InputError(f"{unit.uri}: not a readable parquet file: {e}") from None
     finally:
         if join:
             _unregister(ws.con, "_refs")
-    unit_notes.append("invalid UTF-8 repaired per row (read through pyarrow)")
+    if repaired:  # as the local path notes it when DuckDB refuses the file
+        unit_notes.append("invalid UTF-8 repaired per row (read through pyarrow)")
     return plan.mapping, n_ok, n_rej, unit_notes, list(schema.names)
 
 
@@ -815,7 +1045,7 @@ def _ingest_hf_arrow(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
 
 def _ingest_tsv(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
     names, mapping = _tsv_layout(unit.path, unit.source.schema_)
-    info(f"[ingest] {unit.path.name}: {mapping.describe()}" + (" (headerless)" if names else ""))
+    info(f"[ingest] {unit.name}: {mapping.describe()}" + (" (headerless)" if names else ""))
     plan = _Plan(mapping, [])
     n_ok = n_rej = 0
     for t in _tsv_batches(unit.path, names, cfg.ingest.batch_rows):
@@ -828,6 +1058,15 @@ def _ingest_tsv(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
 def _ingest_unit(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
     """Ingest one unit (inside the caller's transaction). Returns (mapping, n_samples,
     n_rejected, unit notes, file columns)."""
+    if isinstance(unit.path, str) or isinstance(unit.images, str):
+        try:
+            return _ingest_unit_local_or_uri(ws, cfg, unit, source_id)
+        except (OSError, pa.ArrowException) as e:  # an object store refused a read mid-file
+            raise InputError(f"{unit.uri}: cannot read: {e}") from None
+    return _ingest_unit_local_or_uri(ws, cfg, unit, source_id)
+
+
+def _ingest_unit_local_or_uri(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
     if unit.fmt == "parquet":
         return _ingest_parquet(ws, cfg, unit, source_id)
     if unit.fmt == "tsv":
@@ -836,7 +1075,8 @@ def _ingest_unit(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
         return _ingest_hf_arrow(ws, cfg, unit, source_id)
     unit_notes: list[str] = []
     if unit.fmt == "webdataset":
-        table, unit_notes = _webdataset_table(unit.path)
+        with _local_copy(ws, unit.path) as local:
+            table, unit_notes = _webdataset_table(local, unit.path if isinstance(unit.path, str) else None)
         mapping = Mapping("webdataset", _IDENTITY.columns, [])
     else:
         table = _folder_table(unit.path, ws)
@@ -855,6 +1095,8 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     counters: dict[str, Any] = {"units": 0, "units_skipped": 0, "rows": 0, "samples": 0, "rejected": 0, "layouts": {}}
     units, skipped = _unit_list(ws, cfg)
     counters["inputs_inside_workspace_skipped"] = len(skipped)
+    for d in ws.root.glob(_TMP_PREFIX + "*"):  # only one ingest runs at a time (the catalog has one writer)
+        shutil.rmtree(d, ignore_errors=True)
     # rows carry their own source_row, so their physical order in the table does not matter:
     # let DuckDB insert from both threads without keeping file order (~5% at 10M rows)
     counters["units_removed"] = _prune(ws, units)
@@ -923,7 +1165,7 @@ def _ingest_units(ws: Workspace, cfg: RunConfig, units: list[Unit], counters: di
                     _record_source(ws, unit, source_id, fp, res)
             except _Utf8Fallback:
                 with ws.transaction():
-                    res = _ingest_parquet_pyarrow(ws, cfg, unit, source_id)
+                    res = _ingest_parquet_batches(ws, cfg, unit, source_id)
                     _record_source(ws, unit, source_id, fp, res)
         except InputError as e:
             if cfg.ingest.on_bad_file != "skip":
