@@ -329,3 +329,14 @@ def test_image_bytes_inside_a_parquet_on_object_storage_are_hashed_like_local(tm
                               "ORDER BY s.url")
     assert got["uri"] == got["local"]
     assert [r[1] for r in got["uri"]] == ["ok", "ok", "ok", "not_an_image"]
+
+
+def test_file_uris_are_local_paths(tmp_path):
+    """``file:///abs/path`` names the same local file as ``/abs/path``: the same samples."""
+    meta = SAMPLE / "fondant-cc25m" / "metadata.parquet"
+    got = []
+    for name, path in (("plain", str(meta)), ("uri", meta.resolve().as_uri())):
+        ws = tmp_path / name
+        api.run_one(ws, "ingest", _cfg(tmp_path, [{"name": "f", "metadata": path}]))
+        got.append(_rows(ws, "SELECT url, caption FROM samples ORDER BY sample_id"))
+    assert got[0] == got[1] and len(got[0]) > 10
