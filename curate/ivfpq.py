@@ -28,14 +28,15 @@ similarity search with GPUs", arXiv 1702.08734).
    shard (``nprobe`` lists) at the radius of step 2 and cuts its candidates by the shard their
    location names, emitting (query id, location, query vector as stored) per destination —
    d·2 + 16 bytes per candidate; nothing is read but the query shard. Phase 2
-   (:func:`verify_group`): one task per destination shard (or run of shards, at most
-   ``VERIFY_TASKS``) reads that shard once and keeps the pairs with float32 cosine ≥
-   ``min_cosine``. Each shard's vectors are thus read once per phase, whatever the number of
+   (:func:`verify_shard`): the candidates of each destination shard, brought together (here:
+   spilled files read back by groups of shards, :func:`verify_group`; on Ray: Ray Data's hash
+   shuffle and ``map_groups``), are verified reading that shard once; pairs with float32
+   cosine ≥ ``min_cosine`` are kept. Each shard's vectors are thus read once per phase, whatever the number of
    shards and candidates. An edge is never false; a pair is missed only when neither row's
    probes reach the other's list or its PQ score falls below the radius, so recall is
    **measured** (:func:`recall`): exact flat search of a sample of rows against every shard.
    Tasks run here (faiss's OpenMP threads) or as Ray tasks (``engine="ray"``, index shards
-   shared through the object store, phase-1 outputs passed to phase 2 as object references).
+   shared through the object store, phase-1 outputs shuffled by Ray Data).
 5. Pairs found from both ends are counted once (a < b, sorted).
 
 Sources: :class:`ArraySource` (vectors in memory) and :class:`PartsSource` (embedding parts,
@@ -61,7 +62,7 @@ import numpy as np
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 VERIFY_BLOCK = 1 << 18  # distinct stored rows whose vectors are converted at once (d = 768: 0.8 GB of float32)
-VERIFY_TASKS = 1024  # most verification tasks (destination groups of consecutive shards) of one search
+VERIFY_TASKS = 1024  # most verification groups (local: runs of consecutive shards; Ray: shuffle partitions)
 LOC_BITS = 32  # a location label is (shard position << LOC_BITS) | stored row
 
 
@@ -676,12 +677,26 @@ def verify_group(source, keys: list[int], lo: int, min_cosine: float, *chunks):
     return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_c), info
 
 
-def _search_task(source, key, position, radius, nprobe, bounds, index_bytes):
+def _candidate_table(chunk):
+    """Phase 1's candidates of one task as an Arrow table for Ray Data's shuffle: ``dest``
+    (destination shard position), ``qid``, ``loc`` int64 and ``qvec`` (the query vector's
+    stored bytes, fixed-size binary of d × itemsize)."""
+    import pyarrow as pa
+
+    qid, loc, qvec = chunk
+    q = np.ascontiguousarray(qvec)
+    width = q.shape[1] * q.itemsize if q.ndim == 2 else 0
+    vec = pa.FixedSizeBinaryArray.from_buffers(pa.binary(max(width, 1)), len(q), [None, pa.py_buffer(q.tobytes())])
+    return pa.table({"dest": np.asarray(loc, np.int64) >> np.int64(LOC_BITS), "qid": np.asarray(qid, np.int64),
+                     "loc": np.asarray(loc, np.int64), "qvec": vec})
+
+
+def _search_task(source, key, position, radius, nprobe, index_bytes):
     import faiss
 
     chunks, info = search_shard([faiss.deserialize_index(index_bytes)], source, key, position, radius, nprobe,
-                                bounds)  # index_bytes: a top-level ref, Ray resolves it
-    return (*chunks, info)  # num_returns = groups + 1: one object per verification group
+                                _ONE_GROUP)  # index_bytes: a top-level ref, Ray resolves it
+    return _candidate_table(chunks[0]), info
 
 
 def _assign_task(source, key, nprobe, template_bytes):
@@ -693,14 +708,38 @@ def _assign_task(source, key, nprobe, template_bytes):
     return coarse, lists, time.perf_counter() - t
 
 
-def _shard_task(source, key, position, radius, nprobe, bounds, assigned, index_bytes):
+def _shard_task(source, key, position, radius, nprobe, assigned, index_bytes):
     import faiss
 
     coarse, lists, t_assign = assigned
     chunks, info = search_shard([faiss.deserialize_index(index_bytes)], source, key, position, radius, nprobe,
-                                bounds, (coarse, lists))
+                                _ONE_GROUP, (coarse, lists))
     info["assign_seconds"] = t_assign
-    return (*chunks, info)
+    return _candidate_table(chunks[0]), info
+
+
+_ONE_GROUP = np.array([0, 1 << 30], np.int64)  # every destination in one chunk (Ray Data groups them)
+_SOURCES: dict[str, Any] = {}  # a Ray worker's sources, by object reference (fetched once per worker)
+
+
+def _verify_rows(t, *, source_ref, shard_keys: list, min_cosine: float, dim: int):
+    """Ray Data ``map_groups`` function: the candidates of one destination shard (``t``, the
+    rows of :func:`_candidate_table` with one ``dest``) verified by :func:`verify_shard`;
+    returns an Arrow table (a, b, cosine)."""
+    import pyarrow as pa
+    import ray
+
+    src = _SOURCES.get(source_ref.hex())
+    if src is None:
+        src = _SOURCES[source_ref.hex()] = ray.get(source_ref)
+    dest = int(t.column("dest")[0].as_py())
+    col = t.column("qvec").combine_chunks()
+    width = col.type.byte_width
+    raw = np.frombuffer(col.buffers()[1], np.uint8)[col.offset * width:(col.offset + len(col)) * width]
+    qvec = raw.view(np.float16 if width == 2 * dim else np.float32).reshape(len(col), dim)
+    rows = t.column("loc").to_numpy() & np.int64((1 << LOC_BITS) - 1)
+    a, b, cos = verify_shard(src, shard_keys[dest], t.column("qid").to_numpy(), rows, qvec, min_cosine)
+    return pa.table({"a": pa.array(a, pa.int64()), "b": pa.array(b, pa.int64()), "cosine": pa.array(cos, pa.float32())})
 
 
 def search(indexes: list, source, min_cosine: float, radius: float, nprobe: int, engine: str = "local",
@@ -709,12 +748,13 @@ def search(indexes: list, source, min_cosine: float, radius: float, nprobe: int,
     labels are locations) in two phases, then verified; returns (a, b, cosine) with a < b, each
     pair once, sorted.
 
-    1. One task per query shard (:func:`search_shard`) scans its rows and cuts its candidates
-       by destination into one chunk per verification group (:func:`_groups`: one group per
-       shard up to ``VERIFY_TASKS`` shards, else runs of consecutive shards), each chunk
-       carrying the query id, the candidate's location and the query's stored vector.
-    2. One task per group (:func:`verify_group`) gets that group's chunk from every phase-1
-       task, reads each of its shards once and computes the exact cosines.
+    1. One task per query shard (:func:`search_shard`) scans its rows and emits its
+       candidates — the query id, the candidate's location and the query's stored vector —
+       sorted by destination.
+    2. The candidates of each destination shard are verified together (:func:`verify_shard`),
+       reading that shard once: locally by groups of consecutive shards (:func:`_groups`: one
+       per shard up to ``VERIFY_TASKS``, :func:`verify_group`), on Ray one ``map_groups``
+       call per shard.
 
     So every shard's vectors are read once by phase 1 and at most once by phase 2, whatever
     the number of shards and candidates — never a read of another shard's files per block of
@@ -728,13 +768,18 @@ def search(indexes: list, source, min_cosine: float, radius: float, nprobe: int,
     phase 2 — never every candidate (3.9·10⁷ at 10M rows: 30 GB with d = 384), and the disk
     holds (d·2 + 16) bytes per candidate until the search returns.
 
-    ``engine="ray"``: phase-1 tasks return one object per group (``num_returns``), so the
-    driver holds references only and a phase-2 task gets its group's chunks as top-level
-    arguments, resolved on its node; tasks are pure (``max_retries=-1``, objects rebuilt from
-    lineage). With one index, one phase-1 task per query shard (the index shared through the
-    object store). With ``index_shards`` > 1, one assignment task per query shard, then one
-    phase-1 task per (query shard, index shard) that holds only that index shard — so a node
-    needs the memory of one index shard, not of the whole index."""
+    ``engine="ray"``: phase-1 tasks (``max_retries=-1``: pure) return their candidates as one
+    Arrow table each (:func:`_candidate_table`, with a ``dest`` column: the destination
+    shard); Ray Data's hash shuffle (``groupby("dest", num_partitions=min(shards,
+    VERIFY_TASKS))``) brings each destination's candidates together and ``map_groups``
+    verifies them (:func:`_verify_rows`: one destination shard read once per group). The shuffle
+    is Ray Data's — blocks spilled and moved by its operators — so the driver holds one reference
+    per phase-1 task, not one per (task, destination). With one index, one phase-1 task per
+    query shard (the index shared through the object store). With ``index_shards`` > 1, one
+    assignment task per query shard, then one phase-1 task per (query shard, index shard) that
+    holds only that index shard — so a node needs the memory of one index shard, not of the
+    whole index. ``verify_seconds`` is then the shuffle's and verification's wall time.
+    """
     keys = source.shards()
     bounds = _groups(len(keys))
     groups = [(int(bounds[g]), keys[bounds[g]:bounds[g + 1]]) for g in range(len(bounds) - 1)]
@@ -768,31 +813,40 @@ def search(indexes: list, source, min_cosine: float, radius: float, nprobe: int,
         refs = [ray.put(faiss.serialize_index(ix)) for ix in indexes]
         sref = ray.put(source)  # top-level ref arguments: Ray hands each task the source itself
         opts = {"num_cpus": getattr(sec, "actor_cpus", 1) or 1, "max_retries": -1}
-        n_g = len(groups)
         if len(indexes) == 1:
-            task = ray.remote(_search_task).options(num_returns=n_g + 1, **opts)
-            outs = [task.remote(sref, k, i, radius, nprobe, bounds, refs[0]) for i, k in enumerate(keys)]
+            task = ray.remote(_search_task).options(num_returns=2, **opts)
+            outs = [task.remote(sref, k, i, radius, nprobe, refs[0]) for i, k in enumerate(keys)]
         else:
             assign_t = ray.remote(_assign_task).options(**opts)
-            shard_t = ray.remote(_shard_task).options(num_returns=n_g + 1, **opts)
+            shard_t = ray.remote(_shard_task).options(num_returns=2, **opts)
             assigned = {k: assign_t.remote(sref, k, nprobe, refs[0]) for k in keys}
-            outs = [shard_t.remote(sref, k, i, radius, nprobe, bounds, assigned[k], r)
+            outs = [shard_t.remote(sref, k, i, radius, nprobe, assigned[k], r)
                     for i, k in enumerate(keys) for r in refs]
-        verify_t = ray.remote(verify_group).options(**opts)
-        pending = [verify_t.remote(sref, gk, lo, min_cosine, *[o[g] for o in outs])
-                   for g, (lo, gk) in enumerate(groups)]
-        infos = ray.get([o[-1] for o in outs])
-        del outs
-        results = ray.get(pending)
+        infos = ray.get([o[1] for o in outs])
         if len(indexes) > 1:
             n_ix = len(refs)  # the assignment of a query shard was paid once, not once per index shard
             for r in infos:
                 r["assign_seconds"] /= n_ix
+        t_v = time.perf_counter()
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        verified = (ray.data.from_arrow_refs([o[0] for o in outs])
+                    .groupby("dest", num_partitions=max(1, min(len(keys), VERIFY_TASKS)))
+                    .map_groups(_verify_rows, batch_format="pyarrow", num_cpus=opts["num_cpus"],
+                                fn_kwargs={"source_ref": sref, "shard_keys": list(keys), "min_cosine": float(min_cosine),
+                                           "dim": source.dim}))
+        tables = [t for t in ray.get(verified.to_arrow_refs()) if t.num_rows]
+        del outs
+        results = [(t.column("a").to_numpy(), t.column("b").to_numpy(), t.column("cosine").to_numpy(), {})
+                   for t in tables]
+        t_verify = time.perf_counter() - t_v  # the shuffle and the verification, wall time
     if stats is not None:
         stats["candidates"] = int(sum(r["candidates"] for r in infos))
         for k in ("range_seconds", "assign_seconds"):
             stats[k] = round(sum(r[k] for r in infos), 2)
-        stats["verify_seconds"] = round(sum(r[3]["verify_seconds"] for r in results), 2)
+        stats["verify_seconds"] = round(t_verify if engine == "ray" else sum(r[3]["verify_seconds"] for r in results), 2)
     if not results:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     a = np.concatenate([r[0] for r in results])
