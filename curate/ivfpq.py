@@ -618,17 +618,29 @@ def search_shard(indexes: list, source, key: int, position: int, radius: float, 
     return chunks, info
 
 
-def verify_shard(source, key: int, qid: np.ndarray, rows: np.ndarray, qvec: np.ndarray,
-                 min_cosine: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact float32 cosine of every candidate pointing into shard ``key``: query id ``qid``,
-    query vector ``qvec`` (as shipped, converted to float32 here), stored row ``rows`` of the
-    shard; keep ≥ ``min_cosine``. The shard is read once (:meth:`stored`: its ids, and its
-    vectors memory-mapped when local), its distinct wanted rows converted ``VERIFY_BLOCK`` at a
-    time in ascending order. Returns (a, b, cosine) ids with a < b; a pair of one id with
-    itself (an id stored twice, no keep mask) is dropped, as the search drops self-matches."""
-    if not len(rows):
+def verify_shard(source, key: int, chunks: list, min_cosine: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact float32 cosine of every candidate pointing into shard ``key``; keep ≥ ``min_cosine``.
+
+    Args:
+        chunks: (query id int64 (c,), stored row int64 (c,) of the shard, query vector (c, d)
+            as shipped — float16 for parts —, converted to float32 here) per phase-1 task.
+
+    The shard is read once (:meth:`stored`: its ids, and its vectors memory-mapped when local)
+    and each chunk is verified against it in turn, its distinct wanted rows converted
+    ``VERIFY_BLOCK`` at a time in ascending order — the chunks are never concatenated, so memory
+    is the shard plus two float32 (``VERIFY_BLOCK``, d) blocks. Returns (a, b, cosine) ids with
+    a < b; a pair of one id with itself (an id stored twice, no keep mask) is dropped, as the
+    search drops self-matches."""
+    chunks = [c for c in chunks if len(c[1])]
+    if not chunks:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     ids, vecs = source.stored(key)
+    ids = np.asarray(ids, np.int64)
+    out = [_verify_against(ids, vecs, q, np.asarray(r, np.int64), v, min_cosine) for q, r, v in chunks]
+    return tuple(np.concatenate([o[k] for o in out]) for k in range(3))
+
+
+def _verify_against(ids, vecs, qid, rows, qvec, min_cosine):
     ur, inv = np.unique(rows, return_inverse=True)
     inv = inv.ravel()
     order = np.argsort(inv, kind="stable")  # candidates grouped by the row they point at
@@ -637,10 +649,11 @@ def verify_shard(source, key: int, qid: np.ndarray, rows: np.ndarray, qvec: np.n
     for u0 in range(0, len(ur), VERIFY_BLOCK):
         bv = np.asarray(vecs[ur[u0:u0 + VERIFY_BLOCK]], dtype=np.float32)
         c0, c1 = np.searchsorted(sinv, [u0, u0 + VERIFY_BLOCK])
-        for s in range(c0, c1, 1 << 20):
-            sel = order[s:min(c1, s + (1 << 20))]
+        for s in range(c0, c1, VERIFY_BLOCK):  # two float32 (VERIFY_BLOCK, d) temporaries at a time
+            sel = order[s:min(c1, s + VERIFY_BLOCK)]
             cos[sel] = np.einsum("ij,ij->i", np.asarray(qvec[sel], dtype=np.float32), bv[inv[sel] - u0])
-    b = np.asarray(ids, np.int64)[rows]
+    b = ids[rows]
+    qid = np.asarray(qid, np.int64)
     ok = (cos >= min_cosine) & (qid != b)
     a, b = qid[ok], b[ok]
     return np.minimum(a, b), np.maximum(a, b), cos[ok]
@@ -650,7 +663,8 @@ def verify_group(source, keys: list[int], lo: int, min_cosine: float, *chunks):
     """Phase 2 for one verification group: the shards ``keys`` (at positions ``lo``,
     ``lo`` + 1, … of ``source.shards()``) and the phase-1 ``chunks`` addressed to them (one per
     query task, each sorted by location). Each shard with candidates is read once
-    (:func:`verify_shard`); memory is one shard plus its incoming candidates.
+    (:func:`verify_shard`); memory is one shard plus one chunk's blocks (the local engine's
+    chunks are memory-mapped spill files).
 
     Returns:
         (a, b, cosine, info) with a < b; info: ``verify_seconds``.
@@ -664,10 +678,8 @@ def verify_group(source, keys: list[int], lo: int, min_cosine: float, *chunks):
         sel = [(c, st[i], st[i + 1]) for c, st in zip(chunks, starts) if st[i + 1] > st[i]]
         if not sel:
             continue  # no candidate points here: the shard is not read
-        qid = np.concatenate([c[0][s:e] for c, s, e in sel])
-        rows = np.concatenate([c[1][s:e] for c, s, e in sel]) & mask
-        qvec = np.concatenate([c[2][s:e] for c, s, e in sel])
-        a, b, cos = verify_shard(source, key, qid, rows, qvec, min_cosine)
+        a, b, cos = verify_shard(source, key, [(c[0][s:e], c[1][s:e] & mask, c[2][s:e]) for c, s, e in sel],
+                                 min_cosine)
         out_a.append(a)
         out_b.append(b)
         out_c.append(cos)
@@ -738,7 +750,7 @@ def _verify_rows(t, *, source_ref, shard_keys: list, min_cosine: float, dim: int
     raw = np.frombuffer(col.buffers()[1], np.uint8)[col.offset * width:(col.offset + len(col)) * width]
     qvec = raw.view(np.float16 if width == 2 * dim else np.float32).reshape(len(col), dim)
     rows = t.column("loc").to_numpy() & np.int64((1 << LOC_BITS) - 1)
-    a, b, cos = verify_shard(src, shard_keys[dest], t.column("qid").to_numpy(), rows, qvec, min_cosine)
+    a, b, cos = verify_shard(src, shard_keys[dest], [(t.column("qid").to_numpy(), rows, qvec)], min_cosine)
     return pa.table({"a": pa.array(a, pa.int64()), "b": pa.array(b, pa.int64()), "cosine": pa.array(cos, pa.float32())})
 
 
@@ -800,7 +812,7 @@ def search(indexes: list, source, min_cosine: float, radius: float, nprobe: int,
                         spilled[g].append(names)
                 del chunks
             for g, (lo, gk) in enumerate(groups):
-                chunks = [tuple(np.load(n) for n in names) for names in spilled[g]]
+                chunks = [tuple(np.load(n, mmap_mode="r") for n in names) for names in spilled[g]]  # page cache, not heap
                 results.append(verify_group(source, gk, lo, min_cosine, *chunks))
                 del chunks
     else:
