@@ -214,13 +214,7 @@ class PartsSource:
         Raises:
             ValueError: the part's vector and id files differ in length.
         """
-        from curate.embstore import _load_npy
-
-        ids = _load_npy(self.folder, f"part-{key:05d}.ids.npy")
-        vecs = _load_npy(self.folder, f"part-{key:05d}.npy", mmap=True)
-        if len(vecs) != len(ids):
-            raise ValueError(f"{self.folder}/part-{key:05d}: {len(vecs)} vectors but {len(ids)} ids")
-        return ids, vecs
+        return _read_part(self.folder, key)
 
     def load_rows(self, key: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids int64 (k,), vectors (k, d) as ``dtype`` — None: as stored, float16 —, stored
@@ -304,6 +298,19 @@ def content_keys(vecs: np.ndarray) -> np.ndarray:
     return out
 
 
+def _read_part(folder, key: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 (n,), float16 (n, d)) of every stored row of part ``key`` of ``folder``: its
+    id file and its vector file (memory-mapped when local). Raises ValueError: the two differ
+    in length."""
+    from curate.embstore import _load_npy
+
+    ids = _load_npy(folder, f"part-{key:05d}.ids.npy")
+    vecs = _load_npy(folder, f"part-{key:05d}.npy", mmap=True)
+    if len(vecs) != len(ids):
+        raise ValueError(f"{folder}/part-{key:05d}: {len(vecs)} vectors but {len(ids)} ids")
+    return ids, vecs
+
+
 def survey_part(folder, key: int, tol: float = 1e-2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One part of ``folder`` read once: (ids int64 (n,), unit bool (n,): the row is finite with
     L2 norm within ``tol`` of 1 (K13, float32 norms as :func:`curate.index.row_norms`),
@@ -312,13 +319,9 @@ def survey_part(folder, key: int, tol: float = 1e-2) -> tuple[np.ndarray, np.nda
     Raises:
         ValueError: the part's vector and id files differ in length.
     """
-    from curate.embstore import _load_npy
     from curate.index import row_norms
 
-    ids = _load_npy(folder, f"part-{key:05d}.ids.npy")
-    vecs = _load_npy(folder, f"part-{key:05d}.npy", mmap=True)
-    if len(vecs) != len(ids):
-        raise ValueError(f"{folder}/part-{key:05d}: {len(vecs)} vectors but {len(ids)} ids")
+    ids, vecs = _read_part(folder, key)
     norms = row_norms(vecs)
     unit = np.isfinite(norms) & (np.abs(norms - 1.0) <= tol)
     return np.asarray(ids, np.int64), unit, content_keys(vecs)
@@ -793,11 +796,11 @@ def search(indexes: list, source, min_cosine: float, radius: float, nprobe: int,
     whole index. ``verify_seconds`` is then the shuffle's and verification's wall time.
     """
     keys = source.shards()
-    bounds = _groups(len(keys))
-    groups = [(int(bounds[g]), keys[bounds[g]:bounds[g + 1]]) for g in range(len(bounds) - 1)]
     if engine != "ray":
         import tempfile
 
+        bounds = _groups(len(keys))  # local verification groups (Ray Data groups by shard itself)
+        groups = [(int(bounds[g]), keys[bounds[g]:bounds[g + 1]]) for g in range(len(bounds) - 1)]
         infos, results = [], []
         with tempfile.TemporaryDirectory(prefix="curate-ivfpq-", dir=spill_dir) as tmp:
             spilled: list[list[Path]] = [[] for _ in groups]

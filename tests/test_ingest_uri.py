@@ -13,7 +13,6 @@ import tarfile
 import uuid
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +21,7 @@ from curate import api, fsio
 from curate.config import RunConfig
 from curate.errors import InputError
 
-from conftest import SAMPLE
+from conftest import SAMPLE, query
 
 
 def _cfg(tmp_path, sources, **sections) -> RunConfig:
@@ -46,14 +45,6 @@ def _upload(local: Path, uri: str) -> str:
     return uri
 
 
-def _rows(ws, sql):
-    con = duckdb.connect(str(Path(ws) / "catalog.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 def _catalog(ws, prefixes: dict[str, str]) -> dict[str, list]:
     """samples, rejects and sources (without uri / fingerprint) with each ``prefixes`` key
     replaced by its value (the local folder or the bucket, in image references)."""
@@ -67,7 +58,7 @@ def _catalog(ws, prefixes: dict[str, str]) -> dict[str, list]:
     for name, sql in (("samples", "SELECT * FROM samples ORDER BY sample_id"),
                       ("rejects", "SELECT * FROM rejects ORDER BY source_id, source_row"),
                       ("sources", "SELECT * EXCLUDE (uri, fingerprint) FROM sources ORDER BY source_id")):
-        out[name] = [tuple(norm(v) for v in r) for r in _rows(ws, sql)]
+        out[name] = [tuple(norm(v) for v in r) for r in query(ws, sql)]
     return out
 
 
@@ -112,12 +103,12 @@ def test_sample_parquet_by_uri_equals_local_path(tmp_path):
         assert c1[k] == c2[k], k
     a, r = _catalog(tmp_path / "ws1", {}), _catalog(tmp_path / "ws2", {})
     assert a == r
-    notes = dict(_rows(tmp_path / "ws2", "SELECT name, notes FROM sources"))
+    notes = dict(query(tmp_path / "ws2", "SELECT name, notes FROM sources"))
     assert "invalid UTF-8 repaired per row" in notes["tricky"] and "invalid UTF-8" not in notes["fondant"]
-    uris = [u for u, in _rows(tmp_path / "ws2", "SELECT uri FROM sources ORDER BY source_id")]
+    uris = [u for u, in query(tmp_path / "ws2", "SELECT uri FROM sources ORDER BY source_id")]
     assert uris == [f"{b}/photos/metadata.parquet", f"{b}/fondant/part-0.parquet", f"{b}/tricky/t.parquet"]
     # image references of the photos source point at the local images folder in both
-    assert _rows(tmp_path / "ws2", "SELECT count(*) FROM samples WHERE image_ref LIKE '" + photos + "/%'")[0][0] > 0
+    assert query(tmp_path / "ws2", "SELECT count(*) FROM samples WHERE image_ref LIKE '" + photos + "/%'")[0][0] > 0
 
 
 def test_webdataset_shards_by_uri_equal_local_and_hash_reads_members_through_fsio(tmp_path):
@@ -135,10 +126,10 @@ def test_webdataset_shards_by_uri_equal_local_and_hash_reads_members_through_fsi
     a = _catalog(tmp_path / "ws1", {str(src.resolve()): "<shards>"})
     r = _catalog(tmp_path / "ws2", {f"{b}/shards": "<shards>"})
     assert a == r and len(a["samples"]) >= 4
-    refs = [x for x, in _rows(tmp_path / "ws2", "SELECT image_ref FROM samples ORDER BY sample_id")]
+    refs = [x for x, in query(tmp_path / "ws2", "SELECT image_ref FROM samples ORDER BY sample_id")]
     assert all(x.startswith("tar:") and f":{b}/shards/image" in x for x in refs)
     img = "SELECT * FROM images ORDER BY sample_id"
-    i1, i2 = _rows(tmp_path / "ws1", img), _rows(tmp_path / "ws2", img)
+    i1, i2 = query(tmp_path / "ws1", img), query(tmp_path / "ws2", img)
     assert i1 == i2 and {x[1] for x in i2} == {"ok"}
     assert not list(Path(tmp_path / "ws2").glob(".ingest-tmp-*"))  # the local copies are gone
 
@@ -168,16 +159,16 @@ def test_uri_inputs_resume_add_one_file_and_detect_changes(tmp_path):
                           {"name": "w", "webdataset": f"{b}/wds/*.tar"}])
     c = api.run_one(ws, "ingest", cfg)["counters"]
     assert (c["units"], c["samples"]) == (3, 7)
-    fps = [f for f, in _rows(ws, "SELECT fingerprint FROM sources ORDER BY source_id")]
+    fps = [f for f, in query(ws, "SELECT fingerprint FROM sources ORDER BY source_id")]
     assert all(f.split(":")[1] == "sha256" for f in fps)
-    before = _rows(ws, "SELECT sample_id, url FROM samples ORDER BY sample_id")
+    before = query(ws, "SELECT sample_id, url FROM samples ORDER BY sample_id")
     assert api.run_one(ws, "ingest", cfg)["skipped"]  # same listing, same fingerprints: the stage is up to date
     c = api.run_one(ws, "ingest", cfg, force=True)["counters"]  # run anyway: every unit is skipped
     assert (c["units"], c["units_skipped"]) == (0, 3)
     part(2), shard(1)
     c = api.run_one(ws, "ingest", cfg)["counters"]
     assert (c["units"], c["units_skipped"], c["samples"], c["total_samples"]) == (2, 3, 4, 11)
-    assert _rows(ws, "SELECT sample_id, url FROM samples ORDER BY sample_id")[:7] == before
+    assert query(ws, "SELECT sample_id, url FROM samples ORDER BY sample_id")[:7] == before
     part(1, n=4)  # rewritten with other content
     with pytest.raises(InputError, match="changed since it was ingested"):
         api.run_one(ws, "ingest", cfg)
@@ -204,7 +195,7 @@ def test_missing_unreadable_and_unsupported_uris_are_clear_errors(tmp_path):
         api.run_one(tmp_path / "w6", "ingest", _cfg(tmp_path, srcs))
     c = api.run_one(tmp_path / "w7", "ingest", _cfg(tmp_path, srcs, ingest={"on_bad_file": "skip"}))["counters"]
     assert c["samples"] == 1 and c["bad_files"] == [f"{b}/m/b.parquet", f"{b}/t/a.tar"]
-    notes = dict(_rows(tmp_path / "w7", "SELECT uri, notes FROM sources"))
+    notes = dict(query(tmp_path / "w7", "SELECT uri, notes FROM sources"))
     assert "not a readable parquet file" in notes[f"{b}/m/b.parquet"]
     assert f"{b}/t/a.tar: not a readable tar shard" in notes[f"{b}/t/a.tar"]
 
@@ -259,10 +250,10 @@ def test_tsv_folder_and_img2dataset_by_uri_equal_local(tmp_path):
     assert c1["units"] == c2["units"] == 4 and c1["rejected"] == c2["rejected"] == 1
     a, r = _catalog(tmp_path / "ws1", {str(d): "<root>"}), _catalog(tmp_path / "ws2", {b: "<root>"})
     assert a == r
-    got = {(k, c) for k, c in _rows(tmp_path / "ws2", "SELECT key, caption FROM samples")}
+    got = {(k, c) for k, c in query(tmp_path / "ws2", "SELECT key, caption FROM samples")}
     assert {("a.png", "caf\ufffd caption"), ("sub/b.x.png", None)} <= got
     statuses = {ref.split(":")[0] if ref.startswith(("tar:", "missing:")) else "file"
-                for ref, in _rows(tmp_path / "ws2", "SELECT image_ref FROM samples WHERE image_ref IS NOT NULL")}
+                for ref, in query(tmp_path / "ws2", "SELECT image_ref FROM samples WHERE image_ref IS NOT NULL")}
     assert statuses == {"tar", "missing", "file"}
     assert api.run_one(tmp_path / "ws2", "ingest", _cfg(tmp_path, sources(b)))["skipped"]
 
@@ -304,7 +295,7 @@ def test_whole_bundled_sample_from_uris_ingests_and_hashes_like_local(tmp_path):
     r = _catalog(tmp_path / "ws2", {b: "<root>"})
     assert a == r and len(a["samples"]) > 600
     img = "SELECT * FROM images ORDER BY sample_id"
-    i1, i2 = _rows(tmp_path / "ws1", img), _rows(tmp_path / "ws2", img)
+    i1, i2 = query(tmp_path / "ws1", img), query(tmp_path / "ws2", img)
     assert i1 == i2 and {x[1] for x in i1} >= {"ok", "truncated", "not_an_image", "zero_size"}
 
 
@@ -325,7 +316,7 @@ def test_image_bytes_inside_a_parquet_on_object_storage_are_hashed_like_local(tm
     for name, path in (("local", str(local)), ("uri", f"{b}/bytes/*.parquet")):
         ws = tmp_path / f"ws-{name}"
         api.run(ws, _cfg(tmp_path, [{"name": "m", "metadata": path}], hash={"workers": 0}), stages=["ingest", "hash"])
-        got[name] = _rows(ws, "SELECT s.url, i.status, i.phash FROM samples s JOIN images i USING (sample_id) "
+        got[name] = query(ws, "SELECT s.url, i.status, i.phash FROM samples s JOIN images i USING (sample_id) "
                               "ORDER BY s.url")
     assert got["uri"] == got["local"]
     assert [r[1] for r in got["uri"]] == ["ok", "ok", "ok", "not_an_image"]
@@ -338,5 +329,5 @@ def test_file_uris_are_local_paths(tmp_path):
     for name, path in (("plain", str(meta)), ("uri", meta.resolve().as_uri())):
         ws = tmp_path / name
         api.run_one(ws, "ingest", _cfg(tmp_path, [{"name": "f", "metadata": path}]))
-        got.append(_rows(ws, "SELECT url, caption FROM samples ORDER BY sample_id"))
+        got.append(query(ws, "SELECT url, caption FROM samples ORDER BY sample_id"))
     assert got[0] == got[1] and len(got[0]) > 10

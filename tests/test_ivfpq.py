@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import shutil
 
-import duckdb
 import numpy as np
 import pytest
 
 from curate import api, ivfpq
+
+from conftest import query
 
 
 def _planted(n: int = 40_000, d: int = 32, seed: int = 0):
@@ -135,16 +136,9 @@ def test_dedup_with_ivfpq_gives_the_exact_clusters_on_the_sample(sample_ws, tmp_
     assert out["embedding_search"]["method"] == "ivfpq" and out["embedding_search"]["recall"] == 1.0
     assert out["embedding_search"]["identical_collapsed"] > 0  # identical vectors: star edges, searched once
 
-    def q(root, sql):
-        con = duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
-        try:
-            return con.execute(sql).fetchall()
-        finally:
-            con.close()
-
     sql = "SELECT sample_id, cluster_id, cluster_size FROM clusters ORDER BY sample_id"
-    assert q(ws, sql) == q(local, sql)
+    assert query(ws, sql) == query(local, sql)
     edges = "SELECT a, b, signal FROM dup_edges ORDER BY ALL"
-    assert q(ws, edges) == q(local, edges)
+    assert query(ws, edges) == query(local, edges)
     dist = "SELECT a, b, distance FROM dup_edges WHERE signal = 'embedding' ORDER BY a, b"
-    assert all(abs(x[2] - y[2]) < 1e-6 for x, y in zip(q(ws, dist), q(local, dist)))  # float32 cosines
+    assert all(abs(x[2] - y[2]) < 1e-6 for x, y in zip(query(ws, dist), query(local, dist)))  # float32 cosines
