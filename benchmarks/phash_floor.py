@@ -1,8 +1,9 @@
-"""Where imagededup's pHash time goes, per image format, on the pHash benchmark's files.
+"""Where the pHash time goes, per image format, on the pHash benchmark's files.
 
 In one process, for every file read beforehand from memory: Pillow's decode (``Image.open``
-+ ``load``, RGBA → RGB as imagededup converts) and the 32×32 LANCZOS resize + ``convert('L')``
-that any bit-identical pHash has to reproduce. Also, on the JPEGs: Pillow's decode against
++ ``load``, RGBA → RGB as imagededup converts), Pillow's 32×32 LANCZOS resize +
+``convert('L')`` (imagededup's), and the same pixels from :func:`curate.lanczos.resize_gray`
+(checked identical). Also, on the JPEGs: Pillow's decode against
 ``torchvision.io.decode_jpeg`` (libjpeg-turbo through torch, CPU), whose pixels are checked
 to be identical — a faster JPEG decoder is the only decode saving that keeps the hashes.
 
@@ -33,9 +34,13 @@ def main() -> None:
     from PIL import Image
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    from curate import lanczos
+
     torch.set_num_threads(1)
+    lanczos.warm()
     data = [(p, p.read_bytes()) for p in sorted(Path(a.images).iterdir()) if p.is_file()]
-    dec, rs, px, n = (collections.Counter() for _ in range(4))
+    dec, rs, ours, px, n = (collections.Counter() for _ in range(5))
+    same_gray = 0
     jpegs = []
     for _, b in data:
         t0 = time.perf_counter()
@@ -45,16 +50,22 @@ def main() -> None:
         if im.mode != "RGB":
             im = im.convert("RGBA").convert("RGB")
         t1 = time.perf_counter()
-        im.resize((32, 32), Image.LANCZOS).convert("L")
+        want = im.resize((32, 32), Image.LANCZOS).convert("L")
         t2 = time.perf_counter()
+        got = lanczos.resize_gray(im)
+        t3 = time.perf_counter()
+        same_gray += bool(np.array_equal(np.asarray(want), got))
         dec[fmt] += t1 - t0
         rs[fmt] += t2 - t1
+        ours[fmt] += t3 - t2
         px[fmt] += im.size[0] * im.size[1]
         n[fmt] += 1
         if fmt == "JPEG":
             jpegs.append(b)
     per = {f: {"files": n[f], "megapixels": round(px[f] / 1e6, 1), "decode_s": round(dec[f], 3),
-               "resize_s": round(rs[f], 3), "resize_ns_per_px": round(rs[f] / max(px[f], 1) * 1e9, 2)}
+               "resize_s": round(rs[f], 3), "resize_ns_per_px": round(rs[f] / max(px[f], 1) * 1e9, 2),
+               "curate_resize_s": round(ours[f], 3),
+               "curate_resize_ns_per_px": round(ours[f] / max(px[f], 1) * 1e9, 2)}
            for f in sorted(n)}
     t0 = time.perf_counter()
     for b in jpegs:
@@ -72,6 +83,7 @@ def main() -> None:
     print(json.dumps({
         "files": len(data), "by_format": per,
         "decode_s": round(sum(dec.values()), 3), "resize_s": round(sum(rs.values()), 3),
+        "curate_resize_s": round(sum(ours.values()), 3), "curate_gray_identical": same_gray,
         "jpeg_decode": {"files": len(jpegs), "pillow_s": round(t_pil, 3), "torchvision_s": round(t_tv, 3),
                         "torchvision_over_pillow_speed": round(t_pil / max(t_tv, 1e-9), 3),
                         "pixel_identical": same},

@@ -12,8 +12,9 @@
 5. keep the top-left 8×8 coefficients; bit = coefficient ≥ median of the 63 non-DC ones;
 6. 64 bits in row-major order, first bit most significant (imagededup's 16-hex-digit string).
 
-Steps 4–6 run vectorised over a batch (one DCT call for n images). Step 2 is the cost: it
-reads every decoded pixel, exactly as imagededup does, so the hashes stay identical.
+Steps 4–6 run vectorised over a batch (one DCT call for n images). Steps 2–3 read every
+decoded pixel, as imagededup does, so the hashes stay identical; they run in
+:mod:`curate.lanczos`, Pillow's integer arithmetic reproduced bit for bit in compiled code.
 
 :func:`phash_with_mirror` also gives the pHash of each image's horizontal mirror (the dedup
 stage's mirror-aware pHash edges, signal ``phash_mirror``).
@@ -34,6 +35,12 @@ KEEP = 8  # side of the kept low-frequency DCT block
 def gray32(im) -> np.ndarray:
     """imagededup's pHash input for a decoded image: uint8 (32, 32), values 0–255.
 
+    Pillow's 32×32 LANCZOS resize of the image, then Pillow's luma
+    ``(19595·R + 38470·G + 7471·B + 2¹⁵) >> 16`` — bit for bit what
+    ``im.resize((32, 32), Image.LANCZOS).convert('L')`` gives, computed by
+    :func:`curate.lanczos.resize_gray` (the same integer arithmetic, vectorised; it falls back
+    to Pillow itself on a Pillow whose pass order it does not know).
+
     Args:
         im: a Pillow image of mode 'RGB', or 'L' when its pixels are gray by construction
             (as :func:`curate.images.open_image` returns). For 'L' the RGB round trip is
@@ -43,13 +50,11 @@ def gray32(im) -> np.ndarray:
     Raises:
         ValueError: any other mode.
     """
-    from PIL import Image
-
-    if im.mode == "L":
-        return np.asarray(im.resize((SIZE, SIZE), Image.LANCZOS), dtype=np.uint8)
-    if im.mode != "RGB":
+    if im.mode not in ("RGB", "L"):
         raise ValueError(f"gray32 needs an 'RGB' or 'L' image, got mode {im.mode!r}")
-    return np.asarray(im.resize((SIZE, SIZE), Image.LANCZOS).convert("L"), dtype=np.uint8)
+    from curate import lanczos
+
+    return lanczos.resize_gray(im, (SIZE, SIZE))
 
 
 def phash_batch(gray: np.ndarray) -> np.ndarray:

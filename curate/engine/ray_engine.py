@@ -239,6 +239,11 @@ class HashWorker:
     :func:`curate.stages.hash.images_schema` plus ``worker_pid``."""
 
     def __init__(self, max_pixels: int):
+        from curate import lanczos
+        from curate.stages.hash import worker_init
+
+        worker_init()  # as the local pool's workers: glibc keeps freed image memory
+        lanczos.warm()  # compile (or load) the resize kernels once per actor
         self.max_pixels = max_pixels
         self.pid = os.getpid()
 
