@@ -1,4 +1,4 @@
-"""Pillow's LANCZOS resize, bit for bit, about 5× faster: the 32×32 input of the pHash.
+"""Pillow's LANCZOS resize, bit for bit, about 5.7× faster: the 32×32 input of the pHash.
 
 Every pHash that users compare with imagededup's (``imagededup.methods.PHash``) starts from
 ``im.resize((32, 32), Image.LANCZOS)`` on the whole decoded image, and that resize is most of
@@ -13,8 +13,15 @@ the same pixels with the same integer arithmetic, vectorised by LLVM through num
   with the C library's ``sin``, as Pillow does, so the integers are the same.
 - **Passes** — separable: one pass along x, its result rounded and clipped to uint8, then one
   along y (or the other way round, see below); each output is
-  ``clip(⌊(2²¹ + Σ pixel·k) / 2²²⌋, 0, 255)`` in int32, exactly Pillow's ``clip8``. A pass is
-  skipped when that side keeps its size (Pillow does the same).
+  ``clip(⌊(2²¹ + Σ pixel·k) / 2²²⌋, 0, 255)``, exactly Pillow's ``clip8``. Pillow sums in
+  int32, which never overflows for 8-bit pixels (|Σ| ≤ 255 · 1.29 · 2²² < 2³¹: 1.29 is the
+  largest sum of positive taps, over every size to 3,000 px); the sums here
+  are int64 along x (the width numba's vectorised reduction uses) and int32 along y, so
+  they are the same integers. A pass is skipped when that side keeps its size (Pillow does
+  the same). Along x every output pixel is one dot product over its taps, zero-padded to a
+  multiple of :data:`LANE`, on the row de-interleaved into channels; along y every output row
+  is a sum of scaled input rows, vectorised across the row. Measured on the pHash benchmark's
+  2,199 files: 1.1 ns per source pixel against Pillow's 6.5 (``benchmarks/phash_floor.py``).
 - **Pass order** — Pillow ≤ 12 always runs the horizontal pass first. Pillow 13
   (python-pillow/Pillow#9549) runs the vertical pass first when the height shrinks by more
   than twice as many pixels as the width (``h > out_h and h − out_h > 2·(w − out_w)``; measured

@@ -82,7 +82,18 @@ def test_coefficients_are_pillows_fixed_point_taps():
                 lo, n = bounds[j]
                 want = kk[j, x - lo] if lo <= x < lo + n else 0
                 assert col[j] == want, (w, x, j)
-        assert (kk[:, :].sum(axis=1) - (1 << 22)).__abs__().max() <= kk.shape[1]  # rows sum to 1
+        assert np.abs(kk.sum(axis=1) - (1 << 22)).max() <= kk.shape[1]  # each output's taps sum to 1
+
+
+def test_pillows_int32_sums_cannot_overflow():
+    # the kernels sum in int64 / int32 and Pillow in int32: equal only while no sum overflows
+    worst = 0.0
+    for n in list(range(1, 2000, 7)) + [4096, 10_000]:
+        for out in (32, 17, 64):
+            _, kk = lanczos.coefficients(n, out)
+            worst = max(worst, float(np.clip(kk, 0, None).sum(axis=1).max()))
+    assert 255 * worst < 2**31 - 1
+    assert 1.2 * 2**22 < worst < 1.3 * 2**22  # the bound the module docstring states
 
 
 def test_split_images_are_copied_and_still_exact(monkeypatch):
