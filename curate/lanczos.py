@@ -297,11 +297,15 @@ def _pixels(im) -> tuple[np.ndarray, int, object]:
     return a.reshape(h, -1), (1 if a.ndim == 2 else a.shape[2]), a
 
 
-def _run(rows: np.ndarray, bpp: int, nch: int, w: int, h: int, size: tuple[int, int], vertical_first: bool):
-    xs, ys = size
+def _resample_image(im, xs: int, ys: int, vertical_first: bool) -> np.ndarray:
+    """uint8 (ys, xs·channels) of an 'RGB'/'L' image, passes in the order given."""
+    w, h = im.size
+    rows, bpp, keep = _pixels(im)
     bh, kh = coefficients(w, xs)
     bv, kv = coefficients(h, ys)
-    return _resample(rows, w, h, bpp, nch, xs, ys, bh, kh, bv, kv, vertical_first).reshape(ys, xs, nch)
+    out = _resample(rows, w, h, bpp, 1 if im.mode == "L" else 3, xs, ys, bh, kh, bv, kv, vertical_first)
+    del keep  # the pixels read in place stay alive until here
+    return out
 
 
 def _vertical_first_pillow13(w: int, h: int, size: tuple[int, int]) -> bool:
@@ -338,8 +342,7 @@ def pass_order() -> str | None:
                 a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
                 im = Image.fromarray(a)
                 want = np.asarray(im.resize((32, 32), Image.LANCZOS))
-                rows, bpp, keep = _pixels(im)
-                got = _run(rows, bpp, 3, w, h, (32, 32), rule(w, h, (32, 32)))
+                got = _resample_image(im, 32, 32, rule(w, h, (32, 32))).reshape(32, 32, 3)
                 if not np.array_equal(want, got):
                     ok = False
                     break
@@ -365,13 +368,7 @@ def _resized(im, xs: int, ys: int) -> np.ndarray | None:
     if rule is None:
         return None
     w, h = im.size
-    rows, bpp, keep = _pixels(im)
-    bh, kh = coefficients(w, xs)
-    bv, kv = coefficients(h, ys)
-    out = _resample(rows, w, h, bpp, 1 if im.mode == "L" else 3, xs, ys, bh, kh, bv, kv,
-                    _RULES[rule](w, h, (xs, ys)))
-    del keep
-    return out
+    return _resample_image(im, xs, ys, _RULES[rule](w, h, (xs, ys)))
 
 
 def resize(im, size: tuple[int, int] = (32, 32)) -> np.ndarray:
@@ -428,4 +425,8 @@ def resize_gray(im, size: tuple[int, int] = (32, 32)) -> np.ndarray:
 def warm() -> str | None:
     """Compile (or load from numba's cache) every kernel and find the pass order; call once in
     a parent process before forking workers. Returns :func:`pass_order`."""
-    return pass_order()
+    from PIL import Image
+
+    order = pass_order()  # the RGB resize kernels, on the probe images
+    resize_gray(Image.new("RGB", (40, 90)))  # and the luma kernel, which the probes do not use
+    return order

@@ -50,11 +50,9 @@ def gray32(im) -> np.ndarray:
     Raises:
         ValueError: any other mode.
     """
-    if im.mode not in ("RGB", "L"):
-        raise ValueError(f"gray32 needs an 'RGB' or 'L' image, got mode {im.mode!r}")
     from curate import lanczos
 
-    return lanczos.resize_gray(im, (SIZE, SIZE))
+    return lanczos.resize_gray(im, (SIZE, SIZE))  # checks the mode
 
 
 def phash_batch(gray: np.ndarray) -> np.ndarray:
