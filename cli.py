@@ -45,7 +45,7 @@ STAGE_OPTIONS = {
     "embed": [("--model", "model", str, "efficientnet_lite0 | open_clip:<arch>/<tag|path|none> | sscd:<path>"),
               ("--device", "device", click.Choice(["auto", "cpu", "cuda"]), "where the model runs"),
               ("--batch-size", "batch_size", int, "images per forward pass"),
-              ("--num-workers", "num_workers", str, "decoding worker processes, or auto (see curate.feeder.decode_workers)"),
+              ("--num-workers", "num_workers", str, "decoding worker processes, or auto (see curate.models.feeder.decode_workers)"),
               ("--precision", "precision", click.Choice(["auto", "fp32", "fp16", "bf16"]),
                "autocast dtype (auto: bf16/fp16 on GPU, fp32 on CPU)"),
               ("--preprocess", "preprocess", click.Choice(["auto", "model", "full", "sscd_288", "sscd_320", "dcr_224"]),
@@ -63,7 +63,7 @@ STAGE_OPTIONS = {
               # embedding_search: ivfpq only: survey, fill and search the embedding parts in Ray tasks
               *[o for o in _ENGINE_OPTIONS if o[1] in ("engine", "ray_address", "actor_cpus")]],
     "flag": [("--pack", "packs", str, "rule pack name or YAML path (repeatable)"),
-             ("--claims", "claims", str, "claim file (.yaml/.csv) or folder of them (repeatable); see curate.claims"),
+             ("--claims", "claims", str, "claim file (.yaml/.csv) or folder of them (repeatable); see curate.stages.flag.claims"),
              ("--opt-out", "opt_out", str, "opt-out list: one URL or domain per line (repeatable)"), *_ENGINE_OPTIONS],
     "export": [("--format", "format", click.Choice(["manifest", "webdataset"]),
                 "manifest (default), or webdataset: also out/webdataset/NNNNNN.tar shards of the kept samples"),
@@ -178,7 +178,7 @@ def schemas(as_json):
 
     Example: curate schemas --json
     """
-    from curate.schemas import load_layouts
+    from curate.stages.ingest.schemas import load_layouts
 
     lays = load_layouts()
     if as_json:
@@ -208,8 +208,8 @@ def _make_stage_command(stage: str):
         # options not given are None (left as configured); `off` switches a signal off (null)
         cfg = api.with_overrides(cfg, stage, {k: None if v is OFF else v for k, v in opts.items() if v is not None})
         if dry_run:
-            from curate.claims import run_claims
-            from curate.stages.flag import hit_counts, load_claims, load_packs
+            from curate.stages.flag.claims import run_claims
+            from curate.stages.flag.stage import hit_counts, load_claims, load_packs
 
             w = api.open_workspace(ws, cfg)
             try:

@@ -100,9 +100,9 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from curate import classifiers as C
-    from curate.images import open_image
-    from curate.rules import load_pack, pack_path
+    from curate.stages.flag import classifiers as C
+    from curate.media.images import open_image
+    from curate.stages.flag.rules import load_pack, pack_path
 
     rule = next(r for r in load_pack(pack_path("stock-watermark")).rules if r.kind == "ocr_text")
     pats = [p for p in C.ocr_patterns(rule) if p]

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=512, help="images to embed")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
-                    help="embed.num_workers (auto: curate.feeder.decode_workers)")
+                    help="embed.num_workers (auto: curate.models.feeder.decode_workers)")
     ap.add_argument("--model", default="efficientnet_lite0")
     a = ap.parse_args(argv)
     os.environ.setdefault("CURATE_QUIET", "1")
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from curate import api
     from curate.config import RunConfig
-    from curate.images import open_image
-    from curate.models import load_image_model
+    from curate.media.images import open_image
+    from curate.models.core import load_image_model
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-embed-")
     root = Path(tmp.name)

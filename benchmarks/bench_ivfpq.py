@@ -1,8 +1,8 @@
-"""Dedup at cluster scale (issue #8): the IVF-PQ path (:mod:`curate.ivfpq`) on N synthetic
+"""Dedup at cluster scale (issue #8): the IVF-PQ path (:mod:`curate.stages.dedup.ivfpq`) on N synthetic
 vectors, against exact flat search measured in the same run.
 
 Data (``generate``, its own process): N × D float16 L2-normalised vectors written as embedding
-parts (:mod:`curate.embstore`, ``--part-rows`` rows each) — never all in memory: every block of
+parts (:mod:`curate.store.embeddings`, ``--part-rows`` rows each) — never all in memory: every block of
 100,000 rows is generated from its own counter-based seed (numpy Philox keyed by the block
 number), so the data do not depend on how it is cut. Structure: ``--topics`` Gaussian topic
 centres; a base row is its topic's centre plus noise (two rows of one topic: cosine ≈ 0.4);
@@ -11,7 +11,7 @@ centres; a base row is its topic's centre plus noise (two rows of one topic: cos
 
 IVF-PQ (``ivfpq``, its own process; peak RSS = that process's ``ru_maxrss``): train on a
 sample, fill part by part, range-search every part's rows in the index, verify the
-candidates exactly — :func:`curate.ivfpq.pairs` — then save the pairs. The coarse-assignment
+candidates exactly — :func:`curate.stages.dedup.ivfpq.pairs` — then save the pairs. The coarse-assignment
 rate (multiply-adds per second) is timed on its own, so the list-scan rate can be separated.
 
 Exact baseline (``exact``, its own process): ``--sample`` rows chosen by id hash, searched
@@ -73,7 +73,7 @@ def _block(b: int, n: int, d: int, centres: np.ndarray, dup: float, seed: int) -
 
 
 def generate(a) -> dict:
-    from curate.embstore import write_part
+    from curate.store.embeddings import write_part
 
     t0 = time.perf_counter()
     folder = Path(a.workdir) / "parts"
@@ -106,7 +106,7 @@ def assign_rate(d: int, nlist: int, rows: int = 100_000) -> float:
 
 
 def run_ivfpq(a) -> dict:
-    from curate import ivfpq
+    from curate.stages.dedup import ivfpq
 
     src = ivfpq.PartsSource(Path(a.workdir) / "parts")
     p = ivfpq.Params(nlist=a.nlist, m=a.m, nbits=8, nprobe=a.nprobe, train_size=a.train_size)
@@ -121,7 +121,7 @@ def run_ivfpq(a) -> dict:
 
 
 def run_exact(a) -> dict:
-    from curate import ivfpq
+    from curate.stages.dedup import ivfpq
 
     src = ivfpq.PartsSource(Path(a.workdir) / "parts")
     picked = []
@@ -159,7 +159,7 @@ def estimate(res: dict, nodes=(4, 8, 16), vcpus_per_node: int = 96, gpus_per_nod
     scan (n·nprobe·n/nlist codes), verify (candidates·d at this run's candidates per row).
     ``gpu_assign_hours``: the assignment on the nodes' GPUs instead (faiss-gpu — an assumption,
     :data:`GPU_MADDS`; curate ships faiss-cpu)."""
-    from curate import ivfpq
+    from curate.stages.dedup import ivfpq
 
     cpus = res["machine"]["cpus"]
     iv, L = res["ivfpq"], LAION
@@ -244,7 +244,7 @@ def main() -> None:
         "recall": ex["recall"],
         "peak_rss_ivfpq_over_exact": round(iv["peak_rss_mb"] / ex["peak_rss_mb"], 2),
     }
-    from curate import ivfpq
+    from curate.stages.dedup import ivfpq
 
     w = ivfpq.model(a.n, a.dim, iv["nlist"], iv["nprobe"], iv["m"], iv["nbits"])
     res["rates"] = {  # per second, whole machine (os.cpu_count() cores), from this run

@@ -4,10 +4,10 @@ Both run on the same files in one invocation, with the same number of worker pro
 after one read of every file (so both read from the page cache):
 
 - ``imagededup``: ``PHash().encode_images(image_dir, num_enc_workers=W)``;
-- ``curate hash``: the hash stage's worker function (:func:`curate.stages.hash.hash_items`:
+- ``curate hash``: the hash stage's worker function (:func:`curate.stages.hash.stage.hash_items`:
   read, sha256, the loader, 32×32 gray, one vectorised DCT per run of samples) over a
   ``multiprocessing`` pool of W processes with the stage's worker initialiser and task size
-  (:func:`curate.stages.hash.run_size`, 64 samples at the defaults) — what ``curate hash``
+  (:func:`curate.stages.hash.stage.run_size`, 64 samples at the defaults) — what ``curate hash``
   does, minus the catalog insert; the resize kernels are compiled (or loaded from numba's
   cache) once in the parent before the pool forks, as the stage does, and that one-time
   cost is reported separately (``curate_warm_s``);
@@ -45,12 +45,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RUN = 64  # samples per worker task (one DCT batch): curate.stages.hash.run_size at the defaults, set in main()
+RUN = 64  # samples per worker task (one DCT batch): curate.stages.hash.stage.run_size at the defaults, set in main()
 
 
 def _phash_only(files: list[str], draft: int | None = None) -> list[tuple[str, int | None, str]]:
-    from curate.images import open_image
-    from curate.phash import gray32, phash_batch
+    from curate.media.images import open_image
+    from curate.media.phash import gray32, phash_batch
 
     out, grays, idx = [], [], []
     for f in files:
@@ -74,13 +74,13 @@ _DRAFT = None
 
 
 def _stage_rows(items: list[tuple[int, str]]):
-    from curate.stages.hash import hash_items
+    from curate.stages.hash.stage import hash_items
 
     return hash_items(items, max_pixels=89_478_485)
 
 
 def _pool_map(fn, files: list, workers: int):
-    from curate.stages.hash import worker_init
+    from curate.stages.hash.stage import worker_init
 
     runs = [files[i : i + RUN] for i in range(0, len(files), RUN)]
     t = time.perf_counter()
@@ -155,7 +155,7 @@ def _serial(files: list[str]) -> dict:
 
 def _reason(f: str) -> str | None:
     """Why curate's hash of file f legitimately differs from imagededup's (None: no reason)."""
-    from curate.images import decode
+    from curate.media.images import decode
 
     with open(f, "rb") as fh:
         d = decode(fh.read())
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     global RUN
     from curate.config import HashConfig
-    from curate.stages.hash import run_size
+    from curate.stages.hash.stage import run_size
 
     RUN = run_size(HashConfig().batch_size, a.workers)  # the task size `curate hash` uses
     tmp = None
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{len(files)} files, {a.workers} workers", file=sys.stderr)
     t = time.perf_counter()
-    from curate import lanczos
+    from curate.media import lanczos
 
     order = lanczos.warm()  # once per run, before the pool forks (as `curate hash` does)
     t_warm = time.perf_counter() - t

@@ -80,11 +80,11 @@ def engines(tmp: Path) -> dict:
 
 
 def commits(tmp: Path, rows: int, batch: int, part_rows: int) -> dict:
-    from curate.catalog import Workspace
-    from curate.stages.embed import _insert_rows
-    from curate.stages.hash import _insert
+    from curate.store.catalog import Workspace
+    from curate.stages.embed.parts import commit_rows as _insert_rows
+    from curate.stages.hash.stage import _insert
 
-    from curate.stages.hash import rows_table
+    from curate.stages.hash.stage import rows_table
 
     ws = Workspace(tmp / "commits")
     try:

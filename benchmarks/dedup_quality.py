@@ -160,7 +160,7 @@ def candidate_sources(shared: Path = SHARED) -> list[tuple[str, bytes]]:
 
 def to_rgb(data: bytes):
     """The pixels curate sees (its loader: EXIF applied, alpha on white, 16-bit rescaled), RGB."""
-    from curate.images import open_image
+    from curate.media.images import open_image
 
     d, im = open_image(data)
     if im is None:
@@ -852,7 +852,7 @@ def expand_phash(g: Graph, h: np.ndarray, m: np.ndarray, r: int, mirror: bool) -
 def filter_graph(g: Graph, phash: int | None, cosine: float | None, sha256: bool = True) -> Graph:
     """The edges dedup would write at stricter thresholds (edges are pairwise decisions, so a
     run at the loosest thresholds contains every stricter run's edges). Cosine is compared in
-    float32, as :func:`curate.index.cosine_pairs` does."""
+    float32, as :func:`curate.stages.dedup.index.cosine_pairs` does."""
     keep = np.zeros(len(g.a), bool)
     if sha256:
         keep |= g.signal == "sha256"
@@ -867,7 +867,7 @@ def copy_diagnostics(ws: Path, truth: list[Truth], index: dict[str, int], emb_ke
     """Per transform level: pHash bits and embedding cosine between each copy and its original."""
     import duckdb
 
-    from curate.embstore import load_all
+    from curate.store.embeddings import load_all
 
     con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
     try:
@@ -925,7 +925,7 @@ def imagededup_graph(folder: Path, truth: list[Truth], index: dict[str, int], th
 
     from imagededup.methods import PHash
 
-    from curate.index import phash_pairs
+    from curate.stages.dedup.index import phash_pairs
 
     logging.disable(logging.INFO)  # imagededup logs every step at INFO even with verbose=False
     try:

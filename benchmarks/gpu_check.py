@@ -11,7 +11,7 @@ Per model, at one batch size, with bf16 autocast on GPU (``--precision``):
 
 - ``model_only``: uint8 batches already on the GPU → curate's forward (normalise on device,
   autocast, features back to the host). The ceiling.
-- ``e2e_cpu_decode``: curate's feeder (``curate.feeder``: DataLoader worker processes
+- ``e2e_cpu_decode``: curate's feeder (``curate.models.feeder``: DataLoader worker processes
   reading files, the loader with JPEG draft mode, preprocessing to uint8 channels-last
   batches, pinned memory) → forward. What ``curate embed`` runs.
 - ``e2e_gpu_decode``: threads read the files; ``torchvision.io.decode_jpeg(list,
@@ -114,7 +114,7 @@ def _opens(p: Path) -> bool:
 def load(name: str, device: str, precision: str):
     """curate's registry model, or the same architecture from timm when open_clip / the packaged
     weights are missing (random weights either way in this check)."""
-    from curate.models import IMAGENET_MEAN, IMAGENET_STD, ImageEmbedder, Preprocess, _wrap, load_image_model
+    from curate.models.core import IMAGENET_MEAN, IMAGENET_STD, ImageEmbedder, Preprocess, _wrap, load_image_model
 
     try:
         return load_image_model(name, device, precision=precision), "curate registry"
@@ -131,7 +131,7 @@ def load(name: str, device: str, precision: str):
         model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
         pre = Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
         cl = True
-    from curate.models import resolve_precision
+    from curate.models.core import resolve_precision
 
     prec = resolve_precision(precision, device)
     emb = ImageEmbedder(name, int(model.num_features), pre, _wrap(model, device, pre, prec, channels_last=cl),
@@ -170,7 +170,7 @@ def model_only(model, batch: int, seconds: float, device: str) -> dict:
 def e2e_cpu(model, files: list[Path], batch: int, workers: int, device: str, run_model: bool = True) -> dict:
     from torch.utils.data import DataLoader
 
-    from curate.feeder import ImageDataset, chunk_batches, collate, forward
+    from curate.models.feeder import ImageDataset, chunk_batches, collate, forward
 
     items = [(i, str(f)) for i, f in enumerate(files)]
     loader = DataLoader(ImageDataset(items, model.preprocess, 89_478_485),

@@ -2,7 +2,7 @@
 
 In one process, for every file read beforehand from memory: Pillow's decode (``Image.open``
 + ``load``, RGBA → RGB as imagededup converts), Pillow's 32×32 LANCZOS resize +
-``convert('L')`` (imagededup's), and the same pixels from :func:`curate.lanczos.resize_gray`
+``convert('L')`` (imagededup's), and the same pixels from :func:`curate.media.lanczos.resize_gray`
 (checked identical). Also, on the JPEGs: Pillow's decode against
 ``torchvision.io.decode_jpeg`` (libjpeg-turbo through torch, CPU), whose pixels are checked
 to be identical — a faster JPEG decoder is the only decode saving that keeps the hashes.
@@ -34,7 +34,7 @@ def main() -> None:
     from PIL import Image
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from curate import lanczos
+    from curate.media import lanczos
 
     torch.set_num_threads(1)
     lanczos.warm()

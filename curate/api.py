@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from curate.catalog import STAGES, Workspace
+from curate.store.catalog import STAGES, Workspace
 from curate.config import RunConfig, load_config
 from curate.errors import ConfigError, CurateError
 from curate.stages import run_stage

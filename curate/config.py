@@ -40,7 +40,7 @@ class SourceConfig(_Closed):
 
     Every kind but ``hf_dataset`` may also be a URI (``s3://bucket/laion/*.parquet``,
     ``gs://…``, ``abfs://…``, ``hdfs://…``, or any installed fsspec protocol), read through
-    :mod:`curate.fsio` and giving the same catalog rows as the same files on a local path;
+    :mod:`curate.store.fsio` and giving the same catalog rows as the same files on a local path;
     relative paths are relative to the config file.
     """
 
@@ -121,7 +121,7 @@ class HashConfig(EngineConfig):
 
 
 class PrecomputedEmbeddings(_Closed):
-    """Vectors made elsewhere (see :mod:`curate.embimport`), used when ``embed.model`` is
+    """Vectors made elsewhere (see :mod:`curate.stages.embed.precomputed`), used when ``embed.model`` is
     ``precomputed:<name>``."""
 
     vectors: str = Field(description="glob of LAION/clip-retrieval img_emb_*.npy or DataComp *.npz")
@@ -136,7 +136,7 @@ class PrecomputedEmbeddings(_Closed):
 
 
 class EmbedConfig(EngineConfig):
-    """Image (and optionally caption) embeddings; see :mod:`curate.models` for the names.
+    """Image (and optionally caption) embeddings; see :mod:`curate.models.core` for the names.
 
     The stored vectors are keyed by model + preprocessing identity (``trim_border``,
     ``jpeg_draft``, ``preprocess`` and the model's own input size/mean/std), so changing any
@@ -144,7 +144,7 @@ class EmbedConfig(EngineConfig):
     ``precision``, ``batch_size`` and ``num_workers`` change speed, not the key.
     """
 
-    model: str = Field("efficientnet_lite0", description="registry name, see curate.models")
+    model: str = Field("efficientnet_lite0", description="registry name, see curate.models.core")
     batch_size: int = Field(32, ge=1, description="images per forward pass")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
@@ -176,7 +176,7 @@ class EmbedConfig(EngineConfig):
 
 
 class DedupConfig(EngineConfig):
-    """Duplicate edges and clusters (:mod:`curate.stages.dedup`). ``engine`` & co. place the
+    """Duplicate edges and clusters (:mod:`curate.stages.dedup.stage`). ``engine`` & co. place the
     IVF-PQ work of ``embedding_search: ivfpq`` (``ray``: one Ray task per embedding part to
     survey, fill and search it, ``actor_cpus`` CPUs each; ``actors`` and ``ray_staging`` are not
     used); the other searches run in this process whatever the engine."""
@@ -243,14 +243,14 @@ class FlagConfig(EngineConfig):
 
     packs: list[str] = Field(default_factory=lambda: ["laion-safety"], description="shipped pack names or YAML paths")
     claims: list[str] = Field(default_factory=list,
-                              description="claim files (.yaml/.csv, one claimant each) or folders of them; see curate.claims")
+                              description="claim files (.yaml/.csv, one claimant each) or folders of them; see curate.stages.flag.claims")
     opt_out: list[str] = Field(default_factory=list,
-                               description="opt-out lists: text files, one URL or domain per line; see curate.claims")
+                               description="opt-out lists: text files, one URL or domain per line; see curate.stages.flag.claims")
 
 
 class ExportConfig(_Closed):
     """What ``export`` writes. The manifest, removals and summary are always written;
-    ``format: webdataset`` adds ``out/webdataset/`` shards (see :mod:`curate.webdataset_export`)."""
+    ``format: webdataset`` adds ``out/webdataset/`` shards (see :mod:`curate.stages.export.webdataset`)."""
 
     format: Literal["manifest", "webdataset"] = Field(
         "manifest", description="manifest = manifest.parquet, removals, summary; webdataset = those plus the kept "
@@ -306,7 +306,7 @@ class ProbeConfig(_Closed):
     sscd: str | None = Field(None, description="score: SSCD TorchScript file (copy-detection descriptor); null = "
                              "the embed model")
     sscd_preprocess: Literal["sscd_288", "sscd_320", "dcr_224"] = Field(
-        "sscd_288", description="score: SSCD preprocessing preset (curate.models.SSCD_PRESETS)")
+        "sscd_288", description="score: SSCD preprocessing preset (curate.models.core.SSCD_PRESETS)")
     matches: int = Field(5, ge=1, description="score: nearest training images stored per generation")
     replicated_similarity: float | None = Field(
         None, ge=-1, le=1, description="score: top-1 similarity above which a generation is replicated; null = 0.5 "
@@ -351,7 +351,7 @@ class RunConfig(_Closed):
     def embeddings_root(self) -> str | Path | None:
         """``embed.parts_root`` resolved: a URI as is, a local path against the config file's
         folder; None = the workspace's own ``embeddings/`` folder."""
-        from curate import fsio
+        from curate.store import fsio
 
         root = self.embed.parts_root
         if root is None or fsio.is_uri(root):

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +47,7 @@ def store_with_parts(proc, ws, n: int, timeout: float = 240, poll: float = 0.01)
     ``proc`` (a running embed process) is alive; return that store's folder (None on timeout)."""
     import time
 
-    from curate.embstore import list_parts
+    from curate.store.embeddings import list_parts
 
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -115,3 +118,89 @@ def by_file(sample_db):
 def expected():
     with open(SAMPLE / "EXPECTED.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+# -- helpers shared by test modules in different folders -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def tiny_model(path: Path) -> Path:
+    """A TorchScript CNN (≈ 280 MFLOP per 320×320 image): zero vector for an all-white input,
+    +inf for an all-black one, ordinary 16-d features otherwise."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.c1 = torch.nn.Conv2d(3, 32, 3, stride=2)
+            self.c2 = torch.nn.Conv2d(32, 64, 3, stride=2)
+            self.fc = torch.nn.Linear(64, 16)
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3)).unsqueeze(1)
+            y = torch.relu(self.c2(torch.relu(self.c1(x))))
+            y = self.fc(y.mean(dim=(2, 3)))
+            y = torch.where(m > 2.3, torch.zeros_like(y), y)
+            return torch.where(m < -1.9, torch.full_like(y, float("inf")), y)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; SSCD ships TorchScript
+        torch.jit.script(Tiny()).save(str(path))
+    return path
+
+
+def planted(n: int = 40_000, d: int = 32, seed: int = 0):
+    """Clustered unit vectors with a quarter of the rows near-copies of another row (cosine
+    spread across the 0.93 threshold); ids are not row numbers."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((300, d)).astype(np.float32)
+    x = centres[rng.integers(0, 300, n)] + rng.standard_normal((n, d)).astype(np.float32) * 0.8
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    k = n // 4
+    src = rng.integers(0, n - k, k)
+    w = rng.standard_normal((k, d)).astype(np.float32)
+    w *= (rng.uniform(0.05, 0.6, k) / np.linalg.norm(w, axis=1))[:, None].astype(np.float32)
+    x[n - k:] = x[src] + w
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(n, dtype=np.int64) * 13 + 5
+    return ids, x.astype(np.float16)
+
+
+def exact(ids, vecs, t):
+    import faiss
+
+    v = vecs.astype(np.float32)
+    flat = faiss.IndexFlatIP(v.shape[1])
+    flat.add(v)
+    lims, _, lab = flat.range_search(v, t - 1e-3)
+    rows = np.repeat(np.arange(len(v)), np.diff(lims).astype(np.int64))
+    cos = np.einsum("ij,ij->i", v[rows], v[lab])
+    keep = (rows < lab) & (cos >= t)
+    return set(zip(ids[rows[keep]].tolist(), ids[lab[keep]].tolist()))
+
+
+def copy_ws(sample_ws, tmp_path: Path) -> Path:
+    """A private copy of the session's sample workspace (the probe commands write to it)."""
+    src, _ = sample_ws
+    dst = tmp_path / "ws"
+    shutil.copytree(src, dst)
+    return dst

@@ -33,7 +33,7 @@ def manifest() -> dict[str, list[str]]:
 
 def outcome(path: Path) -> dict[str, str]:
     """The loader's outcome for one file, as the table's cell strings."""
-    from curate.images import decode
+    from curate.media.images import decode
 
     d = decode(path.read_bytes())
     size = "—" if d.raw_width is None else f"{d.raw_width}×{d.raw_height} → {d.width}×{d.height}"

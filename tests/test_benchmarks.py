@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHARED
+from tests.conftest import ROOT, SHARED
 
 BENCH = ROOT / "benchmarks"
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cli import main
 
-from conftest import ROOT
+from tests.conftest import ROOT
 
 
 def test_help_does_not_import_heavy_libraries():
@@ -68,7 +68,7 @@ def test_flag_dry_run_and_report_escapes_captions(tmp_path):
 def test_ingest_schema_option_and_mapping_on_stderr(tmp_path):
     import shutil
 
-    from conftest import SHARED
+    from tests.conftest import SHARED
 
     src = SHARED / "laion-meta" / "cc3m_Validation_GCC-1.1.0-Validation.tsv"
     if not src.is_file():

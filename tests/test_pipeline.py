@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SAMPLE
+from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.slow
 
@@ -223,7 +223,7 @@ def test_dedup_after_shuffling_storage_order_gives_identical_clusters_and_keeper
     import numpy as np
 
     from curate import api
-    from curate.embstore import list_parts
+    from curate.store.embeddings import list_parts
 
     ws, _ = sample_ws
     copy = tmp_path / "ws"

@@ -27,7 +27,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from curate.catalog import Workspace
+from curate.store.catalog import Workspace
 
 PROBE_STAGES = ("probe-select", "probe-generate", "probe-import", "probe-score")
 
@@ -47,7 +47,7 @@ def probe_id(prompt: str) -> int:
 
 def recorded(ws: Workspace, stage: str, config: dict, fn: Callable[[], dict]) -> dict:
     """Run ``fn`` as a ``runs`` row named ``stage`` (status ok / failed with the error)."""
-    from curate.catalog import digest_of
+    from curate.store.catalog import digest_of
     from curate.progress import info
 
     run_id = ws.start_run(stage, config, digest_of(stage, config, time.time()))

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.catalog import Workspace, atomic_write_bytes
+from curate.store.catalog import Workspace, atomic_write_bytes
 from curate.config import RunConfig
 from curate.errors import ConfigError, CurateError
 from curate.probes import probe_id as prompt_probe_id
@@ -98,7 +98,7 @@ def load_pipeline(model: str, device: str = "auto", precision: str = "auto", sch
         from diffusers import DDIMScheduler, DiffusionPipeline
     except ImportError:
         raise ConfigError("probe generate needs the package diffusers (pip install diffusers)") from None
-    from curate.models import resolve_device
+    from curate.models.core import resolve_device
 
     dev = resolve_device(device)
     dtype = _dtype(precision, dev)
@@ -397,7 +397,7 @@ def import_generations(ws: Workspace, cfg: RunConfig, folder: str | Path, prompt
     Raises:
         ConfigError: missing folder or list, unknown list format, a list without the columns.
     """
-    from curate.images import open_image, read_ref
+    from curate.media.images import open_image, read_ref
 
     folder, prompts = Path(folder).resolve(), Path(prompts).resolve()
     if not folder.is_dir():
@@ -434,7 +434,7 @@ def import_generations(ws: Workspace, cfg: RunConfig, folder: str | Path, prompt
 def _probes_for(ws: Workspace, cfg: RunConfig, prompts: list[tuple[int, str]]) -> list[dict]:
     """Probe rows for imported prompts that are not probes yet, with reference samples found by
     normalised caption (and their clusters), at most ``probe.max_references`` each."""
-    from curate.captions import NORM_SQL
+    from curate.media.captions import NORM_SQL
 
     have = {int(r[0]) for r in ws.q("SELECT probe_id FROM probes")}
     todo = [(pid, p) for pid, p in prompts if pid not in have]

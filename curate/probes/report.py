@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from curate.catalog import Workspace
+from curate.store.catalog import Workspace
 from curate.config import RunConfig
 
 MAX_PROBES_SHOWN = 30  # selected probes listed

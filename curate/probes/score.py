@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.catalog import Workspace, atomic_write_bytes, digest_of
+from curate.store.catalog import Workspace, atomic_write_bytes, digest_of
 from curate.config import RunConfig
 from curate.errors import ConfigError, CurateError
 from curate.probes import search
@@ -66,7 +66,7 @@ def descriptor_spec(cfg: RunConfig):
         ConfigError: the embed model is ``precomputed:`` and no SSCD file is given (imported
             vectors cannot embed new images), or the SSCD file is missing.
     """
-    from curate.models import resolve_image_model
+    from curate.models.core import resolve_image_model
 
     ec, pc = cfg.embed, cfg.probe
     if pc.sscd:
@@ -80,7 +80,7 @@ def descriptor_spec(cfg: RunConfig):
     if ec.model.startswith("precomputed:"):
         raise ConfigError(f"embed.model {ec.model} holds vectors made elsewhere, which cannot embed generations: "
                           "pass --sscd PATH (probe.sscd) to score with SSCD")
-    from curate.stages.embed import image_spec
+    from curate.models.recipe import image_spec
 
     return image_spec(cfg), "embed", ec.model
 
@@ -96,7 +96,8 @@ def _ensure_training(ws: Workspace, cfg: RunConfig, spec, kind: str, name: str) 
     if kind == "embed":
         raise CurateError(f"{missing} training images have no {spec.key} vector: run `curate embed` first")
     from curate import api
-    from curate.stages.embed import embed_images, image_spec
+    from curate.models.recipe import image_spec
+    from curate.stages.embed.stage import embed_images
 
     cfg2 = api.with_overrides(cfg, "embed", {"model": name, "preprocess": cfg.probe.sscd_preprocess})
     if image_spec(cfg2).key != spec.key:
@@ -109,8 +110,8 @@ def _ensure_training(ws: Workspace, cfg: RunConfig, spec, kind: str, name: str) 
 
 def _background(ws: Workspace, cfg: RunConfig, key: str, only: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Background (ids, top-1 similarity), cached in ``index/`` under a fingerprint of the parts."""
-    from curate import fsio
-    from curate.embstore import list_parts
+    from curate.store import fsio
+    from curate.store.embeddings import list_parts
 
     folder = ws.embeddings_dir(key)
     parts = [(n, fsio.fingerprint(fsio.stat(str(fsio.join(folder, f"part-{n:05d}.npy")))))  # size + mtime
@@ -134,7 +135,7 @@ def _background(ws: Workspace, cfg: RunConfig, key: str, only: np.ndarray) -> tu
 
 def _embed_generations(model, spec, items: list[tuple[int, str]], max_pixels: int, batch: int):
     """(vectors float32 (n, d) L2-normalised, status per item: 'ok' or the loader/vector status)."""
-    from curate.feeder import ImageDataset, collate, forward, normalise, vector_status
+    from curate.models.feeder import ImageDataset, collate, forward, normalise, vector_status
 
     ds = ImageDataset(items, spec.preprocess, max_pixels)
     vecs = np.zeros((len(items), model.dim), np.float32)
@@ -167,7 +168,7 @@ class _Pixels:
         if ref in self.cache:
             self.cache.move_to_end(ref)
             return self.cache[ref]
-        from curate.images import decode, read_ref
+        from curate.media.images import decode, read_ref
 
         d = decode(read_ref(ref), max_pixels=self.max_pixels)
         arr = None if d.rgb is None else np.round(sd_square(d.rgb, self.px) * 255).astype(np.uint8)
@@ -222,7 +223,7 @@ def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[st
         CurateError: no generations, or training vectors missing for the catalog's model.
         ConfigError: descriptor cannot be used (see :func:`descriptor_spec`).
     """
-    from curate.models import load_image_model
+    from curate.models.core import load_image_model
 
     pc, ec = cfg.probe, cfg.embed
     sql = "SELECT gen_id, gen_set, probe_id, prompt, path, seed, noise_magnitude FROM generations"

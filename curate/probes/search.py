@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.embstore import float32_batches, iter_parts
+from curate.store.embeddings import float32_batches, iter_parts
 
 BLOCK_ROWS = 65536  # training rows converted to float32 and multiplied at a time
 
@@ -23,7 +23,7 @@ def topk(queries: np.ndarray, folder: Path, k: int, *, exclude_self: np.ndarray 
 
     Args:
         queries: float32 (q, d), L2-normalised rows.
-        folder: an embedding folder (``part-NNNNN.npy`` + ``.ids.npy``, see :mod:`curate.embstore`).
+        folder: an embedding folder (``part-NNNNN.npy`` + ``.ids.npy``, see :mod:`curate.store.embeddings`).
         k: neighbours per query (≥ 1).
         exclude_self: int64 (q,) sample ids; a training row with the query's own id is skipped
             (the train→train background: "top-1 similarity to *another* training image").
@@ -88,7 +88,7 @@ def background(folder: Path, sample: int, seed: int = 0, only: np.ndarray | None
         (query sample ids int64 (m,), top-1 similarity to another training image float32 (m,));
         a training set of one image gives empty arrays.
     """
-    from curate.embstore import lookup
+    from curate.store.embeddings import lookup
 
     parts = [ids for _, ids, _ in iter_parts(folder)]
     all_ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)

@@ -9,7 +9,7 @@ Why these reasons (METHODS.md):
   random image. Feature: ``log2(cluster_size)`` (curate's duplicate clusters; 1 outside one).
 - **caption duplicates** — Somepalli et al., "Understanding and Mitigating Copying in Diffusion
   Models" (NeurIPS 2023): caption duplication matters as much as image duplication. Feature:
-  ``log2(caption_count)`` (samples with the same normalised caption, :mod:`curate.captions`).
+  ``log2(caption_count)`` (samples with the same normalised caption, :mod:`curate.media.captions`).
 - **image and caption duplicated together** — same paper: duplicating image *and* caption
   together raises copying most. Feature: ``log2(pair_count)``, the samples of the sample's
   duplicate cluster (itself alone outside one) that carry the same normalised caption.
@@ -25,7 +25,7 @@ the log of a weighted product of the counts). A sample whose image did not decod
 candidate (it cannot be trained on); a sample without an ``images`` row (metadata only) is.
 
 A **probe** is one distinct prompt: samples are grouped by normalised caption (NFC, lower-case,
-whitespace collapsed: :data:`curate.captions.NORM_SQL`). Samples without a caption are trained
+whitespace collapsed: :data:`curate.media.captions.NORM_SQL`). Samples without a caption are trained
 under the empty prompt; with ``probe.empty_prompt`` they form the probe ``""`` (unconditional
 generation), for which the caption reasons do not apply (features 0). The probe's risk is its
 highest-risk sample's (the *representative*, ties → smallest sample_id), its prompt that
@@ -42,8 +42,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from curate.captions import NORM_SQL
-from curate.catalog import Workspace, atomic_write_bytes
+from curate.media.captions import NORM_SQL
+from curate.store.catalog import Workspace, atomic_write_bytes
 from curate.config import RunConfig
 from curate.errors import CurateError
 from curate.probes import probe_id

@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import Any
 
-from curate.catalog import STAGES, Workspace, digest_of
+from curate.store.catalog import STAGES, Workspace, digest_of
 from curate.config import ENGINE_KEYS, RunConfig
 from curate.progress import info
 

@@ -1,0 +1,328 @@
+"""dedup: duplicate edges from every signal → ``dup_edges``; components → ``clusters``.
+
+Signals and their edge ``distance`` column:
+
+- ``sha256``    equal bytes; star edges to the group's smallest id; distance 0
+- ``phash``     Hamming distance ≤ ``phash_max_distance`` bits (exact: multi-index hashing or
+                faiss brute force, :func:`curate.stages.dedup.index.phash_edges`); identical hashes get star
+                edges to their group's smallest id (k − 1 edges for k copies, distance 0);
+                distance = bits. Images under ``phash_min_side`` px on a side get no pHash
+                edges (a 5×5 icon's DCT hash says little).
+- ``phash_mirror`` (``phash_mirror: true``, the default) the pHash of one image's horizontal
+                mirror is within ``phash_max_distance`` of the other's pHash, while their own
+                pHashes are not (a flipped copy); distance = the smaller of the two mirror
+                distances, bits. Same search, same ``phash_min_side`` rule.
+- ``embedding`` cosine ≥ ``embedding_min_cosine`` on L2-normalised vectors; identical vectors
+                get star edges to their group's smallest id (distance 0) and are searched once;
+                exact search (faiss inner product) below ``embedding_ivf_min_n`` distinct
+                vectors, k-means partitions searched multi-probe above (recall measured and
+                counted); distance = 1 − cosine. ``embedding_search: ivfpq`` (cluster scale,
+                :func:`_embedding_edges_from_parts`): the same rules applied part by part, the
+                vectors never loaded here, faiss IVF-PQ search in Ray tasks with
+                ``dedup.engine: ray``
+- ``caption``   equal normalised caption (lower-case, collapsed spaces), if enabled; star
+                edges; distance 0
+
+Clusters are connected components (union of all signals). The keeper of each cluster is
+chosen by :mod:`curate.stages.dedup.keeper` (flags are taken into account again at export). The stage
+recomputes everything from the catalog, so re-running it is safe.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curate.store.catalog import Workspace
+from curate.config import RunConfig
+from curate.store.embeddings import load_all
+from curate.stages.dedup.index import components, embedding_edges, phash_edges, row_norms
+from curate.media import captions
+from curate.stages.dedup.keeper import ranked_sql
+
+_EDGE_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("signal", pa.string()), ("distance", pa.float64())])
+
+#: samples whose vectors of key ``?`` may get embedding edges: still in the catalog (parts may hold pruned
+#: ids), image decoded, at least ``embedding_min_side`` (``?``) px on each side — 16 px icons embed alike
+#: (docs/BENCHMARKS.md, near-duplicate quality: 26 → 4 distinct pictures merged)
+ELIGIBLE_SQL = ("SELECT sample_id FROM embeddings WHERE model = ? AND status = 'ok' "
+                "AND sample_id IN (SELECT sample_id FROM samples) "
+                "AND sample_id NOT IN (SELECT sample_id FROM images WHERE status <> 'ok' "
+                "OR least(width, height) < ?)")
+UNIT_TOL = 1e-2  # K13: a stored row whose L2 norm is further than this from 1 (or not finite) is excluded
+
+
+def inputs(ws: Workspace, cfg: RunConfig) -> Any:
+    return None
+
+
+def _add_edges(ws: Workspace, a: np.ndarray, b: np.ndarray, signal: str, dist: np.ndarray) -> int:
+    if len(a) == 0:
+        return 0
+    t = pa.table(
+        [pa.array(a, pa.int64()), pa.array(b, pa.int64()), pa.array([signal] * len(a), pa.string()),
+         pa.array(np.asarray(dist, np.float64), pa.float64())],
+        schema=_EDGE_SCHEMA,
+    )
+    ws.con.register("_edges", t)
+    try:
+        ws.con.execute("INSERT INTO dup_edges SELECT * FROM _edges")
+    finally:
+        ws.con.unregister("_edges")
+    return len(a)
+
+
+def _star_edges(ws: Workspace, signal: str, group_sql: str) -> int:
+    """Edges from each member of a group to the group's smallest id; group_sql yields (sample_id, g)."""
+    ws.con.execute(
+        f"""INSERT INTO dup_edges
+        SELECT m.first, x.sample_id, '{signal}', 0.0 FROM ({group_sql}) x
+        JOIN (SELECT g, min(sample_id) AS first, count(*) AS n FROM ({group_sql}) GROUP BY g HAVING n > 1) m USING (g)
+        WHERE x.sample_id <> m.first"""
+    )
+    return int(ws.scalar("SELECT count(*) FROM dup_edges WHERE signal = ?", [signal]))
+
+
+def _tmp_dir(ws: Workspace) -> Path:
+    """``<workspace>/tmp``: where IVF-PQ candidates wait between search and verification (the
+    workspace's disk, sized for the data, rather than a small system /tmp)."""
+    d = ws.root / "tmp"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
+    dc = cfg.dedup
+    counters: dict[str, Any] = {"edges": {}}
+    with ws.transaction() as con:
+        con.execute("DELETE FROM dup_edges")
+        con.execute("DELETE FROM clusters")
+        if dc.sha256:
+            counters["edges"]["sha256"] = _star_edges(
+                ws, "sha256", "SELECT sample_id, sha256 AS g FROM images WHERE sha256 IS NOT NULL"
+            )
+        if dc.caption_exact:
+            counters["edges"]["caption"] = _star_edges(
+                ws, "caption",
+                "SELECT sample_id, lower(trim(regexp_replace(caption, '\\s+', ' ', 'g'))) AS g FROM samples "
+                "WHERE caption IS NOT NULL AND trim(caption) <> ''",
+            )
+        if dc.phash_max_distance is not None:
+            got = con.execute(
+                "SELECT sample_id, phash, coalesce(phash_mirror, phash) AS mirror, phash_mirror IS NULL AS no_mirror "
+                "FROM images WHERE status = 'ok' AND phash IS NOT NULL AND least(width, height) >= ? "
+                "ORDER BY sample_id", [dc.phash_min_side],
+            ).fetchnumpy()
+            ids = np.asarray(got["sample_id"], np.int64)
+            hashes = np.asarray(got["phash"], np.uint64)
+            search: dict[str, Any] = {}
+            mirror = np.asarray(got["mirror"], np.uint64) if dc.phash_mirror else None
+            i, j, d, mirrored = phash_edges(hashes, dc.phash_max_distance, mirror=mirror, method=dc.phash_search,
+                                            stats=search)
+            counters["phash_hashed"] = len(ids)
+            # method, distinct hashes, identical collapsed, MIH blocks/thresholds/candidates, mirror search
+            counters["phash_search"] = search
+            if dc.phash_mirror:  # catalogs hashed before mirror hashes existed are re-hashed by `curate hash`
+                counters["phash_mirror_missing"] = int(np.asarray(got["no_mirror"], bool).sum())
+            counters["edges"]["phash"] = _add_edges(ws, ids[i[~mirrored]], ids[j[~mirrored]], "phash", d[~mirrored])
+            if dc.phash_mirror:
+                counters["edges"]["phash_mirror"] = _add_edges(
+                    ws, ids[i[mirrored]], ids[j[mirrored]], "phash_mirror", d[mirrored])
+        if dc.embedding_min_cosine is not None:
+            from curate.models.recipe import image_key
+
+            key = image_key(cfg)  # model + preprocessing identity: only vectors of the current config
+            if dc.embedding_search == "ivfpq":  # cluster scale: parts streamed, never all loaded here
+                _embedding_edges_from_parts(ws, cfg, key, counters)
+            else:
+                ok = {r[0] for r in ws.q(ELIGIBLE_SQL, [key, dc.embedding_min_side])}
+                ids, vecs = load_all(ws.embeddings_dir(key), only=ok, dtype=np.float16)
+                if len(ids):  # K13: a row that is not finite and unit-length is excluded and counted
+                    norms = row_norms(vecs)
+                    good = np.isfinite(norms) & (np.abs(norms - 1.0) <= UNIT_TOL)
+                    counters["embedding_vectors_excluded"] = int((~good).sum())
+                    if not good.all():
+                        ids, vecs = ids[good], vecs[good]
+                counters["embedding_key"] = key
+                counters["embedded_searched"] = len(ids)
+                search = {}
+                i, j, s = embedding_edges(
+                    vecs, dc.embedding_min_cosine, method=dc.embedding_search, ivf_min_n=dc.embedding_ivf_min_n,
+                    nlist=dc.embedding_nlist, nprobe=dc.embedding_nprobe, recall_sample=dc.embedding_recall_sample,
+                    stats=search,
+                )
+                # method, rows / distinct / identical collapsed, IVF nlist, nprobe, recall (no timings: reruns compare equal)
+                counters["embedding_search"] = {k: v for k, v in search.items() if not k.endswith("_seconds")}
+                counters["edges"]["embedding"] = _add_edges(ws, ids[i], ids[j], "embedding",
+                                                            1.0 - np.asarray(s, np.float64))
+        edges = con.execute("SELECT a, b FROM dup_edges").fetchnumpy()  # one query: a[k] and b[k] stay paired
+        ea, eb = np.asarray(edges["a"], np.int64), np.asarray(edges["b"], np.int64)
+        nodes, cids = components(np.zeros(0, np.int64), ea, eb)
+        t = pa.table({"sample_id": pa.array(nodes, pa.int64()), "cluster_id": pa.array(cids, pa.int64())})
+        con.register("_members", t)
+        try:
+            con.execute("CREATE OR REPLACE TEMP TABLE _m AS SELECT * FROM _members")
+        finally:
+            con.unregister("_members")
+        con.execute(
+            f"""INSERT INTO clusters
+            SELECT r.sample_id, r.cluster_id, count(*) OVER (PARTITION BY r.cluster_id), r.keeper_rank,
+                   r.keeper_rank = 1, r.keeper_reason, NULL
+            FROM ({ranked_sql(dc.keeper_rule, '_m', None)}) r"""
+        )
+        con.execute(
+            """UPDATE clusters SET signals = x.sig FROM (
+                 SELECT c.cluster_id, list_sort(list(DISTINCT e.signal)) AS sig
+                 FROM dup_edges e JOIN clusters c ON c.sample_id = e.a GROUP BY c.cluster_id) x
+               WHERE clusters.cluster_id = x.cluster_id"""
+        )
+        con.execute("DROP TABLE _m")
+        cluster_statistics(ws)
+        counters["captions"] = captions.compute(ws)
+    n_clusters, n_members, largest = ws.q(
+        "SELECT count(DISTINCT cluster_id), count(*), coalesce(max(cluster_size), 0) FROM clusters"
+    )[0]
+    counters.update(
+        clusters=int(n_clusters), samples_in_clusters=int(n_members), duplicates=int(n_members - n_clusters),
+        largest_cluster=int(largest),
+    )
+    return counters
+
+
+def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counters: dict[str, Any]) -> None:
+    """``embedding_search: ivfpq``: the embedding edges of key ``key`` from its parts, which are
+    read part by part and never loaded here as a whole (docs/SCALE_OUT.md, *Dedup*); the same
+    edges, counters and order as the in-memory path would give with :mod:`curate.stages.dedup.ivfpq`.
+
+    1. :func:`curate.stages.dedup.ivfpq.survey`: each part read once — in this process, or one Ray task per
+       part with ``dedup.engine: ray`` — giving its ids, the K13 check (finite, unit norm) and a
+       128-bit content key per row (25 bytes per row back, no vectors), streamed into a DuckDB
+       temp table.
+    2. In DuckDB (spills to disk; no per-row arrays in Python but the edges): the rows searched are those
+       of :data:`ELIGIBLE_SQL`, first stored copy of each id (as :func:`curate.store.embeddings.load_all`),
+       unit rows (the others counted in ``embedding_vectors_excluded``); identical vectors (equal
+       content key) get star edges to their group's smallest id, distance 0, and only that
+       representative is searched.
+    3. :class:`curate.stages.dedup.ivfpq.PartsSource` over the parts with a keep mask per part (one bit per
+       stored row: the representatives) and its id-range directory; :func:`curate.stages.dedup.ivfpq.pairs`
+       trains, fills, searches and verifies, with Ray tasks under ``dedup.engine: ray``.
+    """
+    from curate.stages.dedup import ivfpq
+    from curate.store.embeddings import list_parts
+
+    dc = cfg.dedup
+    con = ws.con
+    folder = ws.embeddings_dir(key)
+    parts = list_parts(folder)
+    con.execute("CREATE OR REPLACE TEMP TABLE _ev (part INTEGER, r INTEGER, sample_id BIGINT, unit BOOLEAN, "
+                "k1 UBIGINT, k2 UBIGINT)")
+    rows_of: dict[int, int] = {}
+    for p, ids, unit, keys in ivfpq.survey(folder, parts, dc.engine, dc, tol=UNIT_TOL):
+        rows_of[p] = len(ids)
+        t = pa.table({"part": pa.array(np.full(len(ids), p, np.int32)),
+                      "r": pa.array(np.arange(len(ids), dtype=np.int32)), "sample_id": pa.array(ids, pa.int64()),
+                      "unit": pa.array(unit, pa.bool_()), "k1": pa.array(keys[:, 0], pa.uint64()),
+                      "k2": pa.array(keys[:, 1], pa.uint64())})
+        con.register("_ev_part", t)
+        try:
+            con.execute("INSERT INTO _ev SELECT * FROM _ev_part")
+        finally:
+            con.unregister("_ev_part")
+    con.execute(  # eligible samples, first stored copy of each id (part order, then row order)
+        f"""CREATE OR REPLACE TEMP TABLE _ev_first AS SELECT part, r, sample_id, unit, k1, k2 FROM (
+              SELECT *, row_number() OVER (PARTITION BY sample_id ORDER BY part, r) AS copy FROM _ev
+              WHERE sample_id IN ({ELIGIBLE_SQL})) WHERE copy = 1""", [key, dc.embedding_min_side])
+    n_eligible, n_bad = con.execute("SELECT count(*), count(*) FILTER (NOT unit) FROM _ev_first").fetchone()
+    if n_eligible:
+        counters["embedding_vectors_excluded"] = int(n_bad)
+    con.execute("CREATE OR REPLACE TEMP TABLE _ev_rows AS SELECT part, r, sample_id, "
+                "min(sample_id) OVER (PARTITION BY k1, k2) AS rep FROM _ev_first WHERE unit")
+    n, n_rep = (int(x) for x in con.execute("SELECT count(*), count(*) FILTER (sample_id = rep) FROM _ev_rows")
+                .fetchone())
+    counters["embedding_key"] = key
+    counters["embedded_searched"] = n
+    search: dict[str, Any] = {"rows": n, "unique": n_rep, "identical_collapsed": n - n_rep}
+    a = b = np.zeros(0, np.int64)
+    cos = np.zeros(0, np.float32)
+    if n == 0:
+        search["method"] = "none"
+    elif n_rep < 2:
+        search["method"] = "exact"
+    else:
+        directory = con.execute("SELECT count(*) AS n, min(sample_id) AS lo, max(sample_id) AS hi FROM _ev_rows "
+                                "WHERE sample_id = rep GROUP BY part ORDER BY part").fetchnumpy()
+        keep: dict[int, np.ndarray] = {}  # per part: one bit per stored row, set for the representatives
+        cur: int | None = None
+        mask = np.zeros(0, bool)
+        reader = con.sql("SELECT part, r FROM _ev_rows WHERE sample_id = rep ORDER BY part, r").to_arrow_reader(1 << 20)
+        for batch in reader:  # streamed in part order: one part's bool mask at a time, then packed
+            bp, br = batch.column(0).to_numpy(), batch.column(1).to_numpy()
+            cuts = np.flatnonzero(np.diff(bp)) + 1
+            for seg_p, seg_r in zip(np.split(bp, cuts), np.split(br, cuts)):
+                if int(seg_p[0]) != cur:
+                    if cur is not None:
+                        keep[cur] = np.packbits(mask, bitorder="little")
+                    cur = int(seg_p[0])
+                    mask = np.zeros(rows_of[cur], bool)
+                mask[seg_r] = True
+        if cur is not None:
+            keep[cur] = np.packbits(mask, bitorder="little")
+        source = ivfpq.PartsSource(folder, keep=keep, directory=np.stack(
+            [np.asarray(directory[c], np.int64) for c in ("n", "lo", "hi")], 1))
+        res = ivfpq.pairs(source, float(dc.embedding_min_cosine),
+                          ivfpq.Params(nlist=dc.embedding_nlist, nprobe=dc.embedding_nprobe, seed=0),
+                          engine=dc.engine, sec=dc, recall_sample=dc.embedding_recall_sample,
+                          spill_dir=_tmp_dir(ws))
+        search.update(method="ivfpq", **{k: v for k, v in res.stats.items() if k not in ("rows", "engine")})
+        a, b, cos = res.a, res.b, res.cosine
+    star = con.execute("SELECT rep, sample_id FROM _ev_rows WHERE sample_id <> rep").fetchnumpy()
+    i = np.concatenate([a, np.asarray(star["rep"], np.int64)])
+    j = np.concatenate([b, np.asarray(star["sample_id"], np.int64)])
+    c = np.concatenate([np.asarray(cos, np.float32), np.ones(len(star["rep"]), np.float32)])
+    order = np.lexsort((j, i))  # the in-memory path's order: by (a, b)
+    for name in ("_ev", "_ev_first", "_ev_rows"):
+        con.execute(f"DROP TABLE {name}")
+    # method, rows / distinct / identical collapsed, nlist, m, nprobe, margin, recall (no timings, no engine:
+    # reruns and engines compare equal)
+    counters["embedding_search"] = {k: v for k, v in search.items() if not k.endswith("_seconds")}
+    counters["edges"]["embedding"] = _add_edges(ws, i[order], j[order], "embedding", 1.0 - c[order].astype(np.float64))
+
+
+def cluster_statistics(ws: Workspace) -> None:
+    """Rebuild ``cluster_stats``: one row per cluster with what joined it.
+
+    Columns: cluster_id, cluster_size, keeper_sample_id, signals VARCHAR[] (sorted),
+    edges_sha256 / edges_phash / edges_phash_mirror / edges_embedding / edges_caption (edge
+    counts), max_phash_bits (largest Hamming distance of a ``phash`` or ``phash_mirror`` edge,
+    bits 0–64, NULL without one), min_cosine (smallest cosine of an embedding edge, NULL
+    without one), distinct_urls, distinct_captions (normalised), sources (distinct source names).
+    """
+    ws.con.execute("DELETE FROM cluster_stats")
+    ws.con.execute(
+        f"""INSERT INTO cluster_stats (cluster_id, cluster_size, keeper_sample_id, signals, edges_sha256,
+            edges_phash, edges_embedding, edges_caption, max_phash_bits, min_cosine, distinct_urls,
+            distinct_captions, sources, edges_phash_mirror)
+        WITH e AS (
+            SELECT c.cluster_id,
+                   count(*) FILTER (e.signal = 'sha256') AS n_sha, count(*) FILTER (e.signal = 'phash') AS n_ph,
+                   count(*) FILTER (e.signal = 'embedding') AS n_emb, count(*) FILTER (e.signal = 'caption') AS n_cap,
+                   count(*) FILTER (e.signal = 'phash_mirror') AS n_phm,
+                   max(e.distance) FILTER (e.signal IN ('phash', 'phash_mirror')) AS max_bits,
+                   1 - max(e.distance) FILTER (e.signal = 'embedding') AS min_cos,
+                   list_sort(list(DISTINCT e.signal)) AS signals
+            FROM dup_edges e JOIN clusters c ON c.sample_id = e.a GROUP BY c.cluster_id
+        ), m AS (
+            SELECT c.cluster_id, any_value(c.cluster_size) AS size,
+                   min(c.sample_id) FILTER (c.is_keeper) AS keeper,
+                   count(DISTINCT s.url) AS urls,
+                   count(DISTINCT {captions.NORM_SQL.replace('caption', 's.caption')}) AS caps,
+                   count(DISTINCT o.name) AS sources
+            FROM clusters c JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
+            GROUP BY c.cluster_id
+        )
+        SELECT m.cluster_id, m.size, m.keeper, e.signals, e.n_sha, e.n_ph, e.n_emb, e.n_cap,
+               CAST(e.max_bits AS INTEGER), e.min_cos, m.urls, m.caps, m.sources, e.n_phm
+        FROM m JOIN e USING (cluster_id)"""
+    )

@@ -1,0 +1,2 @@
+"""The embed stage (see :mod:`curate.stages.embed.stage`)."""
+from curate.stages.embed.stage import inputs, run  # noqa: F401

@@ -1,0 +1,2 @@
+"""The export stage (see :mod:`curate.stages.export.stage`)."""
+from curate.stages.export.stage import inputs, run  # noqa: F401

@@ -1,0 +1,624 @@
+"""Claims and opt-out lists: a rights-holder's work (or a do-not-train request) → every
+matching sample, extended to every near-duplicate copy of it.
+
+**Claim files** (one claimant per file; ``flag.claims`` in the config, or ``curate flag
+--claims FILE|FOLDER``), YAML::
+
+    claimant: Example Photo Agency          # required
+    contact: legal@example.com
+    category: copyright                     # copyright (default) | opt_out
+    action: remove                          # remove (default) | review | tag
+    domains: [example-photos.com]           # reduced to registrable domains (curate.stages.flag.urls)
+    urls: [https://example-photos.com/p/1.jpg]
+    url_lists: [urls.txt]                   # files, one URL per line (# comments)
+    keywords: [Jane Example]                # names / titles, whole words in captions
+    reference_images: [refs/]               # image files or folders of them
+    phash_max_distance: 8                   # default: dedup.phash_max_distance
+    embedding_min_cosine: 0.93              # default: dedup.embedding_min_cosine
+    extend_to_clusters: true
+
+or CSV with a header ``field,value`` and one row per entry (``claimant``, ``contact``,
+``category``, ``action``, ``domain``, ``url``, ``keyword``, ``reference_image``). Relative
+paths are relative to the claim file. Unknown keys and bad values fail with file:line.
+
+**Opt-out lists** (``flag.opt_out``; ``--opt-out FILE``): a text file, one URL or domain per
+line (a line with ``://`` is a URL), ``#`` comments. It becomes the claim of
+claimant ``<file stem>`` with category ``opt_out`` and action ``remove``, and goes through the
+same matching and cluster extension.
+
+**Signals** (one ``claim_matches`` row per sample × claimant × signal; ``score`` is in the
+signal's own unit):
+
+=============  =====================================================  ======================
+signal         hit                                                     score
+=============  =====================================================  ======================
+domain         URL host is the listed registrable domain or under it   1.0
+url            canonical URL equal to a listed one (curate.stages.flag.urls)       1.0
+keyword        caption contains the keyword as a whole word            1.0
+sha256         image bytes identical to a reference image's            1.0
+phash          pHash Hamming distance ≤ threshold to a reference,      bits (0–64)
+               mirror-aware (min over hash/mirror hash, as dedup)
+embedding      cosine(sample, reference) ≥ threshold, same model and    cosine (−1…1)
+               preprocessing as the catalog's image embeddings
+cluster        in the same duplicate cluster as a direct match          NULL (see evidence)
+               (``via_cluster`` true; evidence names the matched
+               sample, its signal and the dup edge joining them)
+=============  =====================================================  ======================
+
+The cluster extension uses the clusters of the dedup stage (graph → components, see
+docs/ARCHITECTURE.md), so "every copy" means every sample dedup put in the same component.
+Each claimant's hits also become one ``flags`` row per sample (``pack`` = ``claim`` or
+``opt_out``, ``rule_id`` = the claimant's slug, ``holder`` = the claimant), which is how the
+decision (reason ``claim:<slug>`` or ``opt_out:<slug>``) and the manifest see them.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from curate.errors import ConfigError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+class Claim(BaseModel):
+    """One claimant's claim (see module doc); paths are resolved against ``base``."""
+
+    model_config = ConfigDict(extra="forbid")
+    claimant: str = Field(min_length=1)
+    contact: str | None = None
+    category: Literal["copyright", "opt_out"] = "copyright"
+    action: Literal["remove", "review", "tag"] = "remove"
+    domains: list[str] = []
+    urls: list[str] = []
+    url_lists: list[str] = []
+    keywords: list[str] = []
+    reference_images: list[str] = []
+    phash_max_distance: int | None = Field(None, ge=0, le=32)
+    embedding_min_cosine: float | None = Field(None, gt=0.0, le=1.0)
+    extend_to_clusters: bool = True
+    base: str = Field(".", exclude=True, description="folder relative paths are resolved against")
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        from curate.stages.flag.urls import normalise_domain
+
+        return sorted({normalise_domain(d) for d in v})
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, v: list[str]) -> list[str]:
+        out = [k.strip() for k in v if k.strip()]
+        if len(out) != len(v):
+            raise ValueError("keywords must not be empty")
+        return out
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not (self.domains or self.urls or self.url_lists or self.keywords or self.reference_images):
+            raise ValueError("a claim needs at least one of domains, urls, url_lists, keywords, reference_images")
+        return self
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe id of the claimant (``Example Photo Agency`` → ``example-photo-agency``)."""
+        s = re.sub(r"[^a-z0-9]+", "-", self.claimant.lower()).strip("-")
+        return s or "claimant-" + hashlib.sha256(self.claimant.encode()).hexdigest()[:8]
+
+    @property
+    def pack(self) -> str:
+        return "opt_out" if self.category == "opt_out" else "claim"
+
+    def path(self, p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else Path(self.base) / q
+
+    def all_urls(self) -> list[str]:
+        """``urls`` plus every line of ``url_lists`` files.
+
+        Raises:
+            ConfigError: a URL list file is missing.
+        """
+        out = list(self.urls)
+        for f in self.url_lists:
+            p = self.path(f)
+            if not p.is_file():
+                raise ConfigError(f"claim {self.claimant!r}: url list {p} not found")
+            out += [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()
+                    if ln.strip() and not ln.lstrip().startswith("#")]
+        return out
+
+    def reference_files(self) -> list[Path]:
+        """Reference image files (folders expanded, sorted).
+
+        Raises:
+            ConfigError: a listed path does not exist, or a folder holds no image.
+        """
+        return image_files(self.reference_images, self.base, f"claim {self.claimant!r}")
+
+
+def image_files(paths: list[str], base: str | Path, who: str) -> list[Path]:
+    """Image files from files and folders (recursively, by suffix), relative to ``base``, sorted.
+
+    Raises:
+        ConfigError: a listed path does not exist, or a folder holds no image.
+    """
+    out: list[Path] = []
+    for r in paths:
+        p = Path(r).expanduser()
+        p = p if p.is_absolute() else Path(base) / p
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ConfigError(f"{who}: reference folder {p} holds no image files")
+            out += files
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ConfigError(f"{who}: reference image {p} not found")
+    return out
+
+
+_CSV_FIELDS = {"claimant": "claimant", "contact": "contact", "category": "category", "action": "action",
+               "domain": "domains", "url": "urls", "url_list": "url_lists", "keyword": "keywords",
+               "name": "keywords", "reference_image": "reference_images"}
+
+
+def _load_csv(path: Path) -> Claim:
+    data: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or [c.strip().lower() for c in rows[0][:2]] != ["field", "value"]:
+        raise ConfigError(f"{path}:1: a claims CSV starts with the header 'field,value'")
+    for n, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) != 2:
+            raise ConfigError(f"{path}:{n}: expected 2 columns (field,value), got {len(row)}; quote values with commas")
+        f, v = row[0].strip().lower(), row[1].strip()
+        if f not in _CSV_FIELDS:
+            raise ConfigError(f"{path}:{n}: unknown field {f!r}; use one of {', '.join(sorted(_CSV_FIELDS))}")
+        key = _CSV_FIELDS[f]
+        lines.setdefault(key, n)
+        if key in ("claimant", "contact", "category", "action"):
+            if key in data:
+                raise ConfigError(f"{path}:{n}: {f} given twice")
+            data[key] = v
+        else:
+            data.setdefault(key, []).append(v)
+    from pydantic import ValidationError
+
+    try:
+        return Claim.model_validate({**data, "base": str(path.parent)})
+    except ValidationError as e:
+        msgs = [f"{path}:{lines.get(str(err['loc'][0]) if err['loc'] else '', 1)}: "
+                f"{'.'.join(map(str, err['loc'])) or '(file)'} → {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid claim file:\n  " + "\n  ".join(msgs)) from None
+
+
+def _load_optout(path: Path) -> Claim:
+    domains, urls = [], []
+    from curate.stages.flag.urls import normalise_domain
+
+    for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        v = ln.split("#", 1)[0].strip() if not ln.lstrip().startswith("#") else ""
+        if not v:
+            continue
+        if "://" in v:
+            urls.append(v)
+            continue
+        try:
+            domains.append(normalise_domain(v))
+        except ValueError as e:
+            raise ConfigError(f"{path}:{n}: {e}") from None
+    if not (domains or urls):
+        raise ConfigError(f"{path}: opt-out list holds no URL or domain")
+    return Claim(claimant=path.stem, category="opt_out", action="remove", domains=domains,
+                 urls=urls, base=str(path.parent))
+
+
+def load_claim(path: str | Path) -> Claim:
+    """Load one claim file (``.yaml``/``.yml``/``.csv``).
+
+    Raises:
+        ConfigError: unreadable file, unknown key, bad value — with file:line and the fix.
+    """
+    from curate.yamlconf import load_yaml, validate
+
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        return _load_csv(p)
+    if p.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"{p}: a claim file is .yaml, .yml or .csv (opt-out lists go to flag.opt_out)")
+    data, node = load_yaml(p)
+    if isinstance(data, dict) and "base" in data:
+        raise ConfigError(f"{p}: base → unknown key (not allowed here)")
+    claim = validate(Claim, {**(data or {}), "base": str(p.parent)} if isinstance(data, dict) else data, p, node)
+    return claim
+
+
+def expand_claim_paths(paths: list[str], base_dir: str | Path = ".") -> list[Path]:
+    """Claim files from files and folders (a folder: its ``*.yaml``, ``*.yml``, ``*.csv``, sorted).
+
+    Raises:
+        ConfigError: a path does not exist.
+    """
+    out: list[Path] = []
+    for s in paths:
+        p = Path(s).expanduser()
+        p = p if p.is_absolute() else (Path(base_dir) / p).resolve()
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in (".yaml", ".yml", ".csv"))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ConfigError(f"claims path {p} not found")
+    return out
+
+
+def load_all(claims: list[str], opt_out: list[str], base_dir: str | Path = ".") -> list[Claim]:
+    """Every claim of the config (claim files, then opt-out lists).
+
+    Raises:
+        ConfigError: bad file, or two claims with the same claimant slug.
+    """
+    out = [load_claim(p) for p in expand_claim_paths(claims, base_dir)]
+    out += [_load_optout(p) for p in expand_claim_paths(opt_out, base_dir)]
+    seen: dict[str, str] = {}
+    for c in out:
+        if c.slug in seen:
+            raise ConfigError(f"two claims share the claimant id {c.slug!r} ({seen[c.slug]!r} and {c.claimant!r}); "
+                              "merge them into one file or rename one")
+        seen[c.slug] = c.claimant
+    return out
+
+
+def fingerprint(claims: list[Claim]) -> list:
+    """What a claim run depends on: the claims and the bytes of their URL lists and references."""
+    from curate.store.catalog import file_fingerprint
+
+    fp = []
+    for c in claims:
+        files = [str(p) for p in c.reference_files()] + [str(c.path(f)) for f in c.url_lists]
+        fp.append([c.model_dump(), [(f, file_fingerprint(Path(f))) for f in files]])
+    return fp
+
+
+# ----------------------------------------------------------------------------------------------
+# matching
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def reference_features(paths: list[Path], cfg, need_embedding: bool) -> dict[str, Any]:
+    """sha256, pHash, mirror pHash and (optionally) the image embedding of reference images.
+
+    Decoded by the one image loader (:mod:`curate.media.images`) exactly as the hash and embed stages
+    decode catalog images, so a reference identical to a sample gets the same hash and vector.
+
+    Returns:
+        dict with ``files`` (list[str]), ``sha256`` (list[str]), ``ok`` (bool (n,)),
+        ``status`` (list[str]), ``phash`` / ``mirror`` (uint64 (n,), 0 where not ok),
+        ``vectors`` (float32 (n, d) L2-normalised, or None), ``key`` (embedding key or None).
+    """
+    from curate.media.images import open_image
+    from curate.media.phash import gray32, phash_with_mirror
+
+    files = [str(p) for p in paths]
+    shas, status, grays, ok = [], [], [], []
+    for p in paths:
+        data = p.read_bytes()
+        shas.append(hashlib.sha256(data).hexdigest())
+        d, im = open_image(data, max_pixels=cfg.hash.max_pixels)
+        status.append(d.status)
+        ok.append(im is not None)
+        grays.append(gray32(im) if im is not None else np.zeros((32, 32), np.uint8))
+    g = np.stack(grays) if grays else np.zeros((0, 32, 32), np.uint8)
+    h, m = phash_with_mirror(g) if len(g) else (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+    okv = np.asarray(ok, bool)
+    out = {"files": files, "sha256": shas, "ok": okv, "status": status,
+           "phash": np.where(okv, h, 0).astype(np.uint64), "mirror": np.where(okv, m, 0).astype(np.uint64),
+           "vectors": None, "key": None}
+    if need_embedding and okv.any() and not cfg.embed.model.startswith("precomputed:"):
+        from torch.utils.data import DataLoader
+
+        from curate.models.feeder import ImageDataset, collate, forward, normalise
+        from curate.models.recipe import image_spec, load_model
+
+        spec = image_spec(cfg)
+        model = load_model(cfg)
+        items = [(i, f) for i, f in enumerate(files) if okv[i]]
+        vecs = np.zeros((len(files), model.dim), np.float32)
+        loader = DataLoader(ImageDataset(items, spec.preprocess, cfg.hash.max_pixels), batch_size=16,
+                            num_workers=0, collate_fn=collate)
+        for sids, x, _bad in loader:
+            if x is not None:
+                v, good = normalise(forward(model, x))
+                for sid, row, g_ in zip(sids, v, good):
+                    if g_:
+                        vecs[sid] = row
+        out["vectors"], out["key"] = vecs, spec.key
+    return out
+
+
+def _direct_matches(ws, claim: Claim, cfg, counters: dict) -> list[tuple]:
+    """Rows (sample_id, signal, score, evidence, matched_reference) for one claim."""
+    from curate.stages.flag.rules import CaptionWords, _patterns
+    from curate.stages.flag.urls import canonical_url_sql, domain_hits_sql
+
+    rows: list[tuple] = []
+    if claim.domains:
+        rows += ws.q(f"SELECT sample_id, 'domain', 1.0, 'host ' || host || ' is under ' || domain, NULL "
+                     f"FROM ({domain_hits_sql(claim.domains)})")
+    urls = claim.all_urls()
+    if urls:
+        ws.con.execute("CREATE OR REPLACE TEMP TABLE _claim_urls (u VARCHAR)")
+        ws.con.executemany("INSERT INTO _claim_urls VALUES (?)", [(u,) for u in urls])
+        bad = ws.q(f"SELECT u FROM _claim_urls WHERE {canonical_url_sql('u')} IS NULL")
+        if bad:
+            counters.setdefault("invalid_urls", {})[claim.claimant] = [b[0] for b in bad[:5]]
+        rows += ws.q(
+            f"SELECT s.sample_id, 'url', 1.0, 'url ' || s.url || ' is listed' || "
+            f"CASE WHEN s.url <> c.u THEN ' as ' || c.u ELSE '' END, NULL "
+            f"FROM (SELECT sample_id, url, {canonical_url_sql('url')} AS cu FROM samples WHERE url IS NOT NULL) s "
+            f"JOIN (SELECT min(u) AS u, {canonical_url_sql('u')} AS cu FROM _claim_urls GROUP BY cu) c USING (cu) "
+            f"WHERE cu IS NOT NULL")
+        ws.con.execute("DROP TABLE _claim_urls")
+    if claim.keywords:
+        pat = _lit(_patterns(CaptionWords(id="k", kind="caption_words", category="copyright", action="tag",
+                                          words=claim.keywords))[0])
+        rows += ws.q(
+            f"SELECT sample_id, 'keyword', 1.0, 'caption contains \"' || regexp_extract(nfc_normalize(caption), {pat}, 1) "
+            f"|| '\"', NULL FROM samples WHERE caption IS NOT NULL AND regexp_matches(nfc_normalize(caption), {pat})")
+    refs = claim.reference_files()
+    if refs:
+        rows += reference_matches(ws, cfg, refs,
+                                  claim.phash_max_distance if claim.phash_max_distance is not None
+                                  else cfg.dedup.phash_max_distance,
+                                  claim.embedding_min_cosine if claim.embedding_min_cosine is not None
+                                  else cfg.dedup.embedding_min_cosine,
+                                  counters.setdefault("references", {}).setdefault(claim.claimant, {}))
+    return rows
+
+
+def _vectors_above(folder: Path, queries: np.ndarray, min_cosine: float):
+    """Yield (sample_id, query column, cosine) for every stored vector of ``folder`` whose cosine
+    with a query is ≥ ``min_cosine``; ``queries`` is float32 (d, q), L2-normalised columns.
+    Parts are read memory-mapped and multiplied in blocks of 65,536 rows (float32)."""
+    from curate.store.embeddings import float32_batches, iter_parts
+
+    for _, ids, vecs in iter_parts(folder):
+        for start, block in float32_batches(vecs):
+            sims = block @ queries
+            for r, c in zip(*np.nonzero(sims >= min_cosine)):
+                yield int(ids[start + r]), int(c), float(sims[r, c])
+
+
+def reference_matches(ws, cfg, refs: list[Path], phash_max: int | None, min_cosine: float | None,
+                      counters: dict) -> list[tuple]:
+    """Samples matching reference images by sha256, mirror-aware pHash and embedding cosine.
+
+    Args:
+        refs: image files.
+        phash_max: Hamming radius in bits (0–64), None = no pHash signal.
+        min_cosine: cosine threshold in (0, 1], None = no embedding signal.
+        counters: filled with per-reference decode status and hit counts.
+
+    Returns:
+        rows (sample_id, signal, score, evidence, matched_reference path).
+    """
+    from curate.models.recipe import image_key
+
+    key = image_key(cfg)
+    have_vectors = min_cosine is not None and bool(ws.scalar(
+        "SELECT count(*) FROM embeddings WHERE model = ? AND status = 'ok'", [key]))
+    feats = reference_features(refs, cfg, need_embedding=have_vectors)
+    if min_cosine is not None and not have_vectors:
+        counters["embedding"] = f"no image embeddings under {key} in the catalog (run embed): signal skipped"
+    rows: list[tuple] = []
+    for i, f in enumerate(feats["files"]):
+        name = Path(f).name
+        counters[name] = {"status": feats["status"][i]}
+        rows += [(sid, "sha256", 1.0, f"image bytes identical to reference {name} (sha256 {feats['sha256'][i][:16]}…)", f)
+                 for (sid,) in ws.q("SELECT sample_id FROM images WHERE sha256 = ?", [feats["sha256"][i]])]
+        if not feats["ok"][i]:
+            continue
+        if phash_max is not None:
+            h, m = int(feats["phash"][i]), int(feats["mirror"][i])
+            for sid, d, dm in ws.q(
+                "SELECT sample_id, bit_count(xor(phash, ?::UBIGINT)), "
+                "least(bit_count(xor(phash_mirror, ?::UBIGINT)), bit_count(xor(phash, ?::UBIGINT))) "
+                "FROM images WHERE phash IS NOT NULL AND (bit_count(xor(phash, ?::UBIGINT)) <= ? "
+                "OR bit_count(xor(phash_mirror, ?::UBIGINT)) <= ? OR bit_count(xor(phash, ?::UBIGINT)) <= ?)",
+                [h, h, m, h, phash_max, h, phash_max, m, phash_max]):
+                best = min(d, dm if dm is not None else 64)
+                how = "" if d <= best else " (mirror image)"
+                rows.append((sid, "phash", float(best), f"pHash {best} bits from reference {name}{how} ≤ {phash_max}", f))
+    if have_vectors and feats["vectors"] is not None:
+        ok = np.flatnonzero(feats["ok"])
+        R = np.ascontiguousarray(feats["vectors"][ok].T)
+        for sid, c, sim in _vectors_above(ws.embeddings_dir(feats["key"]), R, min_cosine):
+            f = feats["files"][ok[c]]
+            rows.append((sid, "embedding", round(sim, 4), f"cosine {sim:.3f} to reference {Path(f).name} ≥ {min_cosine}", f))
+    for _sid, sig, _s, _e, f in rows:
+        c = counters.setdefault(Path(f).name, {})
+        c[sig] = c.get(sig, 0) + 1
+    return rows
+
+
+def match_counts(con, slug: str) -> dict[str, Any]:
+    """One claimant's ``claim_matches``: distinct samples in all (``samples``), matched directly
+    (``direct``), only through a duplicate cluster (``via_cluster``), and per signal."""
+    r = con.execute("SELECT count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (NOT via_cluster), "
+                    "count(DISTINCT sample_id) FILTER (via_cluster) FROM claim_matches WHERE slug = ?", [slug]).fetchone()
+    sig = con.execute("SELECT signal, count(DISTINCT sample_id) FROM claim_matches WHERE slug = ? "
+                      "GROUP BY signal ORDER BY signal", [slug]).fetchall()
+    return {"samples": int(r[0]), "direct": int(r[1]), "via_cluster": int(r[2]),
+            "by_signal": {k: int(v) for k, v in sig}}
+
+
+class _DryRun(Exception):
+    pass
+
+
+def run_claims(ws, cfg, claims: list[Claim], dry_run: bool = False) -> dict[str, Any]:
+    """Match every claim, extend to duplicate clusters, and rewrite ``claim_matches`` and the
+    claim rows of ``flags`` in one transaction (rolled back when ``dry_run``: counts only).
+
+    Returns:
+        counters: per claimant direct / via_cluster / total samples, per signal counts.
+    """
+    counters: dict[str, Any] = {"claimants": {}}
+    per: list[tuple[Claim, list[tuple]]] = [(c, _direct_matches(ws, c, cfg, counters)) for c in claims]
+    try:
+        _write(ws, per, counters, dry_run)
+    except _DryRun:
+        pass
+    return counters
+
+
+def _write(ws, per, counters: dict, dry_run: bool) -> None:
+    with ws.transaction() as con:
+        con.execute("DELETE FROM claim_matches")
+        con.execute("DELETE FROM claims")
+        con.execute("DELETE FROM flags WHERE holder IS NOT NULL")
+        for claim, rows in per:
+            con.execute("CREATE OR REPLACE TEMP TABLE _direct (sample_id BIGINT, signal VARCHAR, score DOUBLE, "
+                        "evidence VARCHAR, matched_reference VARCHAR)")
+            if rows:
+                con.executemany("INSERT INTO _direct VALUES (?, ?, ?, ?, ?)", rows)
+            base = [claim.claimant, claim.slug, claim.category, claim.action]
+            entries = ([("domain", d) for d in claim.domains] + [("url", u) for u in claim.urls]
+                       + [("url_list", str(claim.path(f))) for f in claim.url_lists]
+                       + [("keyword", k) for k in claim.keywords]
+                       + [("reference_image", str(p)) for p in claim.reference_files()])
+            con.executemany("INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [[claim.claimant, claim.slug, claim.contact, claim.category, claim.action, k, v]
+                             for k, v in entries])
+            con.execute("INSERT INTO claim_matches SELECT ?, ?, ?, ?, sample_id, signal, score, evidence, "
+                        "matched_reference, false, NULL FROM _direct", base)
+            if claim.extend_to_clusters:
+                # every other member of a matched sample's cluster; evidence: the matched member
+                # (smallest id among the direct matches of that cluster) and the edge joining them
+                con.execute(
+                    """INSERT INTO claim_matches
+                    WITH d AS (SELECT sample_id, min(signal || ': ' || evidence) AS why,
+                                      min(matched_reference) AS ref FROM _direct GROUP BY sample_id),
+                    dc AS (SELECT c.cluster_id, c.cluster_size, d.sample_id AS seed, d.why, d.ref,
+                                  row_number() OVER (PARTITION BY c.cluster_id ORDER BY d.sample_id) AS k
+                           FROM d JOIN clusters c USING (sample_id)),
+                    ext AS (SELECT m.sample_id, dc.cluster_id, dc.cluster_size, dc.seed, dc.why, dc.ref, m.signals
+                            FROM dc JOIN clusters m USING (cluster_id)
+                            WHERE dc.k = 1 AND m.sample_id NOT IN (SELECT sample_id FROM d))
+                    SELECT ?, ?, ?, ?, e.sample_id, 'cluster', NULL,
+                           'copy of sample ' || e.seed || ' (' || e.why || ') in duplicate cluster ' || e.cluster_id
+                           || ' of ' || e.cluster_size || ': ' || coalesce(
+                               (SELECT string_agg(CASE x.signal WHEN 'sha256' THEN 'identical bytes (sha256)'
+                                       WHEN 'embedding' THEN 'cosine ' || round(1 - x.distance, 3)
+                                       WHEN 'phash' THEN 'pHash ' || CAST(x.distance AS INTEGER) || ' bits'
+                                       WHEN 'phash_mirror' THEN 'mirror pHash ' || CAST(x.distance AS INTEGER) || ' bits'
+                                       ELSE x.signal || ' ' || round(x.distance, 4) END, ', ' ORDER BY x.signal)
+                                FROM dup_edges x WHERE (x.a = e.seed AND x.b = e.sample_id) OR (x.a = e.sample_id AND x.b = e.seed)),
+                               'joined through other members (signals ' || array_to_string(e.signals, ',') || ')'),
+                           e.ref, true, e.seed
+                    FROM ext e""", base)
+            con.execute(
+                """INSERT INTO flags
+                SELECT sample_id, ?, ?, ?, ?, max(score) FILTER (signal <> 'phash'),
+                       string_agg(signal || ': ' || evidence, ' | ' ORDER BY via_cluster, signal, evidence), ?
+                FROM claim_matches WHERE claimant = ? GROUP BY sample_id""",
+                [claim.pack, claim.slug, claim.category, claim.action, claim.claimant, claim.claimant])
+            counters["claimants"][claim.claimant] = {
+                "slug": claim.slug, "category": claim.category, "action": claim.action, **match_counts(con, claim.slug)}
+        con.execute("DROP TABLE IF EXISTS _direct")
+        if dry_run:
+            raise _DryRun
+
+
+# ----------------------------------------------------------------------------------------------
+# retrieval rules of rule packs (kind: retrieval)
+
+def retrieval_table(rule) -> str:
+    """Name of the temp table :func:`prepare_retrieval` fills for a rule (read by rule_sql)."""
+    return "_retrieval_" + hashlib.sha256(rule.model_dump_json().encode()).hexdigest()[:16]
+
+
+def retrieval_rows(ws, cfg, rule, base: str | Path) -> list[tuple]:
+    """Hits of a ``retrieval`` rule: rows (sample_id, signal, score, evidence).
+
+    Reference images match as in claims (sha256, mirror-aware pHash when the rule sets
+    ``phash_max_distance``, embedding cosine ≥ ``min_cosine``); text concepts match by
+    cosine(text vector, image vector) ≥ ``min_cosine`` in the open_clip model's joint space.
+
+    Raises:
+        ConfigError: missing reference files; text concepts with an image model that has no
+            text tower (efficientnet_lite0, sscd) or no image embeddings in the catalog.
+    """
+    from curate.models.recipe import image_key
+
+    who = f"retrieval rule {rule.id!r}"
+    rows: list[tuple] = []
+    if rule.reference_images:
+        refs = image_files(rule.reference_images, base, who)
+        rows += [(sid, sig, sc, ev) for sid, sig, sc, ev, _ in
+                 reference_matches(ws, cfg, refs, rule.phash_max_distance, rule.min_cosine, {})]
+    if rule.text:
+        key = image_key(cfg)
+        if not ws.scalar("SELECT count(*) FROM embeddings WHERE model = ? AND status = 'ok'", [key]):
+            raise ConfigError(f"{who}: no image embeddings under {key} in the catalog; run `curate embed` first")
+        if not cfg.embed.model.startswith("open_clip:"):
+            raise ConfigError(f"{who}: text concepts need an image model with a text tower in the same space "
+                              f"(embed.model: open_clip:<arch>/<pretrained>); {cfg.embed.model} has none")
+        from curate.models.feeder import normalise
+        from curate.models.recipe import load_model
+
+        model = load_model(cfg)
+        t, ok = normalise(model.text.encode(list(rule.text)))
+        T = np.ascontiguousarray(t[ok].T)
+        texts = [x for x, g in zip(rule.text, ok) if g]
+        for sid, c, sim in _vectors_above(ws.embeddings_dir(key), T, rule.min_cosine):
+            rows.append((sid, "text", round(sim, 4), f"cosine {sim:.3f} to text {texts[c]!r} ≥ {rule.min_cosine}"))
+    return rows
+
+
+def prepare_retrieval(ws, cfg, packs) -> dict[str, int]:
+    """Evaluate every retrieval rule of ``packs`` into its temp table (one row per sample:
+    best score, all evidence). Returns hits per ``pack/rule``."""
+    from curate.stages.flag.rules import Retrieval
+
+    out = {}
+    for pack in packs:
+        for rule in pack.rules:
+            if not isinstance(rule, Retrieval):
+                continue
+            rows = retrieval_rows(ws, cfg, rule, pack.base)
+            t = retrieval_table(rule)
+            ws.con.execute(f"CREATE OR REPLACE TEMP TABLE {t}_raw (sample_id BIGINT, signal VARCHAR, score DOUBLE, "
+                           "evidence VARCHAR)")
+            if rows:
+                ws.con.executemany(f"INSERT INTO {t}_raw VALUES (?, ?, ?, ?)", rows)
+            ws.con.execute(f"CREATE OR REPLACE TEMP TABLE {t} AS SELECT sample_id, "
+                           "max(score) FILTER (signal <> 'phash') AS score, "
+                           "string_agg(signal || ': ' || evidence, ' | ' ORDER BY signal, evidence) AS evidence "
+                           f"FROM {t}_raw GROUP BY sample_id")
+            ws.con.execute(f"DROP TABLE {t}_raw")
+            out[f"{pack.pack}/{rule.id}"] = len({r[0] for r in rows})
+    return out
+
+
+def retrieval_fingerprint(packs) -> list:
+    """Reference files (path, fingerprint) of every retrieval rule: part of the flag digest."""
+    from curate.store.catalog import file_fingerprint
+    from curate.stages.flag.rules import Retrieval
+
+    return [[str(p), file_fingerprint(p)] for pack in packs for rule in pack.rules if isinstance(rule, Retrieval)
+            for p in image_files(rule.reference_images, pack.base, f"retrieval rule {rule.id!r}")]

@@ -1,0 +1,100 @@
+"""flag: evaluate rule packs over the catalog → ``flags`` (one row per sample × rule hit),
+then claims and opt-out lists (:mod:`curate.stages.flag.claims`) → ``claim_matches`` and one ``flags``
+row per sample × claimant (``holder`` = the claimant).
+
+Scores are stored as numbers and thresholds live in the packs, so changing a threshold
+re-runs only this stage (and export/report), never hashing or embedding. The stage
+rewrites all rule-pack flags on each run.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from curate.store.catalog import Workspace
+from curate.config import RunConfig
+from curate.stages.flag.rules import Pack, load_pack, pack_path, rule_sql
+
+
+def load_packs(cfg: RunConfig, packs: list[str] | None = None) -> list[Pack]:
+    return [load_pack(pack_path(p, cfg.base_dir)) for p in (packs if packs is not None else cfg.flag.packs)]
+
+
+def load_claims(cfg: RunConfig, claims: list[str] | None = None, opt_out: list[str] | None = None):
+    from curate.stages.flag.claims import load_all
+
+    return load_all(cfg.flag.claims if claims is None else claims, cfg.flag.opt_out if opt_out is None else opt_out,
+                    cfg.base_dir)
+
+
+def inputs(ws: Workspace, cfg: RunConfig) -> Any:
+    from curate.stages.flag.claims import fingerprint
+    from curate.models.recipe import image_key
+
+    from curate.stages.flag.claims import retrieval_fingerprint
+
+    from curate.stages.flag.classifiers import is_classifier_rule, spec_of
+
+    packs = [hashlib.sha256(pack_path(p, cfg.base_dir).read_bytes()).hexdigest() for p in cfg.flag.packs]
+    loaded = load_packs(cfg)
+    # classifier keys carry the package versions: upgrading nudenet / rapidocr re-runs flag
+    keys = sorted({spec_of(r).key for p in loaded for r in p.rules if is_classifier_rule(r)})
+    if keys:
+        packs = {"packs": packs, "classifiers": keys}
+    refs = retrieval_fingerprint(loaded)
+    claims = load_claims(cfg)
+    if not claims and not refs:
+        return packs
+    # reference images are matched with the dedup thresholds and the embedding model's vectors
+    return {"packs": packs, "claims": fingerprint(claims), "retrieval": refs, "embedding_key": image_key(cfg),
+            "dedup": cfg.dedup.model_dump(mode="json")}
+
+
+def hit_counts(ws: Workspace, packs: list[Pack], cfg: RunConfig | None = None) -> dict[str, dict[str, Any]]:
+    """Per ``pack/rule``: hits and distinct samples, without writing anything (``--dry-run``).
+
+    Classifier rules are evaluated on the scores already stored (nothing is classified);
+    ``unscored`` counts their candidates still to classify, which count as unknown here."""
+    from curate.stages.flag.classifiers import is_classifier_rule, pending
+
+    from curate.stages.flag.claims import prepare_retrieval
+
+    if cfg is not None:
+        prepare_retrieval(ws, cfg, packs)  # temp tables only
+    out = {}
+    for pack in packs:
+        for rule in pack.rules:
+            n, s = ws.q(f"SELECT count(*), count(DISTINCT sample_id) FROM ({rule_sql(rule)})")[0]
+            out[f"{pack.pack}/{rule.id}"] = {"category": rule.category, "action": rule.action, "hits": int(n), "samples": int(s)}
+            if is_classifier_rule(rule):  # dry-run computes no scores: candidates not yet classified count as unknown
+                out[f"{pack.pack}/{rule.id}"]["unscored"] = pending(ws, rule)
+    return out
+
+
+def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
+    packs = load_packs(cfg)
+    from curate.stages.flag.claims import prepare_retrieval
+
+    prepare_retrieval(ws, cfg, packs)  # retrieval rules: reference images / text concepts → temp tables
+    from curate.stages.flag.classifiers import ensure_scores  # classifier rules read stored scores: compute missing ones first
+
+    classifiers = ensure_scores(ws, packs, max_pixels=cfg.hash.max_pixels, engine=cfg.flag)
+    per_rule: dict[str, int] = {}
+    with ws.transaction() as con:
+        con.execute("DELETE FROM flags WHERE holder IS NULL")
+        for pack in packs:
+            for rule in pack.rules:
+                con.execute(
+                    "INSERT INTO flags SELECT sample_id, ?, ?, ?, ?, score, evidence, NULL "
+                    f"FROM ({rule_sql(rule)})",
+                    [pack.pack, rule.id, rule.category, rule.action],
+                )
+                per_rule[f"{pack.pack}/{rule.id}"] = int(
+                    ws.scalar("SELECT count(*) FROM flags WHERE pack = ? AND rule_id = ?", [pack.pack, rule.id])
+                )
+    from curate.stages.flag.claims import run_claims
+
+    claims = run_claims(ws, cfg, load_claims(cfg))["claimants"]
+    by_action = dict(ws.q("SELECT action, count(DISTINCT sample_id) FROM flags GROUP BY action ORDER BY action"))
+    return {"packs": [p.pack for p in packs], "hits_per_rule": per_rule, "claimants": claims,
+            "samples_by_action": by_action, "classifiers": classifiers}

@@ -1,0 +1,103 @@
+"""report: a self-contained HTML report → ``out/report/index.html``.
+
+Thumbnails are inline JPEG data URIs made by the shared loader; a Content-Security-Policy
+forbids every network fetch; all captions, URLs and evidence are HTML-escaped by Jinja2's
+autoescaping. The page holds no timestamps, so the same catalog gives the same bytes.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from curate.store.catalog import Workspace, atomic_write_bytes
+from curate.config import RunConfig
+from curate.media.images import open_image, read_ref
+from curate.stages.export.stage import summary
+
+
+def inputs(ws: Workspace, cfg: RunConfig) -> Any:
+    # probe commands run outside the stage chain: a newer probe run makes the report out of date
+    return ws.q("SELECT stage, max(run_id) FROM runs WHERE stage LIKE 'probe-%' AND status = 'ok' GROUP BY stage ORDER BY stage")
+
+
+def thumbnail(image_ref: str | None, px: int, max_pixels: int) -> tuple[str | None, str]:
+    """(base64 JPEG thumbnail or None, image status) for an image reference."""
+    from PIL import Image
+
+    if not image_ref:
+        return None, "no image"
+    d, im = open_image(read_ref(image_ref), max_pixels=max_pixels, draft=px)
+    if im is None:
+        return None, d.status
+    im.thumbnail((px, px), Image.BICUBIC)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80)
+    return base64.b64encode(buf.getvalue()).decode("ascii"), "ok"
+
+
+def build_context(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
+    rc = cfg.report
+    s = summary(ws)
+    clusters = []
+    top = ws.q(
+        "SELECT cluster_id, any_value(cluster_size), any_value(signals) FROM clusters GROUP BY cluster_id "
+        "ORDER BY any_value(cluster_size) DESC, cluster_id LIMIT ?", [rc.max_clusters],
+    )
+    for cid, size, signals in top:
+        rows = ws.q(
+            """SELECT c.sample_id, s.caption, s.url, s.key, s.image_ref, d.keeper_sample_id = c.sample_id,
+                      c.keeper_reason, d.reasons
+               FROM clusters c JOIN samples s USING (sample_id) JOIN decisions d USING (sample_id)
+               WHERE c.cluster_id = ? ORDER BY (d.keeper_sample_id = c.sample_id) DESC, c.keeper_rank LIMIT ?""",
+            [cid, rc.thumbs_per_cluster],
+        )
+        members = []
+        for sid, cap, url, key, ref, is_keeper, reason, reasons in rows:
+            thumb, status = thumbnail(ref, rc.thumb_px, cfg.hash.max_pixels)
+            members.append(dict(sample_id=sid, caption=cap, url=url, key=key, thumb=thumb, status=status,
+                                keeper=bool(is_keeper), keeper_reason=reason, reasons=reasons))
+        clusters.append(dict(cluster_id=cid, size=size, signals=signals or [], members=members,
+                             more=max(0, size - len(members))))
+    flagged = [
+        dict(sample_id=a, rule=f"{b}/{c}", action=d, evidence=e, caption=f, url=g)
+        for a, b, c, d, e, f, g in ws.q(
+            "SELECT f.sample_id, f.pack, f.rule_id, f.action, f.evidence, s.caption, s.url FROM flags f "
+            "JOIN samples s USING (sample_id) ORDER BY f.pack, f.rule_id, f.sample_id LIMIT 200"
+        )
+    ]
+    bad = [
+        dict(sample_id=a, status=b, detail=c, ref=d)
+        for a, b, c, d in ws.q(
+            "SELECT i.sample_id, i.status, i.detail, s.image_ref FROM images i JOIN samples s USING (sample_id) "
+            "WHERE i.status <> 'ok' ORDER BY i.sample_id LIMIT 500"
+        )
+    ]
+    from curate.probes.report import context as probe_context
+
+    probes, probes_data = probe_context(ws, cfg, thumbnail)  # memorization probes (curate.probes), if any ran
+    return dict(s=s, clusters=clusters, flagged=flagged, bad_images=bad, workspace=str(ws.root), thumb_px=rc.thumb_px,
+                probes=probes, probes_data=probes_data)
+
+
+def render(ctx: dict[str, Any]) -> str:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+    return env.get_template("report.html.j2").render(**ctx)
+
+
+def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
+    ctx = build_context(ws, cfg)
+    d = ws.out / "report"
+    d.mkdir(parents=True, exist_ok=True)
+    html = render(ctx).encode("utf-8")
+    atomic_write_bytes(d / "index.html", html)
+    data = {**ctx["s"], "probes": ctx["probes_data"]}
+    atomic_write_bytes(d / "report.json", (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+    return {"clusters_shown": len(ctx["clusters"]), "bytes": len(html)}

@@ -1,0 +1,307 @@
+"""The workspace and its DuckDB catalog: tables, runs, and stage bookkeeping.
+
+Layout of a workspace (one per dataset)::
+
+    catalog.duckdb      metadata, hashes, clusters, flags, runs
+    config.json         the last run config (stage commands reuse it)
+    embeddings/<model>/ part-00000.npy float16 (n, d) + part-00000.ids.npy int64 (n,)
+    index/              faiss caches (always rebuildable)
+    out/                manifest.parquet, removals/, summary.json, report/
+
+``sample_id`` (BIGINT) is the only join key: ``source_id * 2**40 + source_row``, so it is
+stable across re-runs and independent of processing order. It is unique by construction
+(ingest writes each source_id once, in one transaction), so ``samples`` carries no index —
+an index would cost LAION-scale ingest time and memory for lookups nobody makes.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+from curate.errors import CurateError
+
+ROW_BITS = 40  # sample_id = source_id << ROW_BITS | source_row
+
+DDL = """
+CREATE TABLE IF NOT EXISTS sources (
+    source_id INTEGER PRIMARY KEY, name VARCHAR NOT NULL, uri VARCHAR NOT NULL UNIQUE,
+    format VARCHAR NOT NULL, schema_name VARCHAR, n_rows BIGINT, n_samples BIGINT,
+    n_rejected BIGINT, fingerprint VARCHAR, column_map JSON, notes JSON, columns JSON
+);
+CREATE TABLE IF NOT EXISTS samples (
+    sample_id BIGINT NOT NULL, source_id INTEGER NOT NULL, source_row BIGINT NOT NULL,
+    key VARCHAR, url VARCHAR, caption VARCHAR, width INTEGER, height INTEGER,
+    image_ref VARCHAR, license VARCHAR, nsfw VARCHAR, similarity DOUBLE, punsafe DOUBLE,
+    pwatermark DOUBLE, aesthetic DOUBLE, laion_hash BIGINT, sha256_meta VARCHAR,
+    extra JSON, notes VARCHAR[]
+);
+CREATE TABLE IF NOT EXISTS rejects (
+    source_id INTEGER NOT NULL, source_row BIGINT NOT NULL, reason VARCHAR NOT NULL, raw VARCHAR
+);
+CREATE TABLE IF NOT EXISTS images (
+    sample_id BIGINT PRIMARY KEY, status VARCHAR NOT NULL, detail VARCHAR, n_bytes BIGINT,
+    sha256 VARCHAR, phash UBIGINT, width INTEGER, height INTEGER, raw_width INTEGER,
+    raw_height INTEGER, mode VARCHAR, format VARCHAR, orientation INTEGER, notes VARCHAR[],
+    phash_mirror UBIGINT
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+    sample_id BIGINT NOT NULL, model VARCHAR NOT NULL, part INTEGER, status VARCHAR NOT NULL,
+    PRIMARY KEY (sample_id, model)
+);
+CREATE TABLE IF NOT EXISTS image_text (
+    sample_id BIGINT NOT NULL, image_model VARCHAR NOT NULL, caption_model VARCHAR NOT NULL,
+    similarity DOUBLE NOT NULL, PRIMARY KEY (sample_id, image_model, caption_model)
+);
+CREATE TABLE IF NOT EXISTS embedding_imports (
+    model VARCHAR NOT NULL, uri VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL, n_rows BIGINT,
+    imported BIGINT, unmatched BIGINT, part INTEGER
+);
+CREATE TABLE IF NOT EXISTS image_scores (
+    sample_id BIGINT NOT NULL, classifier VARCHAR NOT NULL, label VARCHAR NOT NULL, score DOUBLE,
+    detail VARCHAR, status VARCHAR NOT NULL, sha256 VARCHAR
+);
+CREATE TABLE IF NOT EXISTS dup_edges (
+    a BIGINT NOT NULL, b BIGINT NOT NULL, signal VARCHAR NOT NULL, distance DOUBLE
+);
+CREATE TABLE IF NOT EXISTS cluster_stats (
+    cluster_id BIGINT NOT NULL, cluster_size INTEGER NOT NULL, keeper_sample_id BIGINT,
+    signals VARCHAR[], edges_sha256 BIGINT, edges_phash BIGINT, edges_embedding BIGINT,
+    edges_caption BIGINT, max_phash_bits INTEGER, min_cosine DOUBLE, distinct_urls BIGINT,
+    distinct_captions BIGINT, sources BIGINT, edges_phash_mirror BIGINT
+);
+CREATE TABLE IF NOT EXISTS caption_stats (
+    sample_id BIGINT NOT NULL, caption_group BIGINT NOT NULL, caption_count INTEGER NOT NULL,
+    caption_images INTEGER NOT NULL, template_group BIGINT NOT NULL, template_count INTEGER NOT NULL,
+    template_variants INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clusters (
+    sample_id BIGINT NOT NULL, cluster_id BIGINT NOT NULL, cluster_size INTEGER NOT NULL,
+    keeper_rank INTEGER NOT NULL, is_keeper BOOLEAN NOT NULL, keeper_reason VARCHAR,
+    signals VARCHAR[]
+);
+CREATE TABLE IF NOT EXISTS flags (
+    sample_id BIGINT NOT NULL, pack VARCHAR NOT NULL, rule_id VARCHAR NOT NULL,
+    category VARCHAR NOT NULL, action VARCHAR NOT NULL, score DOUBLE, evidence VARCHAR,
+    holder VARCHAR
+);
+CREATE TABLE IF NOT EXISTS claims (
+    claimant VARCHAR NOT NULL, slug VARCHAR NOT NULL, contact VARCHAR, category VARCHAR NOT NULL,
+    action VARCHAR NOT NULL, kind VARCHAR, value VARCHAR
+);
+CREATE TABLE IF NOT EXISTS claim_matches (
+    claimant VARCHAR NOT NULL, slug VARCHAR NOT NULL, category VARCHAR NOT NULL, action VARCHAR NOT NULL,
+    sample_id BIGINT NOT NULL, signal VARCHAR NOT NULL, score DOUBLE, evidence VARCHAR NOT NULL,
+    matched_reference VARCHAR, via_cluster BOOLEAN NOT NULL, seed_sample_id BIGINT
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    sample_id BIGINT NOT NULL, keep BOOLEAN NOT NULL, reasons VARCHAR[] NOT NULL,
+    cluster_id BIGINT, keeper_sample_id BIGINT, review VARCHAR[], tags VARCHAR[]
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY, stage VARCHAR NOT NULL, config JSON, digest VARCHAR,
+    started TIMESTAMP, finished TIMESTAMP, status VARCHAR NOT NULL, counters JSON, error VARCHAR
+);
+-- memorization probes (curate.probes): select → generate / import → score
+CREATE TABLE IF NOT EXISTS probes (
+    probe_id BIGINT PRIMARY KEY, prompt VARCHAR NOT NULL, rank INTEGER, risk DOUBLE, reasons JSON,
+    sample_ids BIGINT[] NOT NULL, representative_sample_id BIGINT, cluster_size INTEGER,
+    caption_count INTEGER, pair_count INTEGER, template_count INTEGER, specificity DOUBLE,
+    n_samples INTEGER, origin VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS generations (
+    gen_id BIGINT PRIMARY KEY, gen_set VARCHAR NOT NULL, probe_id BIGINT NOT NULL, prompt VARCHAR NOT NULL,
+    seed BIGINT, path VARCHAR NOT NULL, model VARCHAR, settings JSON, noise_magnitude DOUBLE,
+    noise_per_step DOUBLE[], origin VARCHAR NOT NULL, width INTEGER, height INTEGER
+);
+CREATE TABLE IF NOT EXISTS gen_matches (
+    gen_id BIGINT NOT NULL, model VARCHAR NOT NULL, rank INTEGER NOT NULL, sample_id BIGINT NOT NULL,
+    similarity DOUBLE NOT NULL, tiled_l2 DOUBLE
+);
+CREATE TABLE IF NOT EXISTS gen_scores (
+    gen_id BIGINT NOT NULL, model VARCHAR NOT NULL, status VARCHAR NOT NULL, top1_sample_id BIGINT,
+    top1_similarity DOUBLE, top1_tiled_l2 DOUBLE, min_tiled_l2 DOUBLE, min_tiled_l2_sample_id BIGINT,
+    verdict VARCHAR, evidence JSON
+);
+CREATE TABLE IF NOT EXISTS probe_verdicts (
+    gen_set VARCHAR NOT NULL, probe_id BIGINT NOT NULL, model VARCHAR NOT NULL, verdict VARCHAR NOT NULL,
+    n_generations INTEGER, n_replicated INTEGER, n_close INTEGER, max_similarity DOUBLE,
+    min_tiled_l2 DOUBLE, noise_magnitude DOUBLE, evidence JSON
+);
+CREATE TABLE IF NOT EXISTS probe_stats (
+    gen_set VARCHAR NOT NULL, model VARCHAR NOT NULL, descriptor JSON, stats JSON
+);
+"""
+
+# Columns added after a catalog layout was in use: appended (as in DDL) to older catalogs
+# when they are opened. The stage that fills a new column re-computes what older runs lack
+# (hash: rows without ``phash_mirror`` are hashed again, see curate.stages.hash.stage).
+MIGRATIONS = """
+ALTER TABLE images ADD COLUMN IF NOT EXISTS phash_mirror UBIGINT;
+ALTER TABLE cluster_stats ADD COLUMN IF NOT EXISTS edges_phash_mirror BIGINT;
+"""
+
+STAGES = ("ingest", "hash", "embed", "dedup", "flag", "export", "report")
+
+
+def sample_id(source_id: int, source_row: int) -> int:
+    """Stable sample id: ``source_id * 2**40 + source_row`` (int64, ≥ 0)."""
+    return (source_id << ROW_BITS) | source_row
+
+
+class Workspace:
+    """A workspace directory with its catalog connection (single writer).
+
+    Args:
+        root: workspace folder; created if missing.
+        threads / memory_limit: DuckDB settings (None keeps DuckDB's defaults).
+
+    Raises:
+        CurateError: if the catalog is locked by another process or unreadable.
+    """
+
+    def __init__(self, root: str | Path, *, threads: int | None = None, memory_limit: str | None = None,
+                 embeddings_root: str | Path | None = None):
+        self.root = Path(root).resolve()
+        self.embeddings_root = embeddings_root  # None: <root>/embeddings (RunConfig.embeddings_root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in ("embeddings", "index", "out", "logs"):
+            (self.root / sub).mkdir(exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.root / "catalog.duckdb"))
+        except duckdb.IOException as e:
+            raise CurateError(f"cannot open catalog in {self.root}: {e} (is another curate running here?)") from None
+        self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar prints to stdout, which carries JSON
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            self.con.execute(f"SET memory_limit = '{memory_limit.replace(chr(39), '')}'")
+        self.con.execute(DDL)
+        self.con.execute(MIGRATIONS)
+
+    # -- paths -----------------------------------------------------------------------------
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    def embeddings_dir(self, model: str) -> Path | str:
+        """The folder of embedding key ``model``'s parts (:mod:`curate.store.embeddings`): a local Path
+        (created if missing) under ``<root>/embeddings`` or the configured ``embed.parts_root``,
+        or a URI string when that is object storage (``s3://…/<key>``; nothing to create)."""
+        from curate.store import fsio
+
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+        base = self.root / "embeddings" if self.embeddings_root is None else self.embeddings_root
+        d = fsio.join(base, safe)
+        if isinstance(d, Path):
+            d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def close(self) -> None:
+        self.con.close()
+
+    # -- queries ---------------------------------------------------------------------------
+    def q(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
+        """Run ``sql`` and return all rows."""
+        return self.con.execute(sql, params or []).fetchall()
+
+    def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
+        rows = self.con.execute(sql, params or []).fetchall()  # fetchall: DuckDB 2 needs results consumed
+        return rows[0][0] if rows else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """BEGIN … COMMIT, rolled back on any exception (so a killed batch leaves nothing)."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    # -- runs ------------------------------------------------------------------------------
+    def last_run(self, stage: str, status: str | None = "ok") -> dict | None:
+        sql = "SELECT run_id, stage, config, digest, started, finished, status, counters, error FROM runs WHERE stage = ?"
+        params: list[Any] = [stage]
+        if status:
+            sql += " AND status = ?"
+            params.append(status)
+        rows = self.q(sql + " ORDER BY run_id DESC LIMIT 1", params)
+        if not rows:
+            return None
+        keys = ["run_id", "stage", "config", "digest", "started", "finished", "status", "counters", "error"]
+        d = dict(zip(keys, rows[0]))
+        for k in ("config", "counters"):
+            d[k] = json.loads(d[k]) if d[k] else {}
+        return d
+
+    def start_run(self, stage: str, config: dict, digest: str) -> int:
+        run_id = (self.scalar("SELECT max(run_id) FROM runs") or 0) + 1
+        self.con.execute(
+            "INSERT INTO runs (run_id, stage, config, digest, started, status) VALUES (?, ?, ?, ?, ?, 'running')",
+            [run_id, stage, json.dumps(config, sort_keys=True), digest, _now()],
+        )
+        return run_id
+
+    def finish_run(self, run_id: int, counters: dict, status: str = "ok", error: str | None = None) -> None:
+        self.con.execute(
+            "UPDATE runs SET finished = ?, status = ?, counters = ?, error = ? WHERE run_id = ?",
+            [_now(), status, json.dumps(counters, sort_keys=True, default=_json_default), error, run_id],
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Per stage: last run's status, digest, times and counters (for ``curate status``)."""
+        out: dict[str, Any] = {}
+        for stage in STAGES:
+            r = self.last_run(stage, status=None)
+            if r is None:
+                out[stage] = {"status": "never_run"}
+                continue
+            out[stage] = {
+                "status": r["status"],
+                "run_id": r["run_id"],
+                "started": r["started"].isoformat() if r["started"] else None,
+                "finished": r["finished"].isoformat() if r["finished"] else None,
+                "counters": r["counters"],
+            }
+            if r["error"]:
+                out[stage]["error"] = r["error"]
+        return out
+
+
+def digest_of(*parts: Any) -> str:
+    """sha256 hex of the canonical JSON of ``parts``."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """Cheap change detector for an input file: size and mtime (ns)."""
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file + rename (never a half-written file)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
