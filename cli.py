@@ -117,9 +117,9 @@ def main(ctx, workspace, quiet):
       curate --workspace ws run examples/sample/curate.yaml
       curate --workspace ws status --json
     """
-    from curate.progress import set_quiet
+    from curate import api
 
-    set_quiet(quiet)
+    api.set_quiet(quiet)
     ctx.obj = {"workspace": workspace}
 
 
@@ -178,9 +178,9 @@ def schemas(as_json):
 
     Example: curate schemas --json
     """
-    from curate.stages.ingest.schemas import load_layouts
+    from curate import api
 
-    lays = load_layouts()
+    lays = api.layouts()
     if as_json:
         _print_json({n: l.model_dump() for n, l in lays.items()})
         return
@@ -208,18 +208,7 @@ def _make_stage_command(stage: str):
         # options not given are None (left as configured); `off` switches a signal off (null)
         cfg = api.with_overrides(cfg, stage, {k: None if v is OFF else v for k, v in opts.items() if v is not None})
         if dry_run:
-            from curate.stages.flag.claims import run_claims
-            from curate.stages.flag.stage import hit_counts, load_claims, load_packs
-
-            w = api.open_workspace(ws, cfg)
-            try:
-                out = hit_counts(w, load_packs(cfg), cfg)
-                claims = load_claims(cfg)
-                if claims:  # matched and extended inside a transaction that is rolled back
-                    out["claims"] = run_claims(w, cfg, claims, dry_run=True)["claimants"]
-                _print_json(out)
-            finally:
-                w.close()
+            _print_json(api.flag_dry_run(ws, cfg))
             return
         _print_json(api.run_one(ws, stage, cfg, force=force))
 
@@ -263,9 +252,9 @@ def probe():
 
 
 def _probe_run(ctx, command: str, config, overrides: dict, **kwargs):
-    from curate.probes import run_command
+    from curate import api
 
-    _print_json(run_command(_ws(ctx), command, config, {k: v for k, v in overrides.items() if v is not None}, **kwargs))
+    _print_json(api.probe(_ws(ctx), command, config, {k: v for k, v in overrides.items() if v is not None}, **kwargs))
 
 
 _CONFIG_OPT = click.option("--config", "-c", type=click.Path(exists=True, dir_okay=False),

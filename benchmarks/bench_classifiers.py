@@ -153,7 +153,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "misses"}), file=sys.stderr)
         ocr_results.append(row)
 
-    det = C._model("nudenet")
+    det = C.load_classifier("nudenet")
     clean = [data for _, s, data in cases if s == "clean"]
     det.detect(np.zeros((320, 320, 3), np.uint8))
     t0 = time.perf_counter()

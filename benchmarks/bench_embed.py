@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from curate import api
     from curate.config import RunConfig
     from curate.media.images import open_image
-    from curate.models.core import load_image_model
+    from curate.models import load_image_model
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-embed-")
     root = Path(tmp.name)

@@ -107,8 +107,9 @@ def assign_rate(d: int, nlist: int, rows: int = 100_000) -> float:
 
 def run_ivfpq(a) -> dict:
     from curate.stages.dedup import ivfpq
+    from curate.stages.dedup.sources import PartsSource
 
-    src = ivfpq.PartsSource(Path(a.workdir) / "parts")
+    src = PartsSource(Path(a.workdir) / "parts")
     p = ivfpq.Params(nlist=a.nlist, m=a.m, nbits=8, nprobe=a.nprobe, train_size=a.train_size)
     t0 = time.perf_counter()
     res = ivfpq.pairs(src, a.threshold, p, recall_sample=0)
@@ -122,20 +123,21 @@ def run_ivfpq(a) -> dict:
 
 def run_exact(a) -> dict:
     from curate.stages.dedup import ivfpq
+    from curate.stages.dedup.sources import PartsSource, sample_ids
 
-    src = ivfpq.PartsSource(Path(a.workdir) / "parts")
+    src = PartsSource(Path(a.workdir) / "parts")
     picked = []
     n = src.count()
     for key in src.shards():
         ids, _ = src.load(key)
-        picked.append(ids[ivfpq.sample_ids(ids, min(1.0, 1.3 * a.sample / n), 2)])
+        picked.append(ids[sample_ids(ids, min(1.0, 1.3 * a.sample / n), 2)])
     q = np.sort(np.concatenate(picked))[: a.sample]
     t0 = time.perf_counter()
     st: dict = {}
     ea, eb = ivfpq.exact_pairs_of(src, q, a.threshold, st)
     dt = time.perf_counter() - t0
     fa, fb = np.load(Path(a.workdir) / "pairs_a.npy"), np.load(Path(a.workdir) / "pairs_b.npy")
-    hit = np.isin(ivfpq._pair_key(ea, eb), ivfpq._pair_key(fa, fb))
+    hit = np.isin(ivfpq.pair_key(ea, eb), ivfpq.pair_key(fa, fb))
     per_row = st["flat_search_seconds"] / len(q)  # the searches alone: reading the parts is paid once
     return {"sample_rows": int(len(q)), "exact_pairs": int(len(ea)), "found": int(hit.sum()),
             "recall": round(float(hit.mean()), 4) if len(ea) else None,

@@ -852,7 +852,7 @@ def expand_phash(g: Graph, h: np.ndarray, m: np.ndarray, r: int, mirror: bool) -
 def filter_graph(g: Graph, phash: int | None, cosine: float | None, sha256: bool = True) -> Graph:
     """The edges dedup would write at stricter thresholds (edges are pairwise decisions, so a
     run at the loosest thresholds contains every stricter run's edges). Cosine is compared in
-    float32, as :func:`curate.stages.dedup.index.cosine_pairs` does."""
+    float32, as :func:`curate.stages.dedup.vector_search.cosine_pairs` does."""
     keep = np.zeros(len(g.a), bool)
     if sha256:
         keep |= g.signal == "sha256"
@@ -925,7 +925,7 @@ def imagededup_graph(folder: Path, truth: list[Truth], index: dict[str, int], th
 
     from imagededup.methods import PHash
 
-    from curate.stages.dedup.index import phash_pairs
+    from curate.stages.dedup.phash_search import phash_pairs
 
     logging.disable(logging.INFO)  # imagededup logs every step at INFO even with verbose=False
     try:

@@ -4,11 +4,11 @@ Four measurements, each in its own child process (peak RSS = that process's ``ru
 which includes generating its input):
 
 - ``phash``: N random 64-bit hashes, a tenth of them copies of another hash with 0–6 random
-  bits flipped, searched at Hamming radius R by :func:`curate.stages.dedup.index.phash_pairs` (``auto``
+  bits flipped, searched at Hamming radius R by :func:`curate.stages.dedup.phash_search.phash_pairs` (``auto``
   picks multi-index hashing at this size). Every planted pair must be found. With
   ``--phash-brute`` the same hashes are also searched by faiss ``IndexBinaryFlat`` (O(n²))
   in the same process: identical pairs required, speed ratio reported.
-- ``phash_edges``: what the dedup stage runs, :func:`curate.stages.dedup.index.phash_edges` with mirror
+- ``phash_edges``: what the dedup stage runs, :func:`curate.stages.dedup.phash_search.phash_edges` with mirror
   hashes, on the same N hashes with 5 % of the rows replaced by one placeholder hash and 1 %
   of the mirror hashes planted 0–6 bits from another row's hash (flipped copies): star edges
   for the placeholder, exact MIH for the distinct hashes, and an exact MIH cross search of the
@@ -20,7 +20,7 @@ which includes generating its input):
   speed ratio reported.
 - ``embed``: N × D float16 L2-normalised Gaussian vectors; 5 % of rows replaced by a rotation of
   another row by an angle uniform in [0, 0.45] rad (cosine 0.90–1.0), 1 % by exact copies of
-  another row; searched at cosine ≥ T by :func:`curate.stages.dedup.index.embedding_edges` (``auto``: IVF
+  another row; searched at cosine ≥ T by :func:`curate.stages.dedup.vector_search.embedding_edges` (``auto``: IVF
   at this size). Reports the sampled recall against exact search that the function measures,
   the fraction of planted pairs at cosine ≥ T that end in one connected component, and the
   exact-search time of the recall sample extrapolated to all rows (an estimate, labelled so).
@@ -78,7 +78,7 @@ def planted_hashes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def child_phash(n: int, radius: int, brute: bool, seed: int) -> dict:
-    from curate.stages.dedup.index import phash_pairs
+    from curate.stages.dedup.phash_search import phash_pairs
 
     h, src, dst = planted_hashes(n, seed)
     rss_input = _rss_mb()
@@ -105,11 +105,12 @@ def child_phash(n: int, radius: int, brute: bool, seed: int) -> dict:
 
 
 def child_phash_edges(n: int, radius: int, seed: int) -> dict:
-    """What the dedup stage runs: :func:`curate.stages.dedup.index.phash_edges` with mirror hashes, on the
+    """What the dedup stage runs: :func:`curate.stages.dedup.phash_search.phash_edges` with mirror hashes, on the
     planted hashes of :func:`planted_hashes` with 5 % of the rows replaced by one placeholder
     hash (a LAION placeholder image) and, for 1 % of the rows, the mirror hash set to another
     row's hash with 0–6 bits flipped (planted flipped copies); the other mirror hashes are random."""
-    from curate.stages.dedup.index import components, phash_edges
+    from curate.stages.dedup.clusters import components
+    from curate.stages.dedup.phash_search import phash_edges
 
     h, src, dst = planted_hashes(n, seed)
     rng = np.random.default_rng(seed + 1)
@@ -149,7 +150,7 @@ def child_phash_edges(n: int, radius: int, seed: int) -> dict:
 def child_imagededup(n: int, radius: int, seed: int) -> dict:
     from imagededup.methods import PHash
 
-    from curate.stages.dedup.index import phash_pairs
+    from curate.stages.dedup.phash_search import phash_pairs
     from curate.media.phash import to_hex
 
     h, _, _ = planted_hashes(n, seed)
@@ -202,7 +203,8 @@ def planted_vectors(n: int, dim: int, seed: int):
 
 
 def child_embed(n: int, dim: int, min_cosine: float, seed: int, ivf_min_n: int) -> dict:
-    from curate.stages.dedup.index import components, embedding_edges
+    from curate.stages.dedup.clusters import components
+    from curate.stages.dedup.vector_search import embedding_edges
 
     t = time.perf_counter()
     x, src, dst = planted_vectors(n, dim, seed)
@@ -277,7 +279,7 @@ def write_docs(res: dict) -> None:
         "runs in its own process and its peak RSS (`ru_maxrss`) includes generating its input.",
         "The full output: `benchmarks/results/dedup_scale.json`.",
         "",
-        "### pHash near-duplicates (`curate.stages.dedup.index.phash_pairs`)",
+        "### pHash near-duplicates (`curate.stages.dedup.phash_search.phash_pairs`)",
         "",
         f"{ph['n']:,} random 64-bit hashes, a tenth of them copies of another with 0–6 bits flipped, Hamming radius {ph['radius']}:",
         "",
@@ -301,7 +303,7 @@ def write_docs(res: dict) -> None:
         ps = pe["search"]
         lines += [
             "",
-            "### pHash edges as `curate dedup` computes them (`curate.stages.dedup.index.phash_edges`)",
+            "### pHash edges as `curate dedup` computes them (`curate.stages.dedup.phash_search.phash_edges`)",
             "",
             f"The same {pe['n']:,} hashes with {pe['placeholder_rows']:,} rows (5 %) replaced by one placeholder hash, "
             f"and each row's mirror hash (pHash of the mirror image): random, except {pe['planted_mirror_pairs']:,} "
@@ -348,7 +350,7 @@ def write_docs(res: dict) -> None:
     rec = es.get("recall")
     lines += [
         "",
-        "### Embedding near-duplicates (`curate.stages.dedup.index.embedding_edges`)",
+        "### Embedding near-duplicates (`curate.stages.dedup.vector_search.embedding_edges`)",
         "",
         f"{em['n']:,} × {em['dim']} float16 L2-normalised Gaussian vectors; 5 % of rows replaced by a rotation "
         "of another row by 0–0.45 rad (cosine 0.90–1.0), 1 % by exact copies of another row; "

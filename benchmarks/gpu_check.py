@@ -114,7 +114,8 @@ def _opens(p: Path) -> bool:
 def load(name: str, device: str, precision: str):
     """curate's registry model, or the same architecture from timm when open_clip / the packaged
     weights are missing (random weights either way in this check)."""
-    from curate.models.core import IMAGENET_MEAN, IMAGENET_STD, ImageEmbedder, Preprocess, _wrap, load_image_model
+    from curate.models import IMAGENET_MEAN, IMAGENET_STD, ImageEmbedder, Preprocess, load_image_model
+    from curate.models.base import wrap_forward as _wrap
 
     try:
         return load_image_model(name, device, precision=precision), "curate registry"
@@ -131,7 +132,7 @@ def load(name: str, device: str, precision: str):
         model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
         pre = Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
         cl = True
-    from curate.models.core import resolve_precision
+    from curate.models import resolve_precision
 
     prec = resolve_precision(precision, device)
     emb = ImageEmbedder(name, int(model.num_features), pre, _wrap(model, device, pre, prec, channels_last=cl),

@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from curate.engine import ENGINES
+from curate.errors import ConfigError
+from curate.store import fsio
 from curate.yamlconf import load_model
 
 
@@ -99,7 +102,7 @@ class EngineConfig(_Closed):
     docs/SCALE_OUT.md and :mod:`curate.engine.ray_engine`.
     """
 
-    engine: Literal["local", "ray"] = Field("local", description="local = this machine; ray = a Ray cluster")
+    engine: str = Field("local", description="local = this machine; ray = a Ray cluster (curate.engine.ENGINES)")
     ray_address: str | None = Field(
         None, description="ray: the cluster to join: 'auto' (the cluster this node belongs to, e.g. under `ray job "
         "submit`), 'HOST:PORT' of its head; null = $RAY_ADDRESS if set, else start Ray on this machine")
@@ -112,6 +115,13 @@ class EngineConfig(_Closed):
     ray_staging: str | None = Field(
         None, description="ray: folder or URI (s3://, gs://, hdfs://, …) for the work shards that every node reads; "
         "null = <workspace>/tmp/ray (on several nodes it must then be a shared filesystem)")
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        if v not in ENGINES:
+            raise ValueError(f"unknown engine {v!r}; known: {', '.join(sorted(ENGINES))}")
+        return v
 
 
 class HashConfig(EngineConfig):
@@ -136,7 +146,7 @@ class PrecomputedEmbeddings(_Closed):
 
 
 class EmbedConfig(EngineConfig):
-    """Image (and optionally caption) embeddings; see :mod:`curate.models.core` for the names.
+    """Image (and optionally caption) embeddings; see :mod:`curate.models` for the names.
 
     The stored vectors are keyed by model + preprocessing identity (``trim_border``,
     ``jpeg_draft``, ``preprocess`` and the model's own input size/mean/std), so changing any
@@ -144,7 +154,7 @@ class EmbedConfig(EngineConfig):
     ``precision``, ``batch_size`` and ``num_workers`` change speed, not the key.
     """
 
-    model: str = Field("efficientnet_lite0", description="registry name, see curate.models.core")
+    model: str = Field("efficientnet_lite0", description="registry name, see curate.models")
     batch_size: int = Field(32, ge=1, description="images per forward pass")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
@@ -306,7 +316,7 @@ class ProbeConfig(_Closed):
     sscd: str | None = Field(None, description="score: SSCD TorchScript file (copy-detection descriptor); null = "
                              "the embed model")
     sscd_preprocess: Literal["sscd_288", "sscd_320", "dcr_224"] = Field(
-        "sscd_288", description="score: SSCD preprocessing preset (curate.models.core.SSCD_PRESETS)")
+        "sscd_288", description="score: SSCD preprocessing preset (curate.models.SSCD_PRESETS)")
     matches: int = Field(5, ge=1, description="score: nearest training images stored per generation")
     replicated_similarity: float | None = Field(
         None, ge=-1, le=1, description="score: top-1 similarity above which a generation is replicated; null = 0.5 "
@@ -351,8 +361,6 @@ class RunConfig(_Closed):
     def embeddings_root(self) -> str | Path | None:
         """``embed.parts_root`` resolved: a URI as is, a local path against the config file's
         folder; None = the workspace's own ``embeddings/`` folder."""
-        from curate.store import fsio
-
         root = self.embed.parts_root
         if root is None or fsio.is_uri(root):
             return root
@@ -377,3 +385,48 @@ def load_config(path: str | Path) -> RunConfig:
     cfg = load_model(RunConfig, path)
     cfg.base_dir = str(path.parent)
     return cfg
+
+
+def with_overrides(cfg: RunConfig, section: str, overrides: dict[str, Any]) -> RunConfig:
+    """A copy of ``cfg`` with ``overrides`` applied to one section, validated.
+
+    Every key given is applied, ``None`` included: ``None`` sets the field to null, which is
+    how a signal is switched off (``with_overrides(cfg, "dedup", {"phash_max_distance": None})``:
+    no pHash edges; likewise ``embedding_min_cosine``, ``embed.caption_model``). Leave out the
+    keys you do not want to change (the CLI drops the options it was not given).
+
+    Args:
+        cfg: the config to start from (not modified).
+        section: a stage section of :class:`RunConfig` (``dedup``, ``embed``, …).
+        overrides: field name → new value (JSON-like, as in the YAML file).
+
+    Returns:
+        a new :class:`RunConfig` (``cfg`` itself when ``overrides`` is empty).
+
+    Raises:
+        ConfigError: unknown section or key, or a value the field does not accept (e.g. None
+            for a field that cannot be null), naming ``section.key``.
+    """
+    if not overrides:
+        return cfg
+    data = cfg.model_dump(mode="json", by_alias=True)
+    if not isinstance(data.get(section), dict):
+        raise ConfigError(f"unknown config section {section!r}")
+    data[section].update(overrides)
+    try:
+        new = RunConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid override: " + "; ".join(msgs)) from None
+    new.base_dir = cfg.base_dir
+    return new
+
+
+def with_schema(cfg: RunConfig, schema: str) -> RunConfig:
+    """A copy of ``cfg`` whose metadata sources all use layout ``schema`` (``auto`` or a name)."""
+    data = cfg.model_dump(mode="json", by_alias=True)
+    for src in data["sources"]:
+        src["schema"] = schema
+    new = RunConfig.model_validate(data)
+    new.base_dir = cfg.base_dir
+    return new

@@ -6,6 +6,8 @@ and the field path that is wrong.
 """
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +19,7 @@ from curate.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """1-based line of the YAML node at path ``loc`` (deepest node that exists)."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
@@ -65,7 +67,7 @@ def validate(model: type[M], data: Any, path: str | Path, node: yaml.Node | None
         lines = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            line = _line_of(node, loc)
+            line = line_of(node, loc)
             field = ".".join(str(p) for p in loc) or "(top level)"
             where = f"{path}:{line}" if line else str(path)
             msg = err["msg"]
@@ -78,8 +80,6 @@ def validate(model: type[M], data: Any, path: str | Path, node: yaml.Node | None
 def _fields_at(model: Any, loc: tuple[Any, ...]) -> dict | None:
     """The pydantic fields of the model that holds the key at ``loc`` (best effort: follows
     fields, list items, and the discriminator tags pydantic puts in ``loc`` for unions)."""
-    import typing
-
     def models_in(tp):
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             return [tp]
@@ -110,8 +110,6 @@ def _fields_at(model: Any, loc: tuple[Any, ...]) -> dict | None:
 
 def _key_fix(model: Any, loc: tuple[Any, ...]) -> str:
     """'; did you mean X? allowed: a, b, c' for an unknown key."""
-    import difflib
-
     try:
         fields = _fields_at(model, loc)
     except Exception:  # noqa: BLE001 - a hint must never hide the error itself

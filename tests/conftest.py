@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -29,6 +30,13 @@ def sample_ws(tmp_path_factory):
     ws = tmp_path_factory.mktemp("sample") / "ws"
     result = api.run(ws, SAMPLE / "curate.yaml")
     return ws, result
+
+
+def close_f32(a: float, b: float, ulps: int = 4) -> bool:
+    """``a`` and ``b`` equal at float32 precision: for values computed or stored as float32 and
+    recomputed here in float64 (a float64 tolerance would make such a test flaky)."""
+    eps = float(np.finfo(np.float32).eps)
+    return math.isclose(a, b, rel_tol=ulps * eps, abs_tol=ulps * eps)
 
 
 def query(ws, sql: str, params: list | None = None) -> list[tuple]:

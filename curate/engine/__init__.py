@@ -50,16 +50,12 @@ class LocalEngine:
         stats = kw.get("stats")
         if stats is not None:
             stats.update(self.connect(sec), actors=1, units=n_units)
+        import pyarrow as pa
+
         w = worker(**ctor)
         for b in batches:
             if b.num_rows:
-                yield w(b if hasattr(b, "column_names") and hasattr(b, "select") else _as_table(b))
-
-
-def _as_table(batch):
-    import pyarrow as pa
-
-    return pa.Table.from_batches([batch])
+                yield w(b if isinstance(b, pa.Table) else pa.Table.from_batches([b]))
 
 
 #: engine name -> engine; config ``engine`` accepts exactly these names

@@ -45,12 +45,12 @@ import logging
 import math
 import os
 import time
+import warnings
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from curate.store import fsio
-
 
 # ----------------------------------------------------------------------------------------------
 # cluster and Ray Data set-up
@@ -81,8 +81,6 @@ def connect(sec) -> dict[str, Any]:
 
 
 def _data_context() -> None:
-    import warnings
-
     import ray.data
 
     # Ray Data's own context copy touches its deprecated fields (use_polars, …): not ours to fix

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.media.refs import read_table_ref
 from curate.store.fsio import is_uri, read_bytes, read_range
 
 BACKGROUND = (255, 255, 255)  # fixed compositing background for transparent pixels
@@ -97,8 +98,6 @@ def read_ref(image_ref: str) -> bytes | None:
         ValueError: malformed reference.
     """
     if image_ref.startswith(("parquet:", "arrow:", "missing:")):
-        from curate.media.refs import read_table_ref  # image bytes inside a table (see curate.media.refs)
-
         return read_table_ref(image_ref)
     if image_ref.startswith("tar:"):
         _, off, size, rest = image_ref.split(":", 3)

@@ -28,6 +28,8 @@ from typing import Iterable
 
 import numpy as np
 
+from curate.media import lanczos
+
 SIZE = 32  # side of the resized grayscale image (px)
 KEEP = 8  # side of the kept low-frequency DCT block
 
@@ -50,8 +52,6 @@ def gray32(im) -> np.ndarray:
     Raises:
         ValueError: any other mode.
     """
-    from curate.media import lanczos
-
     return lanczos.resize_gray(im, (SIZE, SIZE))  # checks the mode
 
 

@@ -27,6 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from curate.store import fsio
+
 PREFIXES = ("parquet:", "arrow:", "missing:")
 
 
@@ -63,8 +65,6 @@ def read_table_ref(ref: str) -> bytes | None:
             raise ValueError(f"unknown image reference kind {kind!r} in {ref!r}")
     except (FileNotFoundError, IndexError, KeyError):
         return None
-    from curate.store import fsio
-
     return _to_bytes(value, path.rsplit("/", 1)[0] if fsio.is_uri(path) else Path(path).parent)
 
 
@@ -78,8 +78,6 @@ def _to_bytes(value: Any, base: Path | str) -> bytes | None:
             return bytes(value["bytes"])
         p = value.get("path")
         if p:
-            from curate.store import fsio
-
             if fsio.is_uri(p) or fsio.is_uri(base):  # next to a parquet on object storage
                 return fsio.read_bytes(p if fsio.is_uri(p) else fsio.join(base, p))
             q = Path(p) if Path(p).is_absolute() else Path(base) / p
@@ -113,8 +111,6 @@ def _row_group_column(path: str, rg: int, column: str):
 def _parquet_file(path: str):
     """A parquet file by local path or by URI (s3://, gs://, memory://…, through curate.store.fsio)."""
     import pyarrow.parquet as pq
-
-    from curate.store import fsio
 
     if not fsio.is_uri(path):
         return pq.ParquetFile(path)

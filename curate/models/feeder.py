@@ -5,7 +5,7 @@ Light on purpose (numpy, Pillow, torch only; no catalog), so the embed stage and
 
 - :class:`ImageDataset` — map-style dataset: (sample_id, image_ref) → uint8 (H, W, 3) tensor
   through :func:`curate.media.images.open_image` (JPEG draft mode at the model's input size) and
-  :meth:`curate.models.core.Preprocess.pixels_hwc`, or the decode status when it fails;
+  :meth:`curate.models.Preprocess.pixels_hwc`, or the decode status when it fails;
 - :func:`collate` — a list of samples → uint8 (n, 3, H, W) channels-last batch (a permuted
   view, no copy), failures listed apart;
 - :func:`chunk_batches` — batches that never straddle a work chunk (resumable parts);
@@ -15,7 +15,12 @@ Light on purpose (numpy, Pillow, torch only; no catalog), so the embed stage and
 """
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
+
+from curate.media.images import open_image, read_ref
 
 MIN_NORM = 1e-6
 
@@ -35,8 +40,6 @@ def decode_workers(setting: int | str, device: str, cpus: int | None = None) -> 
     """
     if setting != "auto":
         return int(setting)
-    import os
-
     n = cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     return max(1, n - 1) if device == "cuda" else max(1, n // 8)
 
@@ -80,8 +83,6 @@ class ImageDataset:
 
     def __getitem__(self, i: int):
         import torch
-
-        from curate.media.images import open_image, read_ref
 
         sid, ref = self.items[i]
         d, im = open_image(read_ref(ref), max_pixels=self.max_pixels, draft=self.preprocess.draft)
@@ -129,8 +130,6 @@ def embed_batch(model, sids: list[int], x, bad: list[tuple[int, str]]):
         decode failures ``bad`` —, seconds spent in the model). The local and the Ray engine
         both embed through this function.
     """
-    import time
-
     ids: list[int] = []
     vecs: list[np.ndarray] = []
     failed: list[tuple[int, str]] = []

@@ -7,18 +7,18 @@ the recipe here, below the stages, means no stage reaches into another for it.
 from __future__ import annotations
 
 from curate.config import RunConfig
-from curate.models.core import ModelSpec, load_image_model, resolve_image_model, text_key
+from curate.models import ModelSpec, load_image_model, resolve_image_model, text_key
 
 
 def image_spec(cfg: RunConfig) -> ModelSpec:
-    """The resolved :class:`~curate.models.core.ModelSpec` of ``cfg.embed`` (name, preset, border
+    """The resolved :class:`~curate.models.ModelSpec` of ``cfg.embed`` (name, preset, border
     trimming, JPEG draft): its ``key`` names the stored vectors; loads no weights."""
     ec = cfg.embed
     return resolve_image_model(ec.model, preset=ec.preprocess, trim_border=ec.trim_border, jpeg_draft=ec.jpeg_draft)
 
 
 def load_model(cfg: RunConfig):
-    """The configured image model (:func:`curate.models.core.load_image_model` with ``cfg.embed``'s
+    """The configured image model (:func:`curate.models.load_image_model` with ``cfg.embed``'s
     name, device, preset, border trimming, JPEG draft and precision): what the stored vectors
     of :func:`image_key` were made with. Raises ConfigError as load_image_model does."""
     ec = cfg.embed

@@ -39,20 +39,26 @@ reference samples are the training samples with the same normalised caption and 
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from curate.store.catalog import Workspace, atomic_write_bytes
 from curate.config import RunConfig
 from curate.errors import ConfigError, CurateError
+from curate.media.captions import NORM_SQL
+from curate.media.images import open_image, read_ref
+from curate.models import resolve_device
 from curate.probes import probe_id as prompt_probe_id
 from curate.probes import stable_id
 from curate.progress import bar, info
+from curate.store.catalog import Workspace
+from curate.store.fsio import atomic_write_bytes
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -98,16 +104,12 @@ def load_pipeline(model: str, device: str = "auto", precision: str = "auto", sch
         from diffusers import DDIMScheduler, DiffusionPipeline
     except ImportError:
         raise ConfigError("probe generate needs the package diffusers (pip install diffusers)") from None
-    from curate.models.core import resolve_device
-
     dev = resolve_device(device)
     dtype = _dtype(precision, dev)
     local = Path(model).expanduser()
     if local.exists() and not (local / "model_index.json").is_file():
         raise ConfigError(f"{model} is not a diffusers pipeline folder (no model_index.json); pass a folder "
                           "written by DiffusionPipeline.save_pretrained or a hub id")
-    import warnings
-
     from diffusers.utils import logging as dlog
 
     level = dlog.get_verbosity()
@@ -330,8 +332,6 @@ _ALIASES = {"file": ("file", "path", "image", "filename"), "prompt": ("prompt", 
 
 def _read_list(path: Path) -> list[dict]:
     """Rows of a prompt list (csv/tsv/jsonl/parquet) with canonical keys file, prompt, seed."""
-    import csv
-
     suf = path.suffix.lower()
     if suf in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8") as f:
@@ -397,8 +397,6 @@ def import_generations(ws: Workspace, cfg: RunConfig, folder: str | Path, prompt
     Raises:
         ConfigError: missing folder or list, unknown list format, a list without the columns.
     """
-    from curate.media.images import open_image, read_ref
-
     folder, prompts = Path(folder).resolve(), Path(prompts).resolve()
     if not folder.is_dir():
         raise ConfigError(f"generations folder {folder} does not exist")
@@ -434,8 +432,6 @@ def import_generations(ws: Workspace, cfg: RunConfig, folder: str | Path, prompt
 def _probes_for(ws: Workspace, cfg: RunConfig, prompts: list[tuple[int, str]]) -> list[dict]:
     """Probe rows for imported prompts that are not probes yet, with reference samples found by
     normalised caption (and their clusters), at most ``probe.max_references`` each."""
-    from curate.media.captions import NORM_SQL
-
     have = {int(r[0]) for r in ws.q("SELECT probe_id FROM probes")}
     todo = [(pid, p) for pid, p in prompts if pid not in have]
     if not todo:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from curate.store.catalog import Workspace
 from curate.config import RunConfig
+from curate.probes import plots
+from curate.store.catalog import Workspace
 
 MAX_PROBES_SHOWN = 30  # selected probes listed
 MAX_GRID = 48  # generation | nearest training image rows per set
@@ -26,8 +27,6 @@ def context(ws: Workspace, cfg: RunConfig, thumbnail: Callable[[str | None, int,
             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(page context, report.json data) of the probe section; both empty dicts' ``present`` False
     when no probe command has run."""
-    from curate.probes import plots
-
     px, maxpix = cfg.report.thumb_px, cfg.hash.max_pixels
     n_probes = int(ws.scalar("SELECT count(*) FROM probes") or 0)
     n_gens = int(ws.scalar("SELECT count(*) FROM generations") or 0)

@@ -41,6 +41,8 @@ generations scored; ``out/probe_scores.json`` holds the statistics and verdicts.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -48,13 +50,28 @@ from typing import Any
 
 import numpy as np
 
-from curate.store.catalog import Workspace, atomic_write_bytes, digest_of
-from curate.config import RunConfig
+from curate.config import DedupConfig, RunConfig, with_overrides
 from curate.errors import ConfigError, CurateError
+from curate.media.images import decode, read_ref
+from curate.models import load_image_model, resolve_image_model
+from curate.models.feeder import ImageDataset, collate, forward, normalise, vector_status
+from curate.models.recipe import image_spec
 from curate.probes import search
-from curate.probes.stats import (CARLINI_DELTA, SOMEPALLI_THRESHOLD, VERDICTS, replication_stats, sd_square,
-                                 tiled_l2, verdict)
+from curate.probes.stats import (
+    CARLINI_DELTA,
+    SOMEPALLI_THRESHOLD,
+    VERDICTS,
+    replication_stats,
+    sd_square,
+    tiled_l2,
+    verdict,
+)
 from curate.progress import bar
+from curate.stages.embed.stage import embed_images
+from curate.store import fsio
+from curate.store.catalog import Workspace, digest_of
+from curate.store.embeddings import list_parts
+from curate.store.fsio import atomic_write_bytes
 
 MIN_CLOSE_BACKGROUND = 20  # background values needed to derive the close threshold
 
@@ -66,8 +83,6 @@ def descriptor_spec(cfg: RunConfig):
         ConfigError: the embed model is ``precomputed:`` and no SSCD file is given (imported
             vectors cannot embed new images), or the SSCD file is missing.
     """
-    from curate.models.core import resolve_image_model
-
     ec, pc = cfg.embed, cfg.probe
     if pc.sscd:
         path = cfg.path(pc.sscd)
@@ -80,8 +95,6 @@ def descriptor_spec(cfg: RunConfig):
     if ec.model.startswith("precomputed:"):
         raise ConfigError(f"embed.model {ec.model} holds vectors made elsewhere, which cannot embed generations: "
                           "pass --sscd PATH (probe.sscd) to score with SSCD")
-    from curate.models.recipe import image_spec
-
     return image_spec(cfg), "embed", ec.model
 
 
@@ -95,11 +108,7 @@ def _ensure_training(ws: Workspace, cfg: RunConfig, spec, kind: str, name: str) 
         return out
     if kind == "embed":
         raise CurateError(f"{missing} training images have no {spec.key} vector: run `curate embed` first")
-    from curate import api
-    from curate.models.recipe import image_spec
-    from curate.stages.embed.stage import embed_images
-
-    cfg2 = api.with_overrides(cfg, "embed", {"model": name, "preprocess": cfg.probe.sscd_preprocess})
+    cfg2 = with_overrides(cfg, "embed", {"model": name, "preprocess": cfg.probe.sscd_preprocess})
     if image_spec(cfg2).key != spec.key:
         raise RuntimeError(f"SSCD key mismatch: {image_spec(cfg2).key} vs {spec.key}")
     c = embed_images(ws, cfg2, spec)
@@ -110,14 +119,9 @@ def _ensure_training(ws: Workspace, cfg: RunConfig, spec, kind: str, name: str) 
 
 def _background(ws: Workspace, cfg: RunConfig, key: str, only: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Background (ids, top-1 similarity), cached in ``index/`` under a fingerprint of the parts."""
-    from curate.store import fsio
-    from curate.store.embeddings import list_parts
-
     folder = ws.embeddings_dir(key)
     parts = [(n, fsio.fingerprint(fsio.stat(str(fsio.join(folder, f"part-{n:05d}.npy")))))  # size + mtime
              for n in list_parts(folder)]  # (or a content hash on stores without one: embed.parts_root)
-    import hashlib
-
     fp = digest_of(key, parts, cfg.probe.background_sample, hashlib.sha256(np.ascontiguousarray(only).tobytes()).hexdigest())
     cache = ws.root / "index" / f"probe-background-{digest_of(key)[:16]}.npz"
     if cache.is_file():
@@ -125,8 +129,6 @@ def _background(ws: Workspace, cfg: RunConfig, key: str, only: np.ndarray) -> tu
         if str(z["fingerprint"]) == fp:
             return z["ids"], z["sims"]
     ids, sims = search.background(folder, cfg.probe.background_sample, only=only)
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, ids=ids, sims=sims, fingerprint=np.array(fp))
     atomic_write_bytes(cache, buf.getvalue())
@@ -135,8 +137,6 @@ def _background(ws: Workspace, cfg: RunConfig, key: str, only: np.ndarray) -> tu
 
 def _embed_generations(model, spec, items: list[tuple[int, str]], max_pixels: int, batch: int):
     """(vectors float32 (n, d) L2-normalised, status per item: 'ok' or the loader/vector status)."""
-    from curate.models.feeder import ImageDataset, collate, forward, normalise, vector_status
-
     ds = ImageDataset(items, spec.preprocess, max_pixels)
     vecs = np.zeros((len(items), model.dim), np.float32)
     status = ["ok"] * len(items)
@@ -168,8 +168,6 @@ class _Pixels:
         if ref in self.cache:
             self.cache.move_to_end(ref)
             return self.cache[ref]
-        from curate.media.images import decode, read_ref
-
         d = decode(read_ref(ref), max_pixels=self.max_pixels)
         arr = None if d.rgb is None else np.round(sd_square(d.rgb, self.px) * 255).astype(np.uint8)
         self.cache[ref] = arr
@@ -186,8 +184,6 @@ def thresholds(cfg: RunConfig, kind: str, bg_ids: np.ndarray, bg: np.ndarray, cl
     elif kind == "sscd":
         rep, rep_src = SOMEPALLI_THRESHOLD, "Somepalli et al. 2023: SSCD top-1 similarity > 0.5"
     else:
-        from curate.config import DedupConfig
-
         cos = cfg.dedup.embedding_min_cosine
         default = DedupConfig.model_fields["embedding_min_cosine"].default
         rep = cos if cos is not None else default
@@ -223,8 +219,6 @@ def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[st
         CurateError: no generations, or training vectors missing for the catalog's model.
         ConfigError: descriptor cannot be used (see :func:`descriptor_spec`).
     """
-    from curate.models.core import load_image_model
-
     pc, ec = cfg.probe, cfg.embed
     sql = "SELECT gen_id, gen_set, probe_id, prompt, path, seed, noise_magnitude FROM generations"
     gens = ws.q(sql + (" WHERE gen_set = ?" if gen_set else "") + " ORDER BY gen_set, probe_id, seed, gen_id",

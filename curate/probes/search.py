@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.store.embeddings import float32_batches, iter_parts
+from curate.store.embeddings import float32_batches, iter_parts, lookup
 
 BLOCK_ROWS = 65536  # training rows converted to float32 and multiplied at a time
 
@@ -88,8 +88,6 @@ def background(folder: Path, sample: int, seed: int = 0, only: np.ndarray | None
         (query sample ids int64 (m,), top-1 similarity to another training image float32 (m,));
         a training set of one image gives empty arrays.
     """
-    from curate.store.embeddings import lookup
-
     parts = [ids for _, ids, _ in iter_parts(folder)]
     all_ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
     if only is not None:

@@ -39,14 +39,16 @@ keeps the ids of prompts that stay, and generations keep pointing at their promp
 """
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
-from curate.media.captions import NORM_SQL
-from curate.store.catalog import Workspace, atomic_write_bytes
 from curate.config import RunConfig
 from curate.errors import CurateError
+from curate.media.captions import NORM_SQL
 from curate.probes import probe_id
+from curate.store.catalog import Workspace
+from curate.store.fsio import atomic_write_bytes
 
 REASONS = {
     "image_duplicates": ("cluster_size", "log2(duplicate-cluster size)", "Carlini et al. 2023; Somepalli et al. 2023"),
@@ -199,8 +201,6 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
 
 def write_parquet(ws: Workspace, rows: list[dict]) -> None:
     """``out/probes.parquet`` (atomic): one row per selected probe, ``reasons`` as JSON text."""
-    import io
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -1,50 +1,102 @@
-"""Pipeline stages. Each module exposes ``run(ws, cfg) -> counters`` and ``inputs(ws, cfg)``.
+"""Pipeline stages, one package each (``curate/stages/<stage>/``), and the bookkeeping they share.
 
-:func:`run_stage` wraps a stage with the bookkeeping every stage shares: it computes the
-stage's digest (its own config section without the engine keys — ``curate.config.ENGINE_KEYS``,
-which place the work but never change it —, the fingerprint of its inputs, and the digests of
-the upstream stages' last successful runs), skips the stage when the last successful run
-has the same digest (idempotency), and records the run with its counters in ``runs``.
+Each stage package exposes ``run(ws, cfg) -> counters``, ``inputs(ws, cfg)`` (a fingerprint of
+what it reads from outside the catalog), and two tuples of catalog tables: ``READS`` and
+``WRITES``. A stage's upstream stages are *derived* from them (:func:`upstream`): the stages
+that write a table it reads. So the dependency graph is what the code reads, never a list kept
+by hand (embed reads hash's ``images``, so embed depends on hash).
+
+:func:`run_stage` wraps a stage: it refuses to start when an upstream stage never ran or its
+last run failed (:func:`check_upstream`), computes the stage's digest (its own config section
+without the engine keys — ``curate.config.ENGINE_KEYS``, which place the work but never change
+it —, the fingerprint of its inputs, and the digests of the upstream stages' last successful
+runs), skips the stage when the last successful run has the same digest (idempotency), and
+records the run with its counters in ``runs`` through :func:`record_run` — the one
+bookkeeping path, also used by the ``curate probe`` commands.
 """
 from __future__ import annotations
 
 import importlib
 import time
 import traceback
-from typing import Any
+from functools import lru_cache
+from typing import Any, Callable
 
-from curate.store.catalog import STAGES, Workspace, digest_of
 from curate.config import ENGINE_KEYS, RunConfig
+from curate.errors import CurateError
 from curate.progress import info
+from curate.store.catalog import STAGES, Workspace, digest_of
 
-UPSTREAM: dict[str, tuple[str, ...]] = {
-    "ingest": (),
-    "hash": ("ingest",),
-    "embed": ("ingest",),
-    "dedup": ("hash", "embed"),
-    "flag": ("ingest", "hash", "dedup"),  # claims extend to duplicate clusters
-    "export": ("dedup", "flag"),
-    "report": ("export",),
+#: the memorization-probe commands (``curate probe …``): their tables, for the same derivation
+PROBE_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # name: (reads, writes)
+    "probe-select": (("samples", "images", "clusters", "cluster_stats", "caption_stats"), ("probes",)),
+    "probe-generate": (("probes",), ("generations",)),
+    "probe-import": ((), ("generations",)),
+    "probe-score": (("generations", "samples", "images", "embeddings"),
+                    ("gen_matches", "gen_scores", "probe_verdicts", "probe_stats")),
 }
 
 
 def stage_module(name: str):
+    """The package of stage ``name`` (``curate.stages.<name>``).
+
+    Raises:
+        ValueError: not a stage.
+    """
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}")
     return importlib.import_module(f"curate.stages.{name}")
 
 
+@lru_cache(maxsize=None)
+def tables(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(tables read, tables written) by a stage or a probe command."""
+    if name in PROBE_TABLES:
+        return PROBE_TABLES[name]
+    mod = stage_module(name)
+    return tuple(mod.READS), tuple(mod.WRITES)
+
+
+@lru_cache(maxsize=None)
+def upstream(name: str) -> tuple[str, ...]:
+    """The stages (in pipeline order) that write a table ``name`` reads, ``name`` itself excluded."""
+    reads = set(tables(name)[0])
+    return tuple(s for s in STAGES if s != name and reads & set(tables(s)[1]))
+
+
 def stage_digest(ws: Workspace, cfg: RunConfig, name: str) -> str:
     mod = stage_module(name)
     ups = []
-    for u in UPSTREAM[name]:
+    for u in upstream(name):
         r = ws.last_run(u)
         ups.append(r["digest"] if r else None)
-    own = mod.inputs(ws, cfg) if hasattr(mod, "inputs") else None
+    own = mod.inputs(ws, cfg)
     section = cfg.model_dump(mode="json", by_alias=True).get(name)
     if isinstance(section, dict):  # where a stage runs (local / ray, actors, GPUs) never changes its results
         section = {k: v for k, v in section.items() if k not in ENGINE_KEYS}
     return digest_of(name, section, own, ups)
+
+
+def record_run(ws: Workspace, name: str, config: dict, digest: str, fn: Callable[[], dict]) -> tuple[dict, float]:
+    """Run ``fn`` as one ``runs`` row named ``name``: status ``running`` while it works, then
+    ``ok`` with its counters, or ``failed`` with the error (re-raised).
+
+    Returns:
+        (counters, seconds).
+    """
+    run_id = ws.start_run(name, config, digest)
+    t0 = time.perf_counter()
+    info(f"[{name}] running")
+    try:
+        counters = fn()
+    except BaseException as e:
+        ws.finish_run(run_id, {}, status="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+        raise
+    dt = time.perf_counter() - t0
+    ws.finish_run(run_id, counters)
+    info(f"[{name}] done in {dt:.1f}s: {_short(counters)}")
+    return counters, dt
 
 
 def run_stage(ws: Workspace, cfg: RunConfig, name: str, *, force: bool = False) -> dict[str, Any]:
@@ -54,36 +106,48 @@ def run_stage(ws: Workspace, cfg: RunConfig, name: str, *, force: bool = False) 
         {'stage', 'skipped': bool, 'counters': dict, 'seconds': float}
 
     Raises:
+        CurateError: an upstream stage never ran or its last run failed (:func:`check_upstream`).
         whatever the stage raises, after recording the run as 'failed' with the error.
     """
-    _check_upstream(ws, name)
+    check_upstream(ws, name)
     digest = stage_digest(ws, cfg, name)
     last = ws.last_run(name)
     if not force and last is not None and last["digest"] == digest:
         info(f"[{name}] up to date (run {last['run_id']}), skipped")
         return {"stage": name, "skipped": True, "counters": last["counters"], "seconds": 0.0}
     section = cfg.model_dump(mode="json", by_alias=True).get(name)
-    run_id = ws.start_run(name, {"section": section, "base_dir": cfg.base_dir}, digest)
-    t0 = time.perf_counter()
-    info(f"[{name}] running")
-    try:
-        counters = stage_module(name).run(ws, cfg)
-    except BaseException as e:
-        ws.finish_run(run_id, {}, status="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
-        raise
-    dt = time.perf_counter() - t0
-    ws.finish_run(run_id, counters)
-    info(f"[{name}] done in {dt:.1f}s: {_short(counters)}")
+    counters, dt = record_run(ws, name, {"section": section, "base_dir": cfg.base_dir}, digest,
+                              lambda: stage_module(name).run(ws, cfg))
     return {"stage": name, "skipped": False, "counters": counters, "seconds": dt}
 
 
-def _check_upstream(ws: Workspace, name: str) -> None:
-    """Refuse to build on a stage whose latest run failed or was killed (its tables may be partial)."""
-    from curate.errors import CurateError
+def never_run_upstream(ws: Workspace, name: str) -> list[str]:
+    """The upstream stages of ``name``, transitively, that have never run in ``ws`` (in pipeline
+    order): what has to run before ``name`` can."""
+    todo: set[str] = set()
+    frontier = [name]
+    while frontier:
+        for u in upstream(frontier.pop()):
+            if u not in todo and ws.last_run(u, status=None) is None:
+                todo.add(u)
+                frontier.append(u)
+    return [s for s in STAGES if s in todo]
 
-    for u in UPSTREAM[name]:
+
+def check_upstream(ws: Workspace, name: str) -> None:
+    """Refuse to build on a stage that never ran, or whose latest run failed or was killed (its
+    tables may be partial): a result computed on missing upstream work is an error, not an
+    empty success.
+
+    Raises:
+        CurateError: naming the upstream stage and the command to run.
+    """
+    for u in upstream(name):
         r = ws.last_run(u, status=None)
-        if r is not None and r["status"] != "ok":
+        if r is None:
+            raise CurateError(f"{name} needs {u}, which has not run in this workspace; run `curate {u}` first "
+                              f"(or `curate run CONFIG.yaml`, which runs every stage in order)")
+        if r["status"] != "ok":
             why = (r.get("error") or "killed before it finished").splitlines()[0]
             raise CurateError(
                 f"{name} needs {u}, whose last run ({r['run_id']}) {r['status']}: {why}; fix that and re-run "
@@ -93,11 +157,12 @@ def _check_upstream(ws: Workspace, name: str) -> None:
 
 def out_of_date(status: dict[str, Any]) -> list[str]:
     """Stages whose last successful run is older than an upstream stage's (their outputs are stale)."""
-    stale = []
-    for name, ups in UPSTREAM.items():
+    stale: list[str] = []
+    for name in STAGES:
         own = status.get(name, {})
         if own.get("status") != "ok":
             continue
+        ups = upstream(name)
         if any(status.get(u, {}).get("run_id", 0) > own["run_id"] for u in ups) or any(u in stale for u in ups):
             stale.append(name)
     return stale

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import duckdb
 
 from curate.errors import CurateError
+from curate.store import fsio
 
 ROW_BITS = 40  # sample_id = source_id << ROW_BITS | source_row
 
@@ -194,8 +195,6 @@ class Workspace:
         """The folder of embedding key ``model``'s parts (:mod:`curate.store.embeddings`): a local Path
         (created if missing) under ``<root>/embeddings`` or the configured ``embed.parts_root``,
         or a URI string when that is object storage (``s3://…/<key>``; nothing to create)."""
-        from curate.store import fsio
-
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
         base = self.root / "embeddings" if self.embeddings_root is None else self.embeddings_root
         d = fsio.join(base, safe)
@@ -285,16 +284,6 @@ def file_fingerprint(path: Path) -> str:
     """Cheap change detector for an input file: size and mtime (ns)."""
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + rename (never a half-written file)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _now() -> _dt.datetime:

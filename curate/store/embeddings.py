@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from curate.store import fsio
-from curate.store.catalog import atomic_write_bytes
+
 
 _PART = re.compile(r"^part-(\d{5,})\.npy$")
 
@@ -54,7 +54,7 @@ def _put(folder: Path | str, name: str, data: bytes) -> None:
     if fsio.is_uri(folder):
         fsio.write_bytes(fsio.join(folder, name), data)  # one PUT: all or nothing
     else:
-        atomic_write_bytes(Path(fsio.local_path(folder)) / name, data)
+        fsio.atomic_write_bytes(Path(fsio.local_path(folder)) / name, data)
 
 
 def _get(folder: Path | str, name: str) -> bytes | None:
@@ -133,7 +133,14 @@ def read_store_meta(folder: Path | str) -> dict | None:
     return json.loads(data) if data is not None else None
 
 
-def _load_npy(folder: Path | str, name: str, mmap: bool = False) -> np.ndarray:
+def load_npy(folder: Path | str, name: str, mmap: bool = False) -> np.ndarray:
+    """The array in file ``name`` of ``folder`` (a local path or a URI), without pickles:
+    memory-mapped read-only when local and ``mmap``, else read whole (a URI is always read
+    whole). Every read of a part's files goes through here.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
     if fsio.is_uri(folder):
         data = _get(folder, name)
         if data is None:
@@ -144,15 +151,15 @@ def _load_npy(folder: Path | str, name: str, mmap: bool = False) -> np.ndarray:
 
 def read_part_ids(folder: Path | str, num: int) -> np.ndarray:
     """int64 (n,) sample ids of part ``num``."""
-    return _load_npy(folder, f"part-{num:05d}.ids.npy")
+    return load_npy(folder, f"part-{num:05d}.ids.npy")
 
 
 def iter_parts(folder: Path | str, mmap: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield (part number, ids int64 (n,), vectors float16 (n, d)) for every complete part
     (memory-mapped when local and ``mmap``)."""
     for num in list_parts(folder):
-        ids = _load_npy(folder, f"part-{num:05d}.ids.npy")
-        vecs = _load_npy(folder, f"part-{num:05d}.npy", mmap=mmap)
+        ids = load_npy(folder, f"part-{num:05d}.ids.npy")
+        vecs = load_npy(folder, f"part-{num:05d}.npy", mmap=mmap)
         if vecs.shape[0] != ids.shape[0]:
             raise ValueError(f"{folder}/part-{num:05d}: {vecs.shape[0]} vectors but {ids.shape[0]} ids")
         yield num, ids, vecs

@@ -16,7 +16,11 @@ half-written file in either case. A missing file reads as ``None``, never an err
 """
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +146,6 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
     (local: temp + fsync + rename; object store: one PUT)."""
     lp = local_path(uri)
     if lp is not None:
-        from curate.store.catalog import atomic_write_bytes
-
         lp.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(lp, data)
         return
@@ -209,8 +211,6 @@ def delete_dir(uri: str | Path) -> None:
     """Remove a folder and everything in it (no error when it does not exist)."""
     lp = local_path(uri)
     if lp is not None:
-        import shutil
-
         shutil.rmtree(lp, ignore_errors=True)
         return
     fs, path = _fs(uri)
@@ -293,8 +293,6 @@ def has_magic(pattern: str) -> bool:
 
 
 def _match_parts(parts: list[str], pats: list[str]) -> bool:
-    import fnmatch
-
     if not pats:
         return not parts
     if pats[0] == "**":  # zero or more components (not hidden ones, like glob.glob)
@@ -376,8 +374,6 @@ def fingerprint(st: FileStat) -> str:
     """
     if st.mtime_ns is not None:
         return f"{st.size}:{st.mtime_ns}"
-    import hashlib
-
     size = int(st.size or 0)
     try:
         with open_input_file(st.uri) as f:
@@ -389,3 +385,13 @@ def fingerprint(st: FileStat) -> str:
             return f"{size}:sha256-ends:{h.hexdigest()}"
     except OSError:
         return f"{size}:unreadable"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file + rename (never a half-written file)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

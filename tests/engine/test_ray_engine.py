@@ -177,7 +177,7 @@ def test_killed_ray_workers_lose_nothing(ray_address, tmp_path, monkeypatch):
     actor after the first part is committed: Ray restarts them, the units they held are redone,
     and both stages finish with exactly the local engine's rows and parts (no part twice, no
     temp file left)."""
-    from curate.stages.embed import stage as embed_stage
+    from curate.stages.embed import distributed as embed_distributed
     from curate.stages.hash import stage as hash_stage
 
     _photos(tmp_path / "imgs", 78)
@@ -192,7 +192,7 @@ def test_killed_ray_workers_lose_nothing(ray_address, tmp_path, monkeypatch):
     _kill_after_first(monkeypatch, hash_stage, "_insert", "HashWorker", killed_hash)
     h = api.run_one(ws, "hash", ray_cfg)["counters"]
     killed_embed: list[int] = []
-    _kill_after_first(monkeypatch, embed_stage, "_insert_rows", "EmbedWorker", killed_embed)
+    _kill_after_first(monkeypatch, embed_distributed, "commit_rows", "EmbedWorker", killed_embed)
     e = api.run_one(ws, "embed", ray_cfg)["counters"]
 
     assert killed_hash and killed_hash[0] and killed_embed and killed_embed[0], "no actor to kill"
@@ -264,6 +264,7 @@ def test_ivfpq_filled_and_searched_in_ray_tasks_gives_the_local_pairs(ray_addres
     """Dedup at cluster scale: the IVF-PQ index filled by one Ray task per embedding part (merged
     in part order) and searched by one Ray task per part gives exactly the in-process result."""
     from curate.stages.dedup import ivfpq
+    from curate.stages.dedup.sources import PartsSource
     from curate.config import EngineConfig
     from curate.store.embeddings import write_part
     from tests.conftest import planted
@@ -274,9 +275,9 @@ def test_ivfpq_filled_and_searched_in_ray_tasks_gives_the_local_pairs(ray_addres
     for k, s in enumerate(range(0, len(ids), 5_000)):
         write_part(folder, k, ids[s:s + 5_000], vecs[s:s + 5_000])
     p = ivfpq.Params(nlist=64, nprobe=8, index_shards=2)
-    local = ivfpq.pairs(ivfpq.PartsSource(folder), 0.93, p, recall_sample=500)
+    local = ivfpq.pairs(PartsSource(folder), 0.93, p, recall_sample=500)
     sec = EngineConfig(engine="ray", ray_address=ray_address)
-    remote = ivfpq.pairs(ivfpq.PartsSource(folder), 0.93, p, engine="ray", sec=sec, recall_sample=500)
+    remote = ivfpq.pairs(PartsSource(folder), 0.93, p, engine="ray", sec=sec, recall_sample=500)
     assert len(local.a) > 1000
     assert np.array_equal(local.a, remote.a) and np.array_equal(local.b, remote.b)
     assert np.array_equal(local.cosine, remote.cosine)

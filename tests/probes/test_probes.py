@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageEnhance
 
 from cli import main
-from tests.conftest import ROOT, SAMPLE, SHARED
+from tests.conftest import ROOT, SAMPLE, SHARED, close_f32
 from tests.conftest import copy_ws
 
 UNRELATED = ["sugarshack_bad_mpo_header.jpg", "icc_profile_big.jpg", "app13-multiple.jpg", "exif_typeerror.jpg",
@@ -77,7 +77,7 @@ def test_select_puts_largest_clusters_and_repeated_captions_first(sample_ws, tmp
             if x["reason"] == "image_duplicates":
                 assert x["value"] == r["cluster_size"] and math.isclose(x["feature"], math.log2(r["cluster_size"]), abs_tol=1e-6)
     # the weights are applied: image duplication alone puts the largest (caption-less) cluster first
-    from curate.probes import run_command
+    from curate.api import probe as run_command
 
     zero = {"caption_duplicates": 0, "pair_duplicates": 0, "template": 0, "specificity": 0}
     run_command(ws, "select", overrides={"weights": zero})
@@ -123,7 +123,7 @@ def test_generate_tiny_pipeline_end_to_end_with_noise_magnitudes(sample_ws, tmp_
         assert Path(path).is_file() and Path(path).with_suffix(".json").is_file()
         with Image.open(path) as im:
             assert im.size == (w, h) == (32, 32)
-        assert len(steps) == 3 and math.isclose(mag, float(np.mean(steps)), rel_tol=1e-9) and mag > 0
+        assert len(steps) == 3 and close_f32(mag, float(np.mean(steps))) and mag > 0
     # Wen et al.'s first-step value, computed here without the pipeline's loop:
     # ||eps(x_T, e_prompt) - eps(x_T, e_empty)||_2 at the first DDIM timestep, x_T from the seed
     pipe = DiffusionPipeline.from_pretrained(str(tiny_model))
@@ -311,7 +311,7 @@ def test_score_marks_copies_replicated_and_unrelated_novel(scored):
 def test_score_statistics_agree_with_numpy(scored):
     from curate import api
     from curate.store.embeddings import load_all
-    from curate.models.core import load_image_model
+    from curate.models import load_image_model
     from curate.models.recipe import image_spec
 
     ws, gens, kinds, _, out = scored
@@ -346,20 +346,20 @@ def test_score_statistics_agree_with_numpy(scored):
     top1 = np.array([r[2] for r in rows])
     assert stats["n"] == 10
     assert stats["fraction_above"] == float(np.mean(top1 > 0.5))
-    assert math.isclose(stats["mean"], float(top1.mean()), rel_tol=1e-12)
+    assert close_f32(stats["mean"], float(top1.mean()))
     for k, pct in (("p75", 75), ("p90", 90), ("p95", 95)):
-        assert math.isclose(stats[k], float(np.percentile(top1, pct)), rel_tol=1e-12)
+        assert close_f32(stats[k], float(np.percentile(top1, pct)))
     assert stats["dataset_similarity"] == stats["p95"]
     assert stats["hist"] == np.histogram(np.clip(top1, 0, 1), bins=200, range=(0, 1))[0].tolist()
     bg = z["sims"].astype(np.float64)
     assert stats["background"]["n"] == len(ids) == 645
     assert stats["background"]["hist"] == np.histogram(np.clip(bg, 0, 1), bins=np.linspace(0, 1, 201))[0].tolist()
-    assert math.isclose(stats["background"]["p95"], float(np.percentile(bg, 95)), rel_tol=1e-12)
+    assert close_f32(stats["background"]["p95"], float(np.percentile(bg, 95)))
     # the close threshold: the 95th percentile of the background outside duplicate clusters
     clustered = {s for s, in q(ws, "SELECT sample_id FROM clusters")}
     single = bg[[int(i) not in clustered for i in ids]]
     rep = out["thresholds"]["replicated_similarity"]
-    assert math.isclose(out["thresholds"]["close_similarity"], min(rep, float(np.percentile(single, 95))), rel_tol=1e-9)
+    assert close_f32(out["thresholds"]["close_similarity"], min(rep, float(np.percentile(single, 95))))
     saved = json.loads((ws / "out" / "probe_scores.json").read_text())
     assert saved["sets"]["gens"]["stats"]["p95"] == stats["p95"]
 

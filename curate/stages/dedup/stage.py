@@ -4,7 +4,7 @@ Signals and their edge ``distance`` column:
 
 - ``sha256``    equal bytes; star edges to the group's smallest id; distance 0
 - ``phash``     Hamming distance ≤ ``phash_max_distance`` bits (exact: multi-index hashing or
-                faiss brute force, :func:`curate.stages.dedup.index.phash_edges`); identical hashes get star
+                faiss brute force, :func:`curate.stages.dedup.phash_search.phash_edges`); identical hashes get star
                 edges to their group's smallest id (k − 1 edges for k copies, distance 0);
                 distance = bits. Images under ``phash_min_side`` px on a side get no pHash
                 edges (a 5×5 icon's DCT hash says little).
@@ -35,12 +35,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curate.store.catalog import Workspace
 from curate.config import RunConfig
-from curate.store.embeddings import load_all
-from curate.stages.dedup.index import components, embedding_edges, phash_edges, row_norms
 from curate.media import captions
+from curate.models.recipe import image_key
+from curate.stages.dedup import ivfpq
+from curate.stages.dedup.clusters import cluster_statistics, components
 from curate.stages.dedup.keeper import ranked_sql
+from curate.stages.dedup.phash_search import phash_edges
+from curate.stages.dedup.rows import row_norms
+from curate.stages.dedup.sources import PartsSource, survey
+from curate.stages.dedup.vector_search import embedding_edges
+from curate.store.catalog import Workspace
+from curate.store.embeddings import list_parts, load_all
 
 _EDGE_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("signal", pa.string()), ("distance", pa.float64())])
 
@@ -131,8 +137,6 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
                 counters["edges"]["phash_mirror"] = _add_edges(
                     ws, ids[i[mirrored]], ids[j[mirrored]], "phash_mirror", d[mirrored])
         if dc.embedding_min_cosine is not None:
-            from curate.models.recipe import image_key
-
             key = image_key(cfg)  # model + preprocessing identity: only vectors of the current config
             if dc.embedding_search == "ivfpq":  # cluster scale: parts streamed, never all loaded here
                 _embedding_edges_from_parts(ws, cfg, key, counters)
@@ -196,7 +200,7 @@ def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counter
     read part by part and never loaded here as a whole (docs/SCALE_OUT.md, *Dedup*); the same
     edges, counters and order as the in-memory path would give with :mod:`curate.stages.dedup.ivfpq`.
 
-    1. :func:`curate.stages.dedup.ivfpq.survey`: each part read once — in this process, or one Ray task per
+    1. :func:`curate.stages.dedup.sources.survey`: each part read once — in this process, or one Ray task per
        part with ``dedup.engine: ray`` — giving its ids, the K13 check (finite, unit norm) and a
        128-bit content key per row (25 bytes per row back, no vectors), streamed into a DuckDB
        temp table.
@@ -205,13 +209,10 @@ def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counter
        unit rows (the others counted in ``embedding_vectors_excluded``); identical vectors (equal
        content key) get star edges to their group's smallest id, distance 0, and only that
        representative is searched.
-    3. :class:`curate.stages.dedup.ivfpq.PartsSource` over the parts with a keep mask per part (one bit per
+    3. :class:`curate.stages.dedup.sources.PartsSource` over the parts with a keep mask per part (one bit per
        stored row: the representatives) and its id-range directory; :func:`curate.stages.dedup.ivfpq.pairs`
        trains, fills, searches and verifies, with Ray tasks under ``dedup.engine: ray``.
     """
-    from curate.stages.dedup import ivfpq
-    from curate.store.embeddings import list_parts
-
     dc = cfg.dedup
     con = ws.con
     folder = ws.embeddings_dir(key)
@@ -219,7 +220,7 @@ def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counter
     con.execute("CREATE OR REPLACE TEMP TABLE _ev (part INTEGER, r INTEGER, sample_id BIGINT, unit BOOLEAN, "
                 "k1 UBIGINT, k2 UBIGINT)")
     rows_of: dict[int, int] = {}
-    for p, ids, unit, keys in ivfpq.survey(folder, parts, dc.engine, dc, tol=UNIT_TOL):
+    for p, ids, unit, keys in survey(folder, parts, dc.engine, dc, tol=UNIT_TOL):
         rows_of[p] = len(ids)
         t = pa.table({"part": pa.array(np.full(len(ids), p, np.int32)),
                       "r": pa.array(np.arange(len(ids), dtype=np.int32)), "sample_id": pa.array(ids, pa.int64()),
@@ -269,7 +270,7 @@ def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counter
                 mask[seg_r] = True
         if cur is not None:
             keep[cur] = np.packbits(mask, bitorder="little")
-        source = ivfpq.PartsSource(folder, keep=keep, directory=np.stack(
+        source = PartsSource(folder, keep=keep, directory=np.stack(
             [np.asarray(directory[c], np.int64) for c in ("n", "lo", "hi")], 1))
         res = ivfpq.pairs(source, float(dc.embedding_min_cosine),
                           ivfpq.Params(nlist=dc.embedding_nlist, nprobe=dc.embedding_nprobe, seed=0),
@@ -288,41 +289,3 @@ def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counter
     # reruns and engines compare equal)
     counters["embedding_search"] = {k: v for k, v in search.items() if not k.endswith("_seconds")}
     counters["edges"]["embedding"] = _add_edges(ws, i[order], j[order], "embedding", 1.0 - c[order].astype(np.float64))
-
-
-def cluster_statistics(ws: Workspace) -> None:
-    """Rebuild ``cluster_stats``: one row per cluster with what joined it.
-
-    Columns: cluster_id, cluster_size, keeper_sample_id, signals VARCHAR[] (sorted),
-    edges_sha256 / edges_phash / edges_phash_mirror / edges_embedding / edges_caption (edge
-    counts), max_phash_bits (largest Hamming distance of a ``phash`` or ``phash_mirror`` edge,
-    bits 0–64, NULL without one), min_cosine (smallest cosine of an embedding edge, NULL
-    without one), distinct_urls, distinct_captions (normalised), sources (distinct source names).
-    """
-    ws.con.execute("DELETE FROM cluster_stats")
-    ws.con.execute(
-        f"""INSERT INTO cluster_stats (cluster_id, cluster_size, keeper_sample_id, signals, edges_sha256,
-            edges_phash, edges_embedding, edges_caption, max_phash_bits, min_cosine, distinct_urls,
-            distinct_captions, sources, edges_phash_mirror)
-        WITH e AS (
-            SELECT c.cluster_id,
-                   count(*) FILTER (e.signal = 'sha256') AS n_sha, count(*) FILTER (e.signal = 'phash') AS n_ph,
-                   count(*) FILTER (e.signal = 'embedding') AS n_emb, count(*) FILTER (e.signal = 'caption') AS n_cap,
-                   count(*) FILTER (e.signal = 'phash_mirror') AS n_phm,
-                   max(e.distance) FILTER (e.signal IN ('phash', 'phash_mirror')) AS max_bits,
-                   1 - max(e.distance) FILTER (e.signal = 'embedding') AS min_cos,
-                   list_sort(list(DISTINCT e.signal)) AS signals
-            FROM dup_edges e JOIN clusters c ON c.sample_id = e.a GROUP BY c.cluster_id
-        ), m AS (
-            SELECT c.cluster_id, any_value(c.cluster_size) AS size,
-                   min(c.sample_id) FILTER (c.is_keeper) AS keeper,
-                   count(DISTINCT s.url) AS urls,
-                   count(DISTINCT {captions.NORM_SQL.replace('caption', 's.caption')}) AS caps,
-                   count(DISTINCT o.name) AS sources
-            FROM clusters c JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
-            GROUP BY c.cluster_id
-        )
-        SELECT m.cluster_id, m.size, m.keeper, e.signals, e.n_sha, e.n_ph, e.n_emb, e.n_cap,
-               CAST(e.max_bits AS INTEGER), e.min_cos, m.urls, m.caps, m.sources, e.n_phm
-        FROM m JOIN e USING (cluster_id)"""
-    )

@@ -12,7 +12,7 @@ import numpy as np
 from curate.engine import get_engine
 from curate.engine.units import unit_batches, units_sql
 from curate.errors import ConfigError
-from curate.models.core import load_image_model, resolve_image_model
+from curate.models import load_image_model, resolve_image_model
 from curate.models.feeder import ImageDataset, chunk_batches, collate, decode_workers, embed_batch
 from curate.progress import bar
 from curate.stages.embed.parts import commit_rows, write_chunk

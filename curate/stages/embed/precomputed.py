@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from curate.store.catalog import Workspace, file_fingerprint
 from curate.config import PrecomputedEmbeddings, RunConfig
-from curate.store.embeddings import list_parts, write_part
 from curate.errors import InputError
+from curate.models.feeder import normalise, vector_status
 from curate.progress import bar, info
 from curate.stages.embed.parts import insert_rows, reconcile
+from curate.store.catalog import Workspace, file_fingerprint
+from curate.store.embeddings import list_parts, write_part
 
 _NUM = re.compile(r"(\d+)(?!.*\d)")
 
@@ -113,8 +114,6 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     non-finite),
     samples_sharing_a_key (catalog samples with the same url/key get the same vector).
     """
-    from curate.models.feeder import normalise, vector_status
-
     model = cfg.embed.model
     folder = ws.embeddings_dir(model)
     reconcile(ws, model, folder)  # parts of a run killed before its transaction (the same rule as embed)

@@ -1,7 +1,7 @@
 """embed: image (and caption) embeddings → ``embeddings/<key>/part-*.npy`` + ``embeddings`` rows.
 
 **Key.** Vectors are stored under a key = model name + ``@`` + 12 hex digits of the
-preprocessing identity (:attr:`curate.models.core.ModelSpec.key`; captions:
+preprocessing identity (:attr:`curate.models.ModelSpec.key`; captions:
 ``text:<model>@…``). Changing the model *or* anything that changes the pixels the model
 sees (border trimming, JPEG draft decoding, the resolved preset (model, full, SSCD presets), the model's input size/mean/std,
 curate's preprocessing version) gives a new key, so old vectors are never mixed with new
@@ -52,30 +52,44 @@ from typing import Any
 
 import numpy as np
 
-from curate.store.catalog import Workspace
 from curate.config import RunConfig
-from curate.store.embeddings import (clean_temp, list_parts, lookup, read_part_ids, read_part_meta, read_store_meta,
-                             write_part, write_store_meta)
-from curate.models.feeder import (MIN_NORM, ImageDataset, chunk_batches, collate, decode_workers, embed_batch,  # noqa: F401
-                           forward, normalise, vector_status)
 from curate.engine import get_engine
+from curate.models import load_text_model, resolve_device, text_identity
+from curate.models.feeder import (  # noqa: F401
+    MIN_NORM,
+    ImageDataset,
+    chunk_batches,
+    collate,
+    decode_workers,
+    embed_batch,
+    forward,
+    normalise,
+    vector_status,
+)
+from curate.models.recipe import caption_key, image_key, image_spec, load_model  # noqa: F401
 from curate.progress import bar
 from curate.stages.embed import distributed
-from curate.models.recipe import caption_key, image_key, image_spec, load_model  # noqa: F401
+from curate.stages.embed import precomputed as embimport
 from curate.stages.embed.parts import commit_rows, next_part, reconcile, write_chunk
-
+from curate.stages.embed.precomputed import pairs
+from curate.store.catalog import Workspace, file_fingerprint
+from curate.store.embeddings import (
+    clean_temp,
+    list_parts,
+    lookup,
+    read_part_ids,
+    read_part_meta,
+    read_store_meta,
+    write_part,
+    write_store_meta,
+)
 
 # -- stage -----------------------------------------------------------------------------------
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
-    from curate.models.core import text_identity
-
     cm = cfg.embed.caption_model
     caption = text_identity(cm) if cm else None
     if cfg.embed.model.startswith("precomputed:"):  # imported files: re-run when one is added or changes
-        from curate.store.catalog import file_fingerprint
-        from curate.stages.embed.precomputed import pairs
-
         return {"image": [(str(v), file_fingerprint(v), str(m) if m else None) for spec in cfg.embed.precomputed
                           for v, m in pairs(cfg, spec)], "caption": caption}
     return {"image": image_spec(cfg).identity(), "caption": caption}
@@ -102,7 +116,7 @@ def embed_images(ws: Workspace, cfg: RunConfig, spec=None, counters: dict[str, A
         ws: the open workspace (its catalog is written).
         cfg: the run config; ``cfg.embed`` gives model, device, precision, batch size, decoding
             workers, ``part_rows`` and the engine; ``cfg.hash.max_pixels`` the decode limit.
-        spec: the resolved :class:`curate.models.core.ModelSpec` whose ``key`` the vectors are
+        spec: the resolved :class:`curate.models.ModelSpec` whose ``key`` the vectors are
             stored under and whose preprocessing the loader applies; None = :func:`image_spec`
             of ``cfg`` (the spec must resolve to the model ``cfg.embed`` loads).
         counters: dict updated in place (and returned); None = a new one.
@@ -124,8 +138,6 @@ def embed_images(ws: Workspace, cfg: RunConfig, spec=None, counters: dict[str, A
         RuntimeError: the loaded model's preprocessing differs from ``spec``'s.
     """
     from torch.utils.data import DataLoader
-
-    from curate.models.core import resolve_device
 
     spec = image_spec(cfg) if spec is None else spec
     counters = {} if counters is None else counters
@@ -211,8 +223,6 @@ def embed_images(ws: Workspace, cfg: RunConfig, spec=None, counters: dict[str, A
 
 
 def _embed_captions(ws: Workspace, cfg: RunConfig, key: str, counters: dict[str, Any], model_box: dict) -> None:
-    from curate.models.core import load_text_model
-
     ec = cfg.embed
     folder = ws.embeddings_dir(key)
     counters.update(reconcile(ws, key, folder))
@@ -289,8 +299,6 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     ec = cfg.embed
     model_box: dict = {}
     if ec.model.startswith("precomputed:"):  # vectors made elsewhere, joined by key (K14)
-        from curate.stages.embed import precomputed as embimport
-
         counters = embimport.run(ws, cfg)
     else:
         spec = image_spec(cfg)

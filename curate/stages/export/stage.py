@@ -23,11 +23,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from curate.store.catalog import Workspace, atomic_write_bytes
 from curate.config import RunConfig
 from curate.errors import CurateError
 from curate.stages.dedup.keeper import SHA_MISMATCH, ranked_sql
+from curate.stages.export.webdataset import write_webdataset
+from curate.stages.flag.claims import match_counts
 from curate.stages.ingest.stage import caption_and_note_counts, notes_by_code, rejected_by_reason
+from curate.store.catalog import Workspace
+from curate.store.fsio import atomic_write_bytes
 
 REMOVE_FLAGS = "(SELECT sample_id FROM flags WHERE action = 'remove')"
 # how a flag is named in reasons / review / tags: rule-pack hits ``pack/rule``, claims and
@@ -137,8 +140,6 @@ WHERE m.slug = ? ORDER BY m.via_cluster, m.sample_id, m.signal, m.evidence
 def claimant_counts(ws: Workspace, slug: str) -> dict[str, Any]:
     """One claimant's matched samples (:func:`curate.stages.flag.claims.match_counts`) and how many of them
     the decisions remove."""
-    from curate.stages.flag.claims import match_counts
-
     removed = ws.scalar("SELECT count(DISTINCT m.sample_id) FROM claim_matches m JOIN decisions d USING (sample_id) "
                         "WHERE m.slug = ? AND NOT d.keep", [slug])
     return {**match_counts(ws.con, slug), "removed": int(removed)}
@@ -277,7 +278,5 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     atomic_write_bytes(out / "summary.json", (json.dumps(s, indent=2, sort_keys=True) + "\n").encode())
     counters = {k: s[k] for k in ("input_rows", "kept", "removed", "rejected")} | {"reasons": s["reasons"]}
     if cfg.export.format == "webdataset":  # shards of the kept samples (curate.stages.export.webdataset)
-        from curate.stages.export.webdataset import write_webdataset
-
         counters["webdataset"] = write_webdataset(ws, cfg)
     return counters

@@ -67,9 +67,11 @@ import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from curate.store.catalog import Workspace, atomic_write_bytes
 from curate.config import RunConfig
+from curate.media.images import decode, read_ref
 from curate.progress import bar, info
+from curate.store.catalog import Workspace
+from curate.store.fsio import atomic_write_bytes
 
 DIR_NAME = "webdataset"
 PARTIAL_NAME = ".webdataset.partial"
@@ -142,8 +144,6 @@ class _HashingFile:
 
 def _reencode_png(data: bytes, max_pixels: int) -> tuple[bytes | None, str]:
     from PIL import Image
-
-    from curate.media.images import decode
 
     d = decode(data, max_pixels=max_pixels)
     if d.status != "ok" or d.rgb is None:
@@ -256,8 +256,6 @@ def write_webdataset(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     reenc: dict[str, int] = {}
     skipped: list[tuple[int, str, str]] = []
     total = int(ws.scalar("SELECT count(*) FROM decisions WHERE keep"))
-    from curate.media.images import read_ref
-
     cur = ws.con.execute(SAMPLES_SQL)
     with bar(total=total, desc="[export] webdataset", unit="sample") as pb:
         while rows := cur.fetchmany(_FETCH):

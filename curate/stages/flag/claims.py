@@ -60,9 +60,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curate.errors import ConfigError
+from curate.media.images import open_image
+from curate.media.phash import gray32, phash_with_mirror
+from curate.models.feeder import ImageDataset, collate, forward, normalise
+from curate.models.recipe import image_key, image_spec, load_model
+from curate.stages.flag.patterns import lit, words_pattern
+from curate.stages.flag.urls import canonical_url_sql, domain_hits_sql, normalise_domain
+from curate.store.catalog import file_fingerprint
+from curate.store.embeddings import float32_batches, iter_parts
+from curate.yamlconf import load_yaml, validate
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -88,8 +97,6 @@ class Claim(BaseModel):
     @field_validator("domains")
     @classmethod
     def _domains(cls, v: list[str]) -> list[str]:
-        from curate.stages.flag.urls import normalise_domain
-
         return sorted({normalise_domain(d) for d in v})
 
     @field_validator("keywords")
@@ -194,8 +201,6 @@ def _load_csv(path: Path) -> Claim:
             data[key] = v
         else:
             data.setdefault(key, []).append(v)
-    from pydantic import ValidationError
-
     try:
         return Claim.model_validate({**data, "base": str(path.parent)})
     except ValidationError as e:
@@ -206,8 +211,6 @@ def _load_csv(path: Path) -> Claim:
 
 def _load_optout(path: Path) -> Claim:
     domains, urls = [], []
-    from curate.stages.flag.urls import normalise_domain
-
     for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         v = ln.split("#", 1)[0].strip() if not ln.lstrip().startswith("#") else ""
         if not v:
@@ -231,8 +234,6 @@ def load_claim(path: str | Path) -> Claim:
     Raises:
         ConfigError: unreadable file, unknown key, bad value — with file:line and the fix.
     """
-    from curate.yamlconf import load_yaml, validate
-
     p = Path(path)
     if p.suffix.lower() == ".csv":
         return _load_csv(p)
@@ -283,8 +284,6 @@ def load_all(claims: list[str], opt_out: list[str], base_dir: str | Path = ".") 
 
 def fingerprint(claims: list[Claim]) -> list:
     """What a claim run depends on: the claims and the bytes of their URL lists and references."""
-    from curate.store.catalog import file_fingerprint
-
     fp = []
     for c in claims:
         files = [str(p) for p in c.reference_files()] + [str(c.path(f)) for f in c.url_lists]
@@ -294,10 +293,6 @@ def fingerprint(claims: list[Claim]) -> list:
 
 # ----------------------------------------------------------------------------------------------
 # matching
-
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
 
 def reference_features(paths: list[Path], cfg, need_embedding: bool) -> dict[str, Any]:
     """sha256, pHash, mirror pHash and (optionally) the image embedding of reference images.
@@ -310,9 +305,6 @@ def reference_features(paths: list[Path], cfg, need_embedding: bool) -> dict[str
         ``status`` (list[str]), ``phash`` / ``mirror`` (uint64 (n,), 0 where not ok),
         ``vectors`` (float32 (n, d) L2-normalised, or None), ``key`` (embedding key or None).
     """
-    from curate.media.images import open_image
-    from curate.media.phash import gray32, phash_with_mirror
-
     files = [str(p) for p in paths]
     shas, status, grays, ok = [], [], [], []
     for p in paths:
@@ -330,9 +322,6 @@ def reference_features(paths: list[Path], cfg, need_embedding: bool) -> dict[str
            "vectors": None, "key": None}
     if need_embedding and okv.any() and not cfg.embed.model.startswith("precomputed:"):
         from torch.utils.data import DataLoader
-
-        from curate.models.feeder import ImageDataset, collate, forward, normalise
-        from curate.models.recipe import image_spec, load_model
 
         spec = image_spec(cfg)
         model = load_model(cfg)
@@ -352,9 +341,6 @@ def reference_features(paths: list[Path], cfg, need_embedding: bool) -> dict[str
 
 def _direct_matches(ws, claim: Claim, cfg, counters: dict) -> list[tuple]:
     """Rows (sample_id, signal, score, evidence, matched_reference) for one claim."""
-    from curate.stages.flag.rules import CaptionWords, _patterns
-    from curate.stages.flag.urls import canonical_url_sql, domain_hits_sql
-
     rows: list[tuple] = []
     if claim.domains:
         rows += ws.q(f"SELECT sample_id, 'domain', 1.0, 'host ' || host || ' is under ' || domain, NULL "
@@ -374,8 +360,7 @@ def _direct_matches(ws, claim: Claim, cfg, counters: dict) -> list[tuple]:
             f"WHERE cu IS NOT NULL")
         ws.con.execute("DROP TABLE _claim_urls")
     if claim.keywords:
-        pat = _lit(_patterns(CaptionWords(id="k", kind="caption_words", category="copyright", action="tag",
-                                          words=claim.keywords))[0])
+        pat = lit(words_pattern(claim.keywords, case_sensitive=False))  # as a caption_words rule
         rows += ws.q(
             f"SELECT sample_id, 'keyword', 1.0, 'caption contains \"' || regexp_extract(nfc_normalize(caption), {pat}, 1) "
             f"|| '\"', NULL FROM samples WHERE caption IS NOT NULL AND regexp_matches(nfc_normalize(caption), {pat})")
@@ -390,12 +375,10 @@ def _direct_matches(ws, claim: Claim, cfg, counters: dict) -> list[tuple]:
     return rows
 
 
-def _vectors_above(folder: Path, queries: np.ndarray, min_cosine: float):
+def vectors_above(folder: Path, queries: np.ndarray, min_cosine: float):
     """Yield (sample_id, query column, cosine) for every stored vector of ``folder`` whose cosine
     with a query is ≥ ``min_cosine``; ``queries`` is float32 (d, q), L2-normalised columns.
     Parts are read memory-mapped and multiplied in blocks of 65,536 rows (float32)."""
-    from curate.store.embeddings import float32_batches, iter_parts
-
     for _, ids, vecs in iter_parts(folder):
         for start, block in float32_batches(vecs):
             sims = block @ queries
@@ -416,8 +399,6 @@ def reference_matches(ws, cfg, refs: list[Path], phash_max: int | None, min_cosi
     Returns:
         rows (sample_id, signal, score, evidence, matched_reference path).
     """
-    from curate.models.recipe import image_key
-
     key = image_key(cfg)
     have_vectors = min_cosine is not None and bool(ws.scalar(
         "SELECT count(*) FROM embeddings WHERE model = ? AND status = 'ok'", [key]))
@@ -446,7 +427,7 @@ def reference_matches(ws, cfg, refs: list[Path], phash_max: int | None, min_cosi
     if have_vectors and feats["vectors"] is not None:
         ok = np.flatnonzero(feats["ok"])
         R = np.ascontiguousarray(feats["vectors"][ok].T)
-        for sid, c, sim in _vectors_above(ws.embeddings_dir(feats["key"]), R, min_cosine):
+        for sid, c, sim in vectors_above(ws.embeddings_dir(feats["key"]), R, min_cosine):
             f = feats["files"][ok[c]]
             rows.append((sid, "embedding", round(sim, 4), f"cosine {sim:.3f} to reference {Path(f).name} ≥ {min_cosine}", f))
     for _sid, sig, _s, _e, f in rows:
@@ -542,83 +523,3 @@ def _write(ws, per, counters: dict, dry_run: bool) -> None:
         con.execute("DROP TABLE IF EXISTS _direct")
         if dry_run:
             raise _DryRun
-
-
-# ----------------------------------------------------------------------------------------------
-# retrieval rules of rule packs (kind: retrieval)
-
-def retrieval_table(rule) -> str:
-    """Name of the temp table :func:`prepare_retrieval` fills for a rule (read by rule_sql)."""
-    return "_retrieval_" + hashlib.sha256(rule.model_dump_json().encode()).hexdigest()[:16]
-
-
-def retrieval_rows(ws, cfg, rule, base: str | Path) -> list[tuple]:
-    """Hits of a ``retrieval`` rule: rows (sample_id, signal, score, evidence).
-
-    Reference images match as in claims (sha256, mirror-aware pHash when the rule sets
-    ``phash_max_distance``, embedding cosine ≥ ``min_cosine``); text concepts match by
-    cosine(text vector, image vector) ≥ ``min_cosine`` in the open_clip model's joint space.
-
-    Raises:
-        ConfigError: missing reference files; text concepts with an image model that has no
-            text tower (efficientnet_lite0, sscd) or no image embeddings in the catalog.
-    """
-    from curate.models.recipe import image_key
-
-    who = f"retrieval rule {rule.id!r}"
-    rows: list[tuple] = []
-    if rule.reference_images:
-        refs = image_files(rule.reference_images, base, who)
-        rows += [(sid, sig, sc, ev) for sid, sig, sc, ev, _ in
-                 reference_matches(ws, cfg, refs, rule.phash_max_distance, rule.min_cosine, {})]
-    if rule.text:
-        key = image_key(cfg)
-        if not ws.scalar("SELECT count(*) FROM embeddings WHERE model = ? AND status = 'ok'", [key]):
-            raise ConfigError(f"{who}: no image embeddings under {key} in the catalog; run `curate embed` first")
-        if not cfg.embed.model.startswith("open_clip:"):
-            raise ConfigError(f"{who}: text concepts need an image model with a text tower in the same space "
-                              f"(embed.model: open_clip:<arch>/<pretrained>); {cfg.embed.model} has none")
-        from curate.models.feeder import normalise
-        from curate.models.recipe import load_model
-
-        model = load_model(cfg)
-        t, ok = normalise(model.text.encode(list(rule.text)))
-        T = np.ascontiguousarray(t[ok].T)
-        texts = [x for x, g in zip(rule.text, ok) if g]
-        for sid, c, sim in _vectors_above(ws.embeddings_dir(key), T, rule.min_cosine):
-            rows.append((sid, "text", round(sim, 4), f"cosine {sim:.3f} to text {texts[c]!r} ≥ {rule.min_cosine}"))
-    return rows
-
-
-def prepare_retrieval(ws, cfg, packs) -> dict[str, int]:
-    """Evaluate every retrieval rule of ``packs`` into its temp table (one row per sample:
-    best score, all evidence). Returns hits per ``pack/rule``."""
-    from curate.stages.flag.rules import Retrieval
-
-    out = {}
-    for pack in packs:
-        for rule in pack.rules:
-            if not isinstance(rule, Retrieval):
-                continue
-            rows = retrieval_rows(ws, cfg, rule, pack.base)
-            t = retrieval_table(rule)
-            ws.con.execute(f"CREATE OR REPLACE TEMP TABLE {t}_raw (sample_id BIGINT, signal VARCHAR, score DOUBLE, "
-                           "evidence VARCHAR)")
-            if rows:
-                ws.con.executemany(f"INSERT INTO {t}_raw VALUES (?, ?, ?, ?)", rows)
-            ws.con.execute(f"CREATE OR REPLACE TEMP TABLE {t} AS SELECT sample_id, "
-                           "max(score) FILTER (signal <> 'phash') AS score, "
-                           "string_agg(signal || ': ' || evidence, ' | ' ORDER BY signal, evidence) AS evidence "
-                           f"FROM {t}_raw GROUP BY sample_id")
-            ws.con.execute(f"DROP TABLE {t}_raw")
-            out[f"{pack.pack}/{rule.id}"] = len({r[0] for r in rows})
-    return out
-
-
-def retrieval_fingerprint(packs) -> list:
-    """Reference files (path, fingerprint) of every retrieval rule: part of the flag digest."""
-    from curate.store.catalog import file_fingerprint
-    from curate.stages.flag.rules import Retrieval
-
-    return [[str(p), file_fingerprint(p)] for pack in packs for rule in pack.rules if isinstance(rule, Retrieval)
-            for p in image_files(rule.reference_images, pack.base, f"retrieval rule {rule.id!r}")]

@@ -49,10 +49,17 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Callable, Iterable, Iterator
 
-from curate.engine import get_engine
+import numpy as np
+
 from curate.errors import ConfigError
+from curate.media.images import DEFAULT_MAX_PIXELS, Decoded, open_image, read_ref
+from curate.progress import bar
+from curate.stages.flag.basic import basic_sql
+from curate.stages.flag.patterns import lit
+from curate.stages.flag.rules import ocr_patterns
 
 CLASSIFIER_VERSION = 1  # bump when what is stored for the same settings changes
 
@@ -61,13 +68,6 @@ CLASSIFIER_VERSION = 1  # bump when what is stored for the same settings changes
 #: breasts (beach and sports photos) and every COVERED / FACE class are left out.
 NUDENET_EXPOSED = ("FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED",
                    "BUTTOCKS_EXPOSED", "ANUS_EXPOSED")
-#: every class NudeNet 3.4's detector outputs (label names a ``classifier_score`` rule may use)
-NUDENET_CLASSES = (
-    "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
-    "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED",
-    "FEET_COVERED", "ARMPITS_COVERED", "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED",
-    "MALE_GENITALIA_EXPOSED", "ANUS_COVERED", "FEMALE_BREAST_COVERED", "BUTTOCKS_COVERED",
-)
 NUDENET_RESOLUTION = 320  # the 320n model's input side (px)
 SUMMARY_LABEL = {"nudenet": "nsfw", "rapidocr": "text"}
 _PACKAGE = {"nudenet": "nudenet", "rapidocr": "rapidocr-onnxruntime"}
@@ -94,8 +94,6 @@ class Spec:
 
 
 def _package_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(_PACKAGE[name])
     except PackageNotFoundError:
@@ -120,21 +118,15 @@ def spec_of(rule) -> Spec:
 # SQL
 
 
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
 def candidates_sql(rule) -> str:
     """SELECT sample_id of the samples the rule classifies and evaluates: the hits of the rules
-    named in ``only_if_hit`` (same pack), or every sample."""
-    from curate.stages.flag.rules import rule_sql
-
+    named in ``only_if_hit`` (same pack; never classifier rules), or every sample."""
     cands = getattr(rule, "_candidates", None) or []
     if not rule.only_if_hit:
         return "SELECT sample_id FROM samples"
     if len(cands) != len(rule.only_if_hit):  # a rule built outside a Pack
         raise ConfigError(f"rule {rule.id}: only_if_hit names rules of its pack; load it through a pack")
-    return "SELECT DISTINCT sample_id FROM (" + " UNION ALL ".join(f"SELECT sample_id FROM ({rule_sql(c)})"
+    return "SELECT DISTINCT sample_id FROM (" + " UNION ALL ".join(f"SELECT sample_id FROM ({basic_sql(c)})"
                                                                     for c in cands) + ")"
 
 
@@ -142,7 +134,7 @@ def scores_sql(key: str, label: str) -> str:
     """SELECT sample_id, score, detail of the usable rows (status ok, same bytes as ``images``)."""
     return (
         "SELECT x.sample_id, x.score, x.detail FROM image_scores x JOIN images i ON i.sample_id = x.sample_id "
-        f"AND i.sha256 = x.sha256 AND i.status = 'ok' WHERE x.classifier = {_lit(key)} AND x.label = {_lit(label)} "
+        f"AND i.sha256 = x.sha256 AND i.status = 'ok' WHERE x.classifier = {lit(key)} AND x.label = {lit(label)} "
         "AND x.status = 'ok'"
     )
 
@@ -154,24 +146,6 @@ def _unknown_evidence(what: str) -> str:
 
 
 _OP_TEXT = {">": ">", ">=": "≥", "<": "<", "<=": "≤"}
-
-
-def ocr_patterns(rule) -> tuple[str | None, str | None]:
-    """(word pattern, regex pattern) of an ``ocr_text`` rule, RE2, None when not given.
-
-    Same semantics as ``caption_words`` / ``caption_regex``: the text is NFC-normalised, matched
-    case-insensitively unless ``case_sensitive``; words match at Unicode word boundaries (a
-    letter, digit or underscore never adjoins the match; the word is capture group 1).
-    """
-    from curate.stages.flag.rules import _re2_escape
-
-    flags = "" if rule.case_sensitive else "(?i)"
-    words = None
-    if rule.words:
-        alts = "|".join(_re2_escape(w.strip()) for w in rule.words)
-        words = flags + rf"(?:^|[^\pL\pN_])((?:{alts}))(?:$|[^\pL\pN_])"
-    regex = flags + "|".join(f"(?:{p})" for p in rule.patterns) if rule.patterns else None
-    return words, regex
 
 
 def rule_sql(rule) -> str:
@@ -188,10 +162,10 @@ def rule_sql(rule) -> str:
         ran = scores_sql(spec.key, summary)
         if rule.label == summary:
             score = "sc.score"
-            name = f"coalesce(json_extract_string(sc.detail, '$.class'), {_lit(summary)})"
+            name = f"coalesce(json_extract_string(sc.detail, '$.class'), {lit(summary)})"
         else:  # one class: its max score, 0.0 when the image was classified and it was not detected
             score = f"coalesce(lb.score, CASE WHEN sc.sample_id IS NOT NULL THEN 0.0 END)"
-            name = _lit(rule.label)
+            name = lit(rule.label)
         hit = f"{score} {rule.op} {rule.value!r}"
         unknown = " OR sc.sample_id IS NULL" if rule.unknown == "flag" else ""
         label_join = "" if rule.label == summary else (
@@ -208,11 +182,11 @@ def rule_sql(rule) -> str:
         text = "nfc_normalize(sc.detail)"
         conds, parts = [], []
         if words:
-            conds.append(f"regexp_matches({text}, {_lit(words)})")
-            parts.append(f"nullif(regexp_extract({text}, {_lit(words)}, 1), '')")
+            conds.append(f"regexp_matches({text}, {lit(words)})")
+            parts.append(f"nullif(regexp_extract({text}, {lit(words)}, 1), '')")
         if regex:
-            conds.append(f"regexp_matches({text}, {_lit(regex)})")
-            parts.append(f"regexp_extract({text}, {_lit(regex)}, 0)")
+            conds.append(f"regexp_matches({text}, {lit(regex)})")
+            parts.append(f"regexp_extract({text}, {lit(regex)}, 0)")
         matched = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
         hit = f"sc.detail IS NOT NULL AND ({' OR '.join(conds)})"
         unknown = " OR sc.sample_id IS NULL" if rule.unknown == "flag" else ""
@@ -233,7 +207,7 @@ def _todo_sql(key: str, cands: list[str]) -> str:
     return (
         f"SELECT s.sample_id, s.image_ref, i.sha256 FROM samples s JOIN images i USING (sample_id) "
         f"WHERE i.status = 'ok' AND s.image_ref IS NOT NULL AND s.sample_id IN ({union}) AND NOT EXISTS ("
-        f"SELECT 1 FROM image_scores x WHERE x.sample_id = s.sample_id AND x.classifier = {_lit(key)} "
+        f"SELECT 1 FROM image_scores x WHERE x.sample_id = s.sample_id AND x.classifier = {lit(key)} "
         "AND x.sha256 = i.sha256) ORDER BY s.sample_id"
     )
 
@@ -262,7 +236,7 @@ def pending(ws, rule) -> int:
 _MODELS: dict[str, Any] = {}
 
 
-def _model(name: str):
+def load_classifier(name: str):
     """The loaded model (once per process). Raises ConfigError naming the package when missing."""
     if name not in _MODELS:
         try:
@@ -288,14 +262,16 @@ def _ocr_engine(max_side: int, min_confidence: float):
     ``limit_type: min`` / 736, upscales every small image to a 736 px short side)."""
     k = (max_side, min_confidence)
     if k not in _OCR:
-        RapidOCR = _model("rapidocr")
+        RapidOCR = load_classifier("rapidocr")
         _OCR[k] = RapidOCR(det_limit_type="max", det_limit_side_len=max_side, text_score=min_confidence,
                            print_verbose=False)
     return _OCR[k]
 
 
 @dataclass
-class _Row:
+class ScoreRow:
+    """One ``image_scores`` row of a classified image (its sample, key and sha256 are added on insert)."""
+
     label: str
     score: float | None
     detail: str | None
@@ -306,8 +282,6 @@ def _load(image_ref: str, max_pixels: int, long_side: int | None):
     """Bytes → (sha256, Decoded, RGB PIL image or None), through :mod:`curate.media.images`;
     downscaled (Lanczos) to ``long_side`` px on the long side when larger."""
     from PIL import Image
-
-    from curate.media.images import Decoded, open_image, read_ref
 
     try:
         data = read_ref(image_ref)
@@ -324,7 +298,7 @@ def _load(image_ref: str, max_pixels: int, long_side: int | None):
     return sha, res, im
 
 
-def classify_nudenet(res, im) -> list[_Row]:
+def classify_nudenet(res, im) -> list[ScoreRow]:
     """NudeNet on one decoded image → rows (summary ``nsfw`` + one per detected class).
 
     Args:
@@ -332,10 +306,8 @@ def classify_nudenet(res, im) -> list[_Row]:
             full size, used to express boxes in full-size pixels).
         im: RGB PIL image (possibly downscaled).
     """
-    import numpy as np
-
     bgr = np.ascontiguousarray(np.asarray(im)[..., ::-1])  # nudenet expects cv2.imread's BGR order
-    dets = _model("nudenet").detect(bgr)
+    dets = load_classifier("nudenet").detect(bgr)
     sx = (res.width or im.size[0]) / im.size[0]
     sy = (res.height or im.size[1]) / im.size[1]
     out = []
@@ -346,35 +318,33 @@ def classify_nudenet(res, im) -> list[_Row]:
     out.sort(key=lambda d: (-d["score"], d["class"]))
     exposed = [d for d in out if d["class"] in NUDENET_EXPOSED]
     top = exposed[0] if exposed else None
-    rows = [_Row("nsfw", top["score"] if top else 0.0, json.dumps({"class": top["class"] if top else None,
+    rows = [ScoreRow("nsfw", top["score"] if top else 0.0, json.dumps({"class": top["class"] if top else None,
                                                                     "detections": out}))]
     for cls in sorted({d["class"] for d in out}):
         mine = [d for d in out if d["class"] == cls]
-        rows.append(_Row(cls, max(d["score"] for d in mine), json.dumps([d["box"] for d in mine])))
+        rows.append(ScoreRow(cls, max(d["score"] for d in mine), json.dumps([d["box"] for d in mine])))
     return rows
 
 
-def classify_ocr(im, max_side: int, min_confidence: float) -> list[_Row]:
+def classify_ocr(im, max_side: int, min_confidence: float) -> list[ScoreRow]:
     """RapidOCR on one RGB PIL image (long side ≤ ``max_side``) → one ``text`` row: the lines
     (confidence ≥ ``min_confidence``) in reading order joined by newlines, and their mean
     confidence (NULL when no text)."""
-    import numpy as np
-
     bgr = np.ascontiguousarray(np.asarray(im)[..., ::-1])  # ndarray input is taken as BGR
     result, _ = _ocr_engine(max_side, min_confidence)(bgr)
     lines = [(str(t).strip(), float(c)) for _, t, c in (result or []) if str(t).strip()]
     if not lines:
-        return [_Row("text", None, "")]
-    return [_Row("text", round(sum(c for _, c in lines) / len(lines), 4), "\n".join(t for t, _ in lines))]
+        return [ScoreRow("text", None, "")]
+    return [ScoreRow("text", round(sum(c for _, c in lines) / len(lines), 4), "\n".join(t for t, _ in lines))]
 
 
-def _classify(spec: Spec, image_ref: str, max_pixels: int) -> tuple[str | None, list[_Row]]:
+def _classify(spec: Spec, image_ref: str, max_pixels: int) -> tuple[str | None, list[ScoreRow]]:
     s = dict(spec.settings)
     side = NUDENET_RESOLUTION if spec.name == "nudenet" else s["max_side"]
     sha, res, im = _load(image_ref, max_pixels, side)
     label = SUMMARY_LABEL[spec.name]
     if im is None:
-        return sha, [_Row(label, None, f"{res.status}: {res.detail}", res.status)]
+        return sha, [ScoreRow(label, None, f"{res.status}: {res.detail}", res.status)]
     try:
         if spec.name == "nudenet":
             return sha, classify_nudenet(res, im)
@@ -382,10 +352,10 @@ def _classify(spec: Spec, image_ref: str, max_pixels: int) -> tuple[str | None, 
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - one odd image must not stop the stage
-        return sha, [_Row(label, None, f"{type(e).__name__}: {e}", "classifier_error")]
+        return sha, [ScoreRow(label, None, f"{type(e).__name__}: {e}", "classifier_error")]
 
 
-def _insert(ws, key: str, batch: list[tuple[int, str | None, list[_Row]]]) -> None:
+def _insert(ws, key: str, batch: list[tuple[int, str | None, list[ScoreRow]]]) -> None:
     import pyarrow as pa
 
     rows = [(sid, key, r.label, r.score, r.detail, r.status, sha) for sid, sha, rs in batch for r in rs]
@@ -410,8 +380,13 @@ def local_batches(spec: Spec, todo: list[tuple], n: int, max_pixels: int):
         yield [(item[0], *_classify(spec, item[1], max_pixels)) for item in todo[k:k + n]]
 
 
+#: where batches are classified: (ws, spec, todo, n, max_pixels) → the batches :func:`local_batches`
+#: yields for the same arguments (e.g. :func:`curate.stages.flag.distributed.classify_batches`)
+Batches = Callable[[Any, Spec, list[tuple], int, int], Iterator[list[tuple]]]
+
+
 def ensure_scores(ws, packs: Iterable, *, max_pixels: int | None = None,
-                  batch_size: dict[str, int] | None = None, engine=None) -> dict[str, dict[str, Any]]:
+                  batch_size: dict[str, int] | None = None, batches: Batches | None = None) -> dict[str, dict[str, Any]]:
     """Classify every candidate sample that the classifier rules of ``packs`` need and that has
     no stored score yet; store the rows in ``image_scores`` (one transaction per batch).
 
@@ -420,9 +395,9 @@ def ensure_scores(ws, packs: Iterable, *, max_pixels: int | None = None,
         packs: loaded rule packs; rules of other kinds are ignored.
         max_pixels: decode limit (header width × height, pixels); default the loader's.
         batch_size: samples per committed batch per classifier name (default :data:`BATCH`).
-        engine: where to classify — a :class:`curate.config.EngineConfig` (``flag``'s section);
-            ``engine: ray`` classifies the same batches in a Ray actor pool
-            (:func:`curate.engine.ray_engine.classify_batches`) and stores them here. None = local.
+        batches: where to classify (see :data:`Batches`); the flag stage passes the Ray actor
+            pool's (:func:`curate.stages.flag.distributed.classify_batches`) for ``engine: ray``,
+            whose batches are stored here. None = :func:`local_batches`, in this process.
 
     Returns:
         Per classifier key: ``{'classifier', 'candidates_to_do', 'classified', 'failed',
@@ -432,9 +407,6 @@ def ensure_scores(ws, packs: Iterable, *, max_pixels: int | None = None,
     Raises:
         ConfigError: a classifier's package is not installed.
     """
-    from curate.media.images import DEFAULT_MAX_PIXELS
-    from curate.progress import bar
-
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     sizes = {**BATCH, **(batch_size or {})}
     out: dict[str, dict[str, Any]] = {}
@@ -450,16 +422,14 @@ def ensure_scores(ws, packs: Iterable, *, max_pixels: int | None = None,
                     "candidates_to_do": len(todo), "classified": 0, "failed": 0}
         t0 = time.perf_counter()
         n = sizes[spec.name]
-        if todo and engine is not None and get_engine(engine.engine).distributed:  # same batches, classified by Ray actors
-            from curate.stages.flag.distributed import classify_batches
-
-            batches = classify_batches(ws, engine, spec, todo, n, max_pixels)
+        if todo and batches is not None:  # same batches, classified elsewhere (e.g. by Ray actors)
+            done = batches(ws, spec, todo, n, max_pixels)
         else:
             if todo:
-                _model(spec.name)  # load (or fail with the install hint) before the first batch
-            batches = local_batches(spec, todo, n, max_pixels)
+                load_classifier(spec.name)  # load (or fail with the install hint) before the first batch
+            done = local_batches(spec, todo, n, max_pixels)
         with bar(total=len(todo), desc=f"[flag] {spec.name}", unit="img") as pb:
-            for batch in batches:  # one transaction per batch: a killed run keeps the finished ones
+            for batch in done:  # one transaction per batch: a killed run keeps the finished ones
                 _insert(ws, key, batch)
                 counters["classified"] += len(batch)
                 counters["failed"] += sum(rows[0].status != "ok" for _, _, rows in batch)

@@ -6,6 +6,7 @@ from typing import Any, Iterator
 
 from curate.engine import get_engine
 from curate.engine.units import table_rows
+from curate.stages.flag.classifiers import ScoreRow, load_classifier, local_batches
 
 
 class ClassifyWorker:
@@ -18,18 +19,14 @@ class ClassifyWorker:
     """
 
     def __init__(self, spec, key: str, max_pixels: int):
-        from curate.stages.flag.classifiers import _model
-
         if spec.key != key:
             raise RuntimeError(f"this node's {spec.name} key is {spec.key}, the driver's {key}: install the same "
                                "package versions on every node")
-        _model(spec.name)
+        load_classifier(spec.name)
         self.spec, self.max_pixels, self.pid = spec, max_pixels, os.getpid()
 
     def __call__(self, batch):
         import pyarrow as pa
-
-        from curate.stages.flag.classifiers import local_batches
 
         cols: dict[str, list] = {k: [] for k in ("unit", "sample_id", "sha256", "label", "score", "detail", "status")}
         for unit, ids, refs in zip(batch.column("unit").to_pylist(), batch.column("sample_id").to_pylist(),
@@ -52,10 +49,12 @@ def classify_batches(ws, sec, spec, todo: list[tuple], n: int, max_pixels: int,
                      stats: dict[str, Any] | None = None) -> Iterator[list[tuple]]:
     """:func:`curate.stages.flag.classifiers.local_batches` on a :class:`ClassifyWorker` pool: the same
     batches of ``n`` candidates of ``todo`` ((sample_id, image_ref, …) in order), yielded in
-    order as lists of (sample_id, sha256, rows) for :func:`curate.stages.flag.classifiers._insert`."""
-    import pyarrow as pa
+    order as lists of (sample_id, sha256, rows) that :func:`curate.stages.flag.classifiers.ensure_scores` stores.
 
-    from curate.stages.flag.classifiers import _Row
+    ``sec`` is the stage's :class:`curate.config.EngineConfig`; bound to it (``lambda ws, spec, todo,
+    n, max_pixels: classify_batches(ws, sec, spec, todo, n, max_pixels)``) this is the ``batches``
+    argument of ``ensure_scores`` (:data:`curate.stages.flag.classifiers.Batches`)."""
+    import pyarrow as pa
 
     units = [(k // n, [x[0] for x in todo[k:k + n]], [x[1] for x in todo[k:k + n]]) for k in range(0, len(todo), n)]
     table = pa.table({"unit": pa.array([u[0] for u in units], pa.int64()),
@@ -73,6 +72,6 @@ def classify_batches(ws, sec, spec, todo: list[tuple], n: int, max_pixels: int,
                 current, batch = unit, []
             if not batch or batch[-1][0] != sid:
                 batch.append((sid, sha, []))
-            batch[-1][2].append(_Row(label, score, detail, status))
+            batch[-1][2].append(ScoreRow(label, score, detail, status))
     if batch:
         yield batch

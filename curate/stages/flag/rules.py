@@ -1,4 +1,4 @@
-"""Rule packs (``rules/*.yaml``): a closed, validated schema and SQL evaluation.
+"""Rule packs (``rules/*.yaml``): a closed, validated schema, loading and the rules' patterns.
 
 A pack::
 
@@ -27,11 +27,11 @@ under ``example.co.uk``); a bare public suffix (``co.uk``) is refused. Regexes a
 scores that the flag stage computes first and stores in ``image_scores``; ``only_if_hit``
 limits them to the samples hit by other rules of the pack (see :mod:`curate.stages.flag.classifiers`).
 
-Every rule yields rows (sample_id, score, evidence): the evidence says what matched.
+Every rule yields rows (sample_id, score, evidence): the evidence says what matched
+(:func:`curate.stages.flag.evaluate.rule_sql`, which hands each kind to the module that owns it).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -39,10 +39,21 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from curate.errors import ConfigError
 from curate.resources import shipped_dir
-from curate.yamlconf import load_yaml, validate
+from curate.stages.flag.patterns import any_pattern, words_pattern
+from curate.stages.flag.urls import normalise_domain
+from curate.yamlconf import line_of, load_yaml, validate
 
 Category = Literal["copyright", "watermark", "nsfw", "sensitive", "opt_out", "quality"]
 Action = Literal["remove", "review", "tag"]
+
+#: every class NudeNet 3.4's detector outputs (label names a ``classifier_score`` rule may use;
+#: the classifier itself: :mod:`curate.stages.flag.classifiers`)
+NUDENET_CLASSES = (
+    "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED",
+    "FEET_COVERED", "ARMPITS_COVERED", "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED",
+    "MALE_GENITALIA_EXPOSED", "ANUS_COVERED", "FEMALE_BREAST_COVERED", "BUTTOCKS_COVERED",
+)
 
 
 class _Rule(BaseModel):
@@ -77,8 +88,6 @@ class DomainList(_Rule):
     @field_validator("domains")
     @classmethod
     def _norm(cls, v: list[str]) -> list[str]:
-        from curate.stages.flag.urls import normalise_domain
-
         return sorted({normalise_domain(d) for d in v})  # registrable domains (curate.stages.flag.urls)
 
 
@@ -120,8 +129,6 @@ class ClassifierScore(_ClassifierRule):
     @field_validator("label")
     @classmethod
     def _label(cls, v: str) -> str:
-        from curate.stages.flag.classifiers import NUDENET_CLASSES
-
         if v != "nsfw" and v not in NUDENET_CLASSES:
             raise ValueError(f"{v!r} is not a nudenet label; use nsfw or one of {', '.join(NUDENET_CLASSES)}")
         return v
@@ -145,7 +152,7 @@ class OcrText(_ClassifierRule):
 
 class Retrieval(_Rule):
     """Samples near reference images or text concepts (evaluated in Python, not SQL: see
-    :func:`retrieval_rows`). Reference paths are relative to the pack file."""
+    :func:`curate.stages.flag.retrieval.retrieval_rows`). Reference paths are relative to the pack file."""
 
     kind: Literal["retrieval"]
     reference_images: list[str] = Field(default_factory=list, description="image files or folders")
@@ -240,111 +247,38 @@ def load_pack(path: Path) -> Pack:
     pack._base = str(Path(path).resolve().parent)
     con = duckdb.connect()
     for k, rule in enumerate(pack.rules):
-        for pat in _patterns(rule):
+        for pat in rule_patterns(rule):
             try:
                 con.execute("SELECT regexp_matches('', ?)", [pat])
             except duckdb.Error as e:
-                from curate.yamlconf import _line_of
-
-                line = _line_of(node, ("rules", k))
+                line = line_of(node, ("rules", k))
                 raise ConfigError(f"{path}:{line}: rule {rule.id}: invalid regular expression {pat!r}: {e}") from None
     con.close()
     return pack
 
 
-# ----------------------------------------------------------------------------------------------
-# SQL
-
-
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
-def _re2_escape(s: str) -> str:
-    return re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", s)
-
-
-def _patterns(rule) -> list[str]:
+def rule_patterns(rule) -> list[str]:
+    """The RE2 patterns a rule matches with (checked by :func:`load_pack`; none for kinds without)."""
     if isinstance(rule, (CaptionRegex, UrlRegex)):
-        pat = "|".join(f"(?:{p})" for p in rule.patterns)
+        pat = any_pattern(rule.patterns)
         if isinstance(rule, UrlRegex) or not rule.case_sensitive:
             pat = "(?i)" + pat
         return [pat]
     if isinstance(rule, CaptionWords):
-        alts = "|".join(_re2_escape(w.strip()) for w in rule.words)
-        pat = rf"(?:^|[^\pL\pN_])((?:{alts}))(?:$|[^\pL\pN_])"
-        return [pat if rule.case_sensitive else "(?i)" + pat]
+        return [words_pattern(rule.words, rule.case_sensitive)]
     if isinstance(rule, OcrText):
-        from curate.stages.flag.classifiers import ocr_patterns
-
         return [p for p in ocr_patterns(rule) if p]
     return []
 
 
+def ocr_patterns(rule) -> tuple[str | None, str | None]:
+    """(word pattern, regex pattern) of an ``ocr_text`` rule, RE2, None when not given.
 
-
-def rule_sql(rule) -> str:
-    """SELECT sample_id, score DOUBLE, evidence VARCHAR for every sample the rule hits."""
-    if isinstance(rule, (ClassifierScore, OcrText)):
-        from curate.stages.flag.classifiers import rule_sql as classifier_rule_sql
-
-        return classifier_rule_sql(rule)
-    if isinstance(rule, (CaptionRegex, CaptionWords)):
-        pat = _lit(_patterns(rule)[0])
-        grp = 1 if isinstance(rule, CaptionWords) else 0
-        return (
-            f"SELECT sample_id, 1.0 AS score, 'caption matches ' || {_lit(rule.id)} || ': \"' || "
-            f"regexp_extract(nfc_normalize(s.caption), {pat}, {grp}) || '\"' AS evidence "
-            f"FROM samples s WHERE s.caption IS NOT NULL AND regexp_matches(nfc_normalize(s.caption), {pat})"
-        )
-    if isinstance(rule, UrlRegex):
-        pat = _lit(_patterns(rule)[0])
-        return (
-            f"SELECT sample_id, 1.0 AS score, 'url matches: \"' || regexp_extract(s.url, {pat}, 0) || '\"' AS evidence "
-            f"FROM samples s WHERE s.url IS NOT NULL AND regexp_matches(s.url, {pat})"
-        )
-    if isinstance(rule, DomainList):
-        from curate.stages.flag.urls import domain_hits_sql
-
-        return (f"SELECT sample_id, 1.0 AS score, 'host ' || host || ' is under ' || domain AS evidence "
-                f"FROM ({domain_hits_sql(rule.domains)})")
-    if isinstance(rule, MetadataThreshold):
-        col = f"s.{rule.column}"
-        hit = f"{col} {rule.op} {rule.value!r}"
-        unknown = f" OR {col} IS NULL" if rule.unknown == "flag" else ""
-        return (
-            f"SELECT sample_id, {col} AS score, CASE WHEN {col} IS NULL THEN '{rule.column} unknown (rule treats unknown as a hit)' "
-            f"ELSE '{rule.column} = ' || round({col}, 4) || ' {rule.op} {rule.value}' END AS evidence "
-            f"FROM samples s WHERE ({hit}){unknown}"
-        )
-    if isinstance(rule, MetadataValue):
-        vals = ", ".join(_lit(v.upper()) for v in rule.values)
-        return (
-            f"SELECT sample_id, 1.0 AS score, '{rule.column} = ' || s.{rule.column} AS evidence "
-            f"FROM samples s WHERE upper(trim(s.{rule.column})) IN ({vals})"
-        )
-    if isinstance(rule, ImageSize):
-        w = "coalesce(i.width, s.width)"
-        h = "coalesce(i.height, s.height)"
-        conds, ev = [], []
-        if rule.min_side is not None:
-            conds.append(f"least({w}, {h}) < {rule.min_side}")
-            ev.append(f"CASE WHEN least({w}, {h}) < {rule.min_side} THEN 'short side ' || least({w}, {h}) "
-                      f"|| ' px < {rule.min_side}' END")
-        if rule.max_aspect is not None:
-            conds.append(f"greatest({w}, {h}) > {rule.max_aspect!r} * least({w}, {h})")
-            ev.append(f"CASE WHEN greatest({w}, {h}) > {rule.max_aspect!r} * least({w}, {h}) THEN 'aspect ' || "
-                      f"round(CAST(greatest({w}, {h}) AS DOUBLE) / nullif(least({w}, {h}), 0), 2) || ' > {rule.max_aspect}' END")
-        if not conds:
-            raise ConfigError(f"rule {rule.id}: image_size needs min_side or max_aspect")
-        return (
-            f"SELECT s.sample_id, CAST(greatest({w}, {h}) AS DOUBLE) / nullif(least({w}, {h}), 0) AS score, "
-            f"'size ' || {w} || 'x' || {h} || ': ' || concat_ws('; ', {', '.join(ev)}) AS evidence "
-            f"FROM samples s LEFT JOIN images i USING (sample_id) "
-            f"WHERE {w} IS NOT NULL AND {h} IS NOT NULL AND ({' OR '.join(conds)})"
-        )
-    if isinstance(rule, Retrieval):  # filled by curate.stages.flag.claims.prepare_retrieval (needs images and a model)
-        from curate.stages.flag.claims import retrieval_table
-
-        return f"SELECT sample_id, score, evidence FROM {retrieval_table(rule)}"
-    raise TypeError(f"unhandled rule kind {type(rule).__name__}")  # pragma: no cover
+    Same semantics as ``caption_words`` / ``caption_regex``: the text is NFC-normalised, matched
+    case-insensitively unless ``case_sensitive``; words match at Unicode word boundaries (a
+    letter, digit or underscore never adjoins the match; the word is capture group 1).
+    """
+    flags = "" if rule.case_sensitive else "(?i)"
+    words = words_pattern(rule.words, rule.case_sensitive) if rule.words else None
+    regex = flags + any_pattern(rule.patterns) if rule.patterns else None
+    return words, regex

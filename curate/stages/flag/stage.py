@@ -11,9 +11,16 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from curate.store.catalog import Workspace
 from curate.config import RunConfig
-from curate.stages.flag.rules import Pack, load_pack, pack_path, rule_sql
+from curate.engine import get_engine
+from curate.models.recipe import image_key
+from curate.stages.flag.claims import fingerprint, load_all, run_claims
+from curate.stages.flag.classifiers import ensure_scores, is_classifier_rule, pending, spec_of
+from curate.stages.flag.distributed import classify_batches
+from curate.stages.flag.evaluate import rule_sql
+from curate.stages.flag.retrieval import prepare_retrieval, retrieval_fingerprint
+from curate.stages.flag.rules import Pack, load_pack, pack_path
+from curate.store.catalog import Workspace
 
 
 def load_packs(cfg: RunConfig, packs: list[str] | None = None) -> list[Pack]:
@@ -21,20 +28,11 @@ def load_packs(cfg: RunConfig, packs: list[str] | None = None) -> list[Pack]:
 
 
 def load_claims(cfg: RunConfig, claims: list[str] | None = None, opt_out: list[str] | None = None):
-    from curate.stages.flag.claims import load_all
-
     return load_all(cfg.flag.claims if claims is None else claims, cfg.flag.opt_out if opt_out is None else opt_out,
                     cfg.base_dir)
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
-    from curate.stages.flag.claims import fingerprint
-    from curate.models.recipe import image_key
-
-    from curate.stages.flag.claims import retrieval_fingerprint
-
-    from curate.stages.flag.classifiers import is_classifier_rule, spec_of
-
     packs = [hashlib.sha256(pack_path(p, cfg.base_dir).read_bytes()).hexdigest() for p in cfg.flag.packs]
     loaded = load_packs(cfg)
     # classifier keys carry the package versions: upgrading nudenet / rapidocr re-runs flag
@@ -55,10 +53,6 @@ def hit_counts(ws: Workspace, packs: list[Pack], cfg: RunConfig | None = None) -
 
     Classifier rules are evaluated on the scores already stored (nothing is classified);
     ``unscored`` counts their candidates still to classify, which count as unknown here."""
-    from curate.stages.flag.classifiers import is_classifier_rule, pending
-
-    from curate.stages.flag.claims import prepare_retrieval
-
     if cfg is not None:
         prepare_retrieval(ws, cfg, packs)  # temp tables only
     out = {}
@@ -73,12 +67,12 @@ def hit_counts(ws: Workspace, packs: list[Pack], cfg: RunConfig | None = None) -
 
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     packs = load_packs(cfg)
-    from curate.stages.flag.claims import prepare_retrieval
-
     prepare_retrieval(ws, cfg, packs)  # retrieval rules: reference images / text concepts → temp tables
-    from curate.stages.flag.classifiers import ensure_scores  # classifier rules read stored scores: compute missing ones first
-
-    classifiers = ensure_scores(ws, packs, max_pixels=cfg.hash.max_pixels, engine=cfg.flag)
+    # classifier rules read stored scores: compute missing ones first (engine: ray → in a Ray actor pool)
+    sec = cfg.flag
+    batches = ((lambda ws, spec, todo, n, max_pixels: classify_batches(ws, sec, spec, todo, n, max_pixels))
+               if get_engine(sec.engine).distributed else None)
+    classifiers = ensure_scores(ws, packs, max_pixels=cfg.hash.max_pixels, batches=batches)
     per_rule: dict[str, int] = {}
     with ws.transaction() as con:
         con.execute("DELETE FROM flags WHERE holder IS NULL")
@@ -92,8 +86,6 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
                 per_rule[f"{pack.pack}/{rule.id}"] = int(
                     ws.scalar("SELECT count(*) FROM flags WHERE pack = ? AND rule_id = ?", [pack.pack, rule.id])
                 )
-    from curate.stages.flag.claims import run_claims
-
     claims = run_claims(ws, cfg, load_claims(cfg))["claimants"]
     by_action = dict(ws.q("SELECT action, count(DISTINCT sample_id) FROM flags GROUP BY action ORDER BY action"))
     return {"packs": [p.pack for p in packs], "hits_per_rule": per_rule, "claimants": claims,

@@ -27,13 +27,13 @@ from __future__ import annotations
 import multiprocessing as mp
 from typing import Any
 
+from curate.config import RunConfig
 from curate.engine import get_engine
 from curate.media import lanczos
-from curate.store.catalog import Workspace
-from curate.config import RunConfig
 from curate.progress import bar
 from curate.stages.hash.compute import hash_items, images_schema, rows_table, run_size, work, worker_init  # noqa: F401
 from curate.stages.hash.distributed import hash_runs
+from curate.store.catalog import Workspace
 
 
 def _insert(ws: Workspace, rows) -> None:

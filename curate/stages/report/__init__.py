@@ -1,2 +1,10 @@
-"""The report stage (see :mod:`curate.stages.report.stage`)."""
+"""The report stage: the self-contained HTML report.
+
+The entry points are in :mod:`curate.stages.report.stage`. ``READS`` and ``WRITES`` name the
+catalog tables it reads and writes: the stage runner derives the stage's upstream from them
+(:func:`curate.stages.upstream`).
+"""
 from curate.stages.report.stage import inputs, run  # noqa: F401
+
+READS: tuple[str, ...] = ('samples', 'images', 'clusters', 'flags', 'decisions')
+WRITES: tuple[str, ...] = ()

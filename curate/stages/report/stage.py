@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from curate.store.catalog import Workspace, atomic_write_bytes
 from curate.config import RunConfig
 from curate.media.images import open_image, read_ref
+from curate.probes.report import context as probe_context
 from curate.stages.export.stage import summary
+from curate.store.catalog import Workspace
+from curate.store.fsio import atomic_write_bytes
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
@@ -75,8 +77,6 @@ def build_context(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             "WHERE i.status <> 'ok' ORDER BY i.sample_id LIMIT 500"
         )
     ]
-    from curate.probes.report import context as probe_context
-
     probes, probes_data = probe_context(ws, cfg, thumbnail)  # memorization probes (curate.probes), if any ran
     return dict(s=s, clusters=clusters, flagged=flagged, bad_images=bad, workspace=str(ws.root), thumb_px=rc.thumb_px,
                 probes=probes, probes_data=probes_data)

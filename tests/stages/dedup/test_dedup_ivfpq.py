@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from curate import api
-from curate.stages.dedup import ivfpq
+from curate.stages.dedup import ivfpq, shuffle
+from curate.stages.dedup.sources import ArraySource, PartsSource, survey_part
 from tests.conftest import query
 
 
@@ -145,7 +146,7 @@ def test_duplicate_vectors_are_collapsed_before_the_search(tmp_path, monkeypatch
         groups.setdefault(i_, [i_]).append(d_)
     expect = sorted((min(g), x) for g in groups.values() for x in g if x != min(g))
     assert sorted(zip(star_a.tolist(), star_b.tolist())) == expect
-    source = ivfpq.PartsSource(folder, keep=keep)
+    source = PartsSource(folder, keep=keep)
     assert source.count() == 3000 and sorted(
         np.concatenate([source.load(p)[0] for p in source.shards()]).tolist()) == sorted(ids.tolist())
     res = ivfpq.pairs(source, 0.93, ivfpq.Params(nlist=32, nprobe=32), recall_sample=0)
@@ -157,7 +158,7 @@ def _collapse(folder):
     """The stage's rule on bare parts: the smallest id of each content-key group is kept."""
     from curate.store.embeddings import list_parts
 
-    rows = [(p, *ivfpq.survey_part(folder, p)) for p in list_parts(folder)]
+    rows = [(p, *survey_part(folder, p)) for p in list_parts(folder)]
     ids = np.concatenate([r[1] for r in rows])
     keys = np.concatenate([r[3] for r in rows])
     _, grp = np.unique(keys, axis=0, return_inverse=True)
@@ -193,14 +194,14 @@ def test_search_reads_each_part_a_fixed_number_of_times(tmp_path, monkeypatch, v
     from curate.store import embeddings as embstore
     from tests.conftest import planted
 
-    monkeypatch.setattr(ivfpq, "VERIFY_TASKS", verify_tasks)
+    monkeypatch.setattr(shuffle, "VERIFY_TASKS", verify_tasks)
     ids, vecs = planted(6000, d=16, seed=2)
     p = ivfpq.Params(nlist=32, nprobe=8)
     order = np.random.default_rng(0).permutation(len(ids))  # the parts' rows, in stored order
-    mem = ivfpq.pairs(ivfpq.ArraySource(ids[order], vecs[order]), 0.93, p, recall_sample=0)
-    real_load = embstore._load_npy
+    mem = ivfpq.pairs(ArraySource(ids[order], vecs[order]), 0.93, p, recall_sample=0)
+    real_load = embstore.load_npy
     for n_parts in (4, 12):
-        source = ivfpq.PartsSource(_write_interleaved(tmp_path / f"p{n_parts}", ids, vecs, n_parts))
+        source = PartsSource(_write_interleaved(tmp_path / f"p{n_parts}", ids, vecs, n_parts))
         assert source.dim == 16 and source.count() == len(ids)  # the header and id-range directory: before
         reads: dict[str, int] = {}
 
@@ -211,10 +212,10 @@ def test_search_reads_each_part_a_fixed_number_of_times(tmp_path, monkeypatch, v
         def lookup(self, want):
             raise AssertionError("lookup called by the search")
 
-        monkeypatch.setattr(embstore, "_load_npy", load)
-        monkeypatch.setattr(ivfpq.PartsSource, "lookup", lookup)
+        monkeypatch.setattr(embstore, "load_npy", load)
+        monkeypatch.setattr(PartsSource, "lookup", lookup)
         res = ivfpq.pairs(source, 0.93, p, recall_sample=0)
-        monkeypatch.setattr(embstore, "_load_npy", real_load)
+        monkeypatch.setattr(embstore, "load_npy", real_load)
         want = {f"part-{k:05d}{x}": 4 for k in range(n_parts) for x in (".npy", ".ids.npy")}
         assert reads == want
         assert res.stats["candidates"] == mem.stats["candidates"] > 100 * len(ids)  # spread over every part
@@ -242,7 +243,7 @@ def test_location_labels_survive_keep_masks(tmp_path):
     keep[1][:40] = False
     keep[4][::3] = False
     dropped = set(p1_ids[:40].tolist()) | set(embstore.read_part_ids(folder, 4)[::3].tolist())
-    source = ivfpq.PartsSource(folder, keep=keep)
+    source = PartsSource(folder, keep=keep)
     kept_ids = np.concatenate([source.load(p)[0] for p in source.shards()])
     kept_vecs = np.concatenate([np.load(folder / f"part-{p:05d}.npy")[keep[p]] for p in source.shards()])
     assert source.count() == len(ids) - len(dropped) == len(kept_ids)
@@ -251,7 +252,7 @@ def test_location_labels_survive_keep_masks(tmp_path):
     assert rows[0] == 40 and len(rows) == len(p1_ids) - 40
     p = ivfpq.Params(nlist=32, nprobe=32)
     res = ivfpq.pairs(source, 0.93, p, recall_sample=500)
-    mem = ivfpq.pairs(ivfpq.ArraySource(kept_ids, kept_vecs), 0.93, p, recall_sample=0)
+    mem = ivfpq.pairs(ArraySource(kept_ids, kept_vecs), 0.93, p, recall_sample=0)
     got = set(zip(res.a.tolist(), res.b.tolist()))
     assert not {x for e in got for x in e} & dropped
     exact = {(min(x, y), max(x, y)) for x, y in exact(kept_ids, kept_vecs, 0.93)}  # ids not in row order

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from curate.store.embeddings import load_all, write_part
-from curate.stages.dedup.index import components, cosine_pairs, phash_pairs
+from curate.stages.dedup.clusters import components
+from curate.stages.dedup.phash_search import phash_pairs
+from curate.stages.dedup.vector_search import cosine_pairs
 from curate.models.feeder import normalise
 
 
@@ -67,7 +69,7 @@ def _comps(i, j):
 def test_identical_phash_group_gives_star_edges_and_the_same_clusters():
     """k identical hashes: k − 1 star edges to the smallest row (phash_pairs gives all k(k−1)/2
     pairs), the same components, and cross-group pairs once between representatives."""
-    from curate.stages.dedup.index import phash_edges
+    from curate.stages.dedup.phash_search import phash_edges
 
     rng = np.random.default_rng(4)
     h = rng.integers(0, 2**64 - 1, 300, dtype=np.uint64, endpoint=True)
@@ -87,7 +89,7 @@ def test_identical_phash_group_gives_star_edges_and_the_same_clusters():
 
 
 def test_placeholder_repeated_many_times_costs_linear_edges():
-    from curate.stages.dedup.index import phash_edges
+    from curate.stages.dedup.phash_search import phash_edges
 
     n = 200_000
     h = np.full(n, 0x8F3A5C7E1B2D4F60, np.uint64)  # one placeholder image
@@ -99,7 +101,7 @@ def test_placeholder_repeated_many_times_costs_linear_edges():
 
 
 def test_mirror_edges_join_flipped_copies_only_when_direct_hashes_do_not():
-    from curate.stages.dedup.index import phash_edges
+    from curate.stages.dedup.phash_search import phash_edges
 
     rng = np.random.default_rng(5)
     n = 2000

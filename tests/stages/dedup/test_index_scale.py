@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from curate.stages.dedup.index import _mih_plan, components, cosine_pairs, embedding_edges, phash_pairs
+from curate.stages.dedup.clusters import components
+from curate.stages.dedup.phash_search import _mih_plan, phash_pairs
+from curate.stages.dedup.vector_search import cosine_pairs, embedding_edges
 
 
 def _planted_hashes(n: int, seed: int, skewed: bool = False) -> np.ndarray:
@@ -30,7 +32,7 @@ def _planted_hashes(n: int, seed: int, skewed: bool = False) -> np.ndarray:
 
 
 def _naive(h: np.ndarray, r: int) -> set[tuple[int, int, int]]:
-    """O(n²) popcount over all pairs, independent of faiss and of curate.stages.dedup.index."""
+    """O(n²) popcount over all pairs, independent of faiss and of curate.stages.dedup.phash_search."""
     d = np.bitwise_count(h[:, None] ^ h[None, :])
     i, j = np.nonzero(np.triu(d <= r, 1))
     return set(zip(i.tolist(), j.tolist(), d[i, j].tolist()))
@@ -272,13 +274,13 @@ def test_dedup_stage_reports_search_and_ivf_agrees_with_exact(tmp_path):
 def test_identical_groups_survive_content_hash_collisions(monkeypatch):
     """Rows are grouped by content hash but compared byte for byte: with every hash forced equal,
     only truly identical rows are merged."""
-    import curate.stages.dedup.index as ix
+    import curate.stages.dedup.vector_search as vs
 
     x = _planted_vectors(300, 16, seed=7)
     x[[10, 20, 30]] = x[5]
     x[[40, 50]] = x[45]
     want = embedding_edges(x, 0.92, method="exact")
-    monkeypatch.setattr(ix, "_row_hashes", lambda v: np.zeros(len(v), np.uint64))
+    monkeypatch.setattr(vs, "row_hashes", lambda v: np.zeros(len(v), np.uint64))
     stats: dict = {}
     got = embedding_edges(x, 0.92, method="exact", stats=stats)
     assert stats["identical_collapsed"] == 5 and stats["unique"] == 295

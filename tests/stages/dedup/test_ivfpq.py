@@ -10,25 +10,21 @@ import numpy as np
 import pytest
 
 from curate import api
-from curate.stages.dedup import ivfpq
-
-from tests.conftest import query
-from tests.conftest import planted, exact
-
-
-
-
+from curate.stages.dedup import ivfpq, shuffle
+from curate.stages.dedup.sources import ArraySource, PartsSource
+from tests.conftest import exact, query
+from tests.conftest import planted as planted_vectors
 
 
 @pytest.fixture(scope="module")
 def planted():
-    ids, vecs = planted()
+    ids, vecs = planted_vectors()
     return ids, vecs, exact(ids, vecs, 0.93)
 
 
 def test_every_edge_is_exact_and_recall_is_measured(planted):
     ids, vecs, exact = planted
-    res = ivfpq.pairs(ivfpq.ArraySource(ids, vecs, shard_rows=9000), 0.93, ivfpq.Params(nlist=128, nprobe=8),
+    res = ivfpq.pairs(ArraySource(ids, vecs, shard_rows=9000), 0.93, ivfpq.Params(nlist=128, nprobe=8),
                       recall_sample=3000)
     got = set(zip(res.a.tolist(), res.b.tolist()))
     assert len(got) == len(res.a) and (res.a < res.b).all()
@@ -46,14 +42,14 @@ def test_storage_and_sharding_do_not_change_the_pairs(planted, tmp_path):
 
     ids, vecs, _ = planted
     p = ivfpq.Params(nlist=128, nprobe=8)
-    base = ivfpq.pairs(ivfpq.ArraySource(ids, vecs, shard_rows=10_000), 0.93, p, recall_sample=0)
-    sharded = ivfpq.pairs(ivfpq.ArraySource(ids, vecs, shard_rows=10_000), 0.93,
+    base = ivfpq.pairs(ArraySource(ids, vecs, shard_rows=10_000), 0.93, p, recall_sample=0)
+    sharded = ivfpq.pairs(ArraySource(ids, vecs, shard_rows=10_000), 0.93,
                           ivfpq.Params(nlist=128, nprobe=8, index_shards=3), recall_sample=0)
     (tmp_path / "parts").mkdir()
     for folder in (tmp_path / "parts", "memory://ivfpq-test/parts"):  # a local folder and an object store
         for k, s in enumerate(range(0, len(ids), 10_000)):
             write_part(folder, k, ids[s:s + 10_000], vecs[s:s + 10_000])
-        parts = ivfpq.pairs(ivfpq.PartsSource(folder), 0.93, p, recall_sample=0)
+        parts = ivfpq.pairs(PartsSource(folder), 0.93, p, recall_sample=0)
         assert np.array_equal(parts.a, base.a) and np.array_equal(parts.b, base.b)
     assert np.array_equal(sharded.a, base.a) and np.array_equal(sharded.b, base.b)
     assert sharded.stats["index_shards"] == 3
@@ -67,17 +63,17 @@ def test_local_search_spills_candidates_to_disk_between_the_phases(planted, tmp_
     spill = tmp_path / "spill"
     spill.mkdir()
     seen = []
-    real = ivfpq.verify_group
+    real = shuffle.verify_group
 
     def watch(source, keys, lo, min_cosine, *chunks):
         files = sorted(q.name for q in spill.rglob("*.npy"))
         seen.append((lo, len(chunks), files))
         return real(source, keys, lo, min_cosine, *chunks)
 
-    monkeypatch.setattr(ivfpq, "verify_group", watch)
-    got = ivfpq.pairs(ivfpq.ArraySource(ids, vecs, shard_rows=10_000), 0.93, p, recall_sample=0, spill_dir=spill)
-    monkeypatch.setattr(ivfpq, "verify_group", real)
-    ref = ivfpq.pairs(ivfpq.ArraySource(ids, vecs, shard_rows=10_000), 0.93, p, recall_sample=0)
+    monkeypatch.setattr(shuffle, "verify_group", watch)
+    got = ivfpq.pairs(ArraySource(ids, vecs, shard_rows=10_000), 0.93, p, recall_sample=0, spill_dir=spill)
+    monkeypatch.setattr(shuffle, "verify_group", real)
+    ref = ivfpq.pairs(ArraySource(ids, vecs, shard_rows=10_000), 0.93, p, recall_sample=0)
     assert np.array_equal(got.a, ref.a) and np.array_equal(got.b, ref.b) and np.array_equal(got.cosine, ref.cosine)
     assert len(seen) == 4  # one verification group per shard (4 shards of 10,000 rows)
     for lo, n_chunks, files in seen:  # every group's chunks came from the spill files

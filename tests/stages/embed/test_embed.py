@@ -217,7 +217,7 @@ def test_catalog_rows_lost_after_part_written_are_recovered_not_recomputed(tmp_p
 def test_sscd_presets_shapes_and_variable_size_batches(tmp_path, tiny):
     import torch
 
-    from curate.models.core import load_image_model, resolve_image_model
+    from curate.models import load_image_model, resolve_image_model
     from curate.models.feeder import collate as _collate, forward as _forward
 
     a = Image.new("RGB", (200, 100), (200, 30, 30))
@@ -245,7 +245,7 @@ def test_full_preset_sees_the_whole_picture_and_is_the_default_for_efficientnet(
     ends stay in view. ``auto`` (the config default) is ``full`` for efficientnet_lite0 and the
     model's own preprocessing elsewhere; each preprocessing has its own embedding key."""
     from curate.config import EmbedConfig
-    from curate.models.core import resolve_image_model
+    from curate.models import resolve_image_model
 
     banner = np.full((100, 400, 3), 230, np.int16)
     banner[:, :60] = (220, 20, 20)  # red left end, blue right end, white middle; noisy (no flat border to trim)
@@ -342,7 +342,7 @@ def _trim_reference(rgb: np.ndarray, tol: int = 10, max_fraction: float = 0.45) 
 
 
 def test_trim_uniform_border_equals_the_plain_definition():
-    from curate.models.core import Preprocess, trim_uniform_border
+    from curate.models import Preprocess, trim_uniform_border
 
     rng = np.random.default_rng(3)
     photos = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((SAMPLE / "photos").glob("*.png"))[:4]]

@@ -165,9 +165,9 @@ def test_interrupted_export_keeps_the_previous_complete_export(wds_ws, monkeypat
     ws, _ = wds_ws
     _export(ws, shard_size=50)
     before = _shard_hashes(ws)
-    import curate.media.images
+    from curate.stages.export import webdataset
 
-    real, calls = curate.media.images.read_ref, []
+    real, calls = webdataset.read_ref, []
 
     def dying(ref):
         calls.append(ref)
@@ -175,10 +175,10 @@ def test_interrupted_export_keeps_the_previous_complete_export(wds_ws, monkeypat
             raise KeyboardInterrupt  # like Ctrl-C mid-shard
         return real(ref)
 
-    monkeypatch.setattr(curate.media.images, "read_ref", dying)
+    monkeypatch.setattr(webdataset, "read_ref", dying)
     with pytest.raises(KeyboardInterrupt):
         _export(ws, shard_size=50)
-    monkeypatch.setattr(curate.media.images, "read_ref", real)
+    monkeypatch.setattr(webdataset, "read_ref", real)
     assert _shard_hashes(ws) == before  # the published export is untouched
     partial = ws / "out" / ".webdataset.partial"
     names = sorted(p.name for p in partial.iterdir())
@@ -216,7 +216,8 @@ def test_parquet_image_cells_round_trip_and_cli(tmp_path):
                                     pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
                   "text": captions})
     pq.write_table(t, tmp_path / "hf.parquet", row_group_size=2)
-    cfg = RunConfig.model_validate({"sources": [{"name": "pq", "metadata": "hf.parquet"}]})
+    # export runs the stages it needs (embed, dedup, flag); the flat test colours are not duplicates here
+    cfg = RunConfig.model_validate({"sources": [{"name": "pq", "metadata": "hf.parquet"}], "dedup": {"phash_max_distance": None, "embedding_min_cosine": None}})
     cfg.base_dir = str(tmp_path)
     ws = tmp_path / "ws"
     for st in ("ingest", "hash"):
@@ -262,7 +263,9 @@ def test_kept_samples_that_cannot_be_written_are_skipped_with_a_reason(tmp_path)
                    tmp_path / "m.parquet")
     cfg = RunConfig.model_validate({"sources": [{"name": "f", "images": "imgs"},
                                                 {"name": "m", "metadata": "m.parquet"}],
-                                    "export": {"format": "webdataset"}})
+                                    "export": {"format": "webdataset"},
+                                    # export runs embed, dedup and flag first; flat colours are not duplicates here
+                                    "dedup": {"phash_max_distance": None, "embedding_min_cosine": None}})
     cfg.base_dir = str(tmp_path)
     ws = tmp_path / "ws"
     for st in ("ingest", "hash"):

@@ -12,7 +12,7 @@ import pytest
 from curate import api
 from curate.config import RunConfig
 from curate.errors import InputError
-from curate.stages.ingest.schemas import resolve
+from curate.stages.ingest.schemas import Layout, resolve
 
 from tests.conftest import SHARED
 
@@ -77,8 +77,6 @@ def test_case_colliding_columns_are_an_error_naming_both(tmp_path):
 
 
 def test_ambiguous_layout_names_candidates():
-    from curate.stages.ingest.schemas import Layout
-
     lays = {
         "a": Layout(name="a", description="", required=["url"], columns={"url": ["u"]}),
         "b": Layout(name="b", description="", required=["url"], columns={"url": ["u"]}),

@@ -27,8 +27,13 @@ META = SHARED / "laion-meta"
 pytestmark = pytest.mark.skipif(not META.is_dir(), reason="needs ../shared/data")
 
 
+#: these tests check what ingest makes of each layout; export runs every stage it needs (hash,
+#: embed, dedup, flag), so near-duplicate signals and rule packs are off unless a test sets them
+QUIET_DOWNSTREAM = {"flag": {"packs": []}, "dedup": {"phash_max_distance": None, "embedding_min_cosine": None}}
+
+
 def _cfg(tmp_path, sources, **sections) -> RunConfig:
-    cfg = RunConfig.model_validate({"sources": sources, **sections})
+    cfg = RunConfig.model_validate({"sources": sources, **QUIET_DOWNSTREAM, **sections})
     cfg.base_dir = str(tmp_path)
     return cfg
 
@@ -199,7 +204,9 @@ def test_hf_datasets_save_to_disk_and_parquet_image_column(tmp_path):
     ds.to_parquet(str(tmp_path / "hf.parquet"))
     ing, exp, con = _run(tmp_path, [{"name": "disk", "hf_dataset": "hf"}, {"name": "pq", "metadata": "hf.parquet"}],
                          stages=("ingest", "hash", "export"))
-    assert ing["layouts"] == {"image_text": 2} and exp["kept"] == 6
+    # the two sources hold the same three images: export runs dedup, which keeps one of each
+    assert ing["layouts"] == {"image_text": 2} and exp["input_rows"] == 6
+    assert exp["kept"] == 3 and exp["reasons"] == {"duplicate": 3}
     want = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
     got = con.execute("SELECT o.name, s.caption, s.image_ref, i.sha256, i.status FROM samples s JOIN sources o USING "
                       "(source_id) JOIN images i USING (sample_id) ORDER BY sample_id").fetchall()
@@ -260,9 +267,10 @@ def test_img2dataset_output_formats_and_sha256_verified_against_bytes(tmp_path, 
     ing, exp, con = _run(tmp_path, [{"name": "i2d", "img2dataset": "out"}], stages=("ingest", "hash", "export"))
     assert ing["layouts"] == {"img2dataset": 1}
     assert (exp["input_rows"], exp["kept"], exp["removed"]) == (3, 1, 2)
-    assert exp["reasons"] == {"image:missing": 1, "sha256_mismatch": 1}
+    # rows 0 and 1 carry the same bytes: row 1 is also an exact duplicate of row 0 (dedup ran)
+    assert exp["reasons"] == {"image:missing": 1, "sha256_mismatch": 1, "duplicate": 1}
     d = dict(con.execute("SELECT s.source_row, d.reasons FROM decisions d JOIN samples s USING (sample_id)").fetchall())
-    assert d == {0: [], 1: ["sha256_mismatch"], 2: ["image:missing"]}
+    assert d == {0: [], 1: ["sha256_mismatch", "duplicate"], 2: ["image:missing"]}
     ref = con.execute("SELECT image_ref FROM samples WHERE source_row = 2").fetchall()[0][0]
     assert ref == "missing:img2dataset failed_to_download: HTTP Error 404: Not Found" or fmt == "parquet"
     ws = tmp_path / "ws"
@@ -281,4 +289,5 @@ def test_sha256_verification_on_plain_metadata_with_files(tmp_path):
     ing, exp, _ = _run(tmp_path, [{"name": "m", "metadata": "m.parquet", "images": "imgs"}],
                        stages=("ingest", "hash", "export"))
     assert ing["layouts"] == {"url_caption": 1}
-    assert exp["reasons"] == {"sha256_mismatch": 1} and exp["kept"] == 1
+    # both rows name the same file: one is also an exact duplicate of the other (dedup ran)
+    assert exp["reasons"] == {"sha256_mismatch": 1, "duplicate": 1} and exp["kept"] == 1

@@ -1,0 +1,198 @@
+"""What a model sees: decode-side preprocessing (:class:`Preprocess`: resize, crop, border
+trimming, JPEG draft, mean/std), the presets (ImageNet, SSCD's ``sscd_288`` / ``sscd_320``,
+DCR's ``dcr_224``) and the uniform-border trim. :meth:`Preprocess.identity` is part of every
+embedding key, so changing the pixels a model sees never mixes old and new vectors."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from curate.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def trim_uniform_border(rgb: np.ndarray, tol: int = 10, max_fraction: float = 0.45) -> np.ndarray:
+    """Crop rows/columns at the edges that are one flat colour (padding, letterboxing).
+
+    Padding is a common copy transform (img2dataset ``resize_mode=border`` pads to a square);
+    trimming it before embedding lets a padded copy match its original.
+
+    Args:
+        rgb: uint8 (h, w, 3).
+        tol: max absolute difference (0–255) from the corner colour that still counts as border.
+        max_fraction: never trim more than this fraction of either side in total per edge.
+
+    Returns:
+        a view of ``rgb`` (h', w', 3) with h' ≥ 1, w' ≥ 1.
+    """
+    h, w = rgb.shape[:2]
+    if h < 8 or w < 8:
+        return rgb
+    corner = rgb[0, 0].astype(np.int16)
+    lo = np.clip(corner - tol, 0, 255).astype(np.uint8)
+    hi = np.clip(corner + tol, 0, 255).astype(np.uint8)
+    lim_h, lim_w = int(h * max_fraction), int(w * max_fraction)
+
+    def run(line, n: int, lim: int) -> int:
+        """Leading flat lines (rows or columns, from one edge), or 0 when more than ``lim``.
+        Lines are checked in growing blocks, so an image without a border costs one line."""
+        k, step = 0, 4
+        while k < n:
+            m = min(step, n - k)
+            block = line(k, k + m)  # (m, length, 3)
+            flat = ((block >= lo) & (block <= hi)).all(axis=(1, 2))
+            if not flat.all():
+                k += int(np.argmin(flat))
+                break
+            k += m
+            if k > lim:
+                return 0
+            step *= 2
+        return k if k <= lim else 0
+
+    top = run(lambda a, b: rgb[a:b], h, lim_h)
+    bottom = run(lambda a, b: rgb[h - b : h - a][::-1], h, lim_h)
+    left = run(lambda a, b: rgb[:, a:b].transpose(1, 0, 2), w, lim_w)
+    right = run(lambda a, b: rgb[:, w - b : w - a].transpose(1, 0, 2)[::-1], w, lim_w)
+    if top + bottom >= h or left + right >= w:
+        return rgb
+    return rgb[top : h - bottom, left : w - right]
+
+
+PREPROCESS_VERSION = 3  # bump when curate's decode/preprocess code changes the pixels a model sees
+
+# Preprocessing presets for copy-detection models (METHODS.md: make it configurable, record it)
+SSCD_PRESETS = {
+    # SSCD README (facebookresearch/sscd-copy-detection): "small_288" = Resize(288) on the short
+    # side, aspect kept, no crop, ImageNet mean/std
+    "sscd_288": dict(resize=288, crop=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode="shortest"),
+    # SSCD README "skew_320": Resize([320, 320]) (aspect not kept), ImageNet mean/std
+    "sscd_320": dict(resize=320, crop=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode="squash"),
+    # Somepalli et al. 2023, DCR code (github.com/somepago/DCR): Resize(256), CenterCrop(224),
+    # Normalize(0.5, 0.5)
+    "dcr_224": dict(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="shortest"),
+}
+# Presets for any image model (config ``embed.preprocess``):
+#   model  the model's own preprocessing (efficientnet_lite0: short side 256, centre crop 224;
+#          open_clip: its own for the arch/tag; sscd: sscd_288)
+#   full   the whole image squashed to the model's input size, no centre crop (aspect not
+#          kept): nothing of the picture is cut away, so two copies that differ outside the
+#          centre (wide banners, crops, overlays at the edges) do not look alike to the model
+#          (efficientnet_lite0 and open_clip; measured in docs/BENCHMARKS.md, near-duplicate quality)
+#   auto   full for efficientnet_lite0 (the measured default), model for every other model
+PRESETS = ("auto", "model", "full", *SSCD_PRESETS)
+
+
+def auto_preset(name: str) -> str:
+    """The preset ``auto`` stands for with image model ``name``: ``full`` for
+    ``efficientnet_lite0`` (the benchmark's choice for dedup), ``model`` otherwise."""
+    return "full" if name == "efficientnet_lite0" else "model"
+
+
+def some_edge_flat(im, tol: int = 10) -> bool:
+    """Whether any outermost row/column of an 'RGB' image is within ``tol`` of its top-left
+    pixel everywhere — the only case in which :func:`trim_uniform_border` can trim (it stops
+    at the first non-flat line from each edge). Reads 4 lines instead of the whole image."""
+    w, h = im.size
+    if w < 8 or h < 8:
+        return False
+    c = np.asarray(im.crop((0, 0, 1, 1)), dtype=np.int16).reshape(3)
+    for box in ((0, 0, w, 1), (0, h - 1, w, h), (0, 0, 1, h), (w - 1, 0, w, h)):
+        line = np.asarray(im.crop(box), dtype=np.int16).reshape(-1, 3)
+        if (np.abs(line - c) <= tol).all():
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Decoded image → model input. Picklable (it runs in DataLoader worker processes).
+
+    Steps: (JPEG draft decode at ≥ ``resize`` px when ``jpeg_draft``) → trim flat borders
+    (``trim_border``, see :func:`trim_uniform_border`) → resize (``resize_mode`` 'shortest':
+    short side to ``resize`` px, aspect kept; 'squash': to ``resize``×``resize``) with
+    Pillow's ``interpolation`` filter (``reducing_gap=2``: a downscale by more than 4× first
+    averages integer blocks) → centre crop ``crop``×``crop`` (``None``: no crop) → normalise
+    ``(x/255 − mean)/std`` per channel.
+
+    :meth:`pixels` gives uint8 (3, H, W) (what workers send: 4× less than float32);
+    :meth:`__call__` gives the normalised float32 (3, H, W) tensor; models accept either.
+    """
+
+    resize: int
+    crop: int | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    trim_border: bool = True
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
+    jpeg_draft: bool = True
+
+    @property
+    def draft(self) -> int | None:
+        """Short side (px) a JPEG may be draft-decoded down to, or None for a full decode."""
+        return self.resize if self.jpeg_draft else None
+
+    def identity(self) -> dict:
+        """Everything that changes the pixels the model sees (part of the embedding key)."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["version"] = PREPROCESS_VERSION
+        return d
+
+    def pixels_hwc(self, im) -> np.ndarray:
+        """Pillow 'RGB'/'L' image or uint8 (h, w, 3) array → uint8 (H, W, 3), C-contiguous
+        (what DataLoader workers send; the batch becomes channels-last (n, 3, H, W) by a
+        permute, without a copy)."""
+        from PIL import Image
+
+        if isinstance(im, np.ndarray):
+            im = Image.fromarray(np.ascontiguousarray(im))
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        if self.trim_border and some_edge_flat(im):
+            a = np.asarray(im)
+            t = trim_uniform_border(a)
+            if t.shape != a.shape:
+                im = Image.fromarray(np.ascontiguousarray(t))
+        w, h = im.size
+        filt = getattr(Image.Resampling, self.interpolation.upper())
+        if self.resize_mode == "squash":
+            nw = nh = self.resize
+        elif self.resize_mode == "shortest":
+            s = self.resize / min(w, h)
+            lo = self.crop or 1
+            nw, nh = max(lo, round(w * s)), max(lo, round(h * s))
+        else:
+            raise ValueError(f"unknown resize_mode {self.resize_mode!r}")
+        if (nw, nh) != (w, h):
+            # reducing_gap: a large downscale first averages integer blocks (Image.reduce), then
+            # resamples the last ≤ 2× (what Pillow's thumbnail does); JPEGs arrive drafted
+            im = im.resize((nw, nh), filt, reducing_gap=2.0)
+        if self.crop:
+            left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
+            im = im.crop((left, top, left + self.crop, top + self.crop))
+        return np.array(im, dtype=np.uint8)  # writable (torch.from_numpy warns on read-only arrays)
+
+    def pixels(self, im) -> np.ndarray:
+        """Pillow 'RGB'/'L' image or uint8 (h, w, 3) array → uint8 (3, H, W), C-contiguous."""
+        return np.ascontiguousarray(self.pixels_hwc(im).transpose(2, 0, 1))
+
+    def __call__(self, rgb):
+        """uint8 (h, w, 3) array or Pillow image → normalised float32 tensor (3, H, W)."""
+        import torch
+
+        x = torch.from_numpy(self.pixels(rgb)).float().div_(255.0)
+        return normalise_tensor(x[None], self.mean, self.std)[0]
+
+
+def normalise_tensor(x, mean, std):
+    """float (n, 3, H, W) in [0, 1] → (x − mean) / std per channel (in place when possible)."""
+    import torch
+
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s)
