@@ -191,7 +191,8 @@ class DedupConfig(EngineConfig):
     survey, fill and search it, ``actor_cpus`` CPUs each; ``actors`` and ``ray_staging`` are not
     used); the other searches run in this process whatever the engine."""
 
-    sha256: bool = True
+    sha256: bool = Field(True, description="edge between decodable images with equal bytes (broken files are never "
+                         "duplicates: they keep their status)")
     phash_max_distance: int | None = Field(
         8, ge=0, le=64, description="pHash Hamming distance ≤ this is an edge (bits, 0–64); null disables (8, with "
         "embedding_min_cosine 0.93: where the near-duplicate benchmark has the most copy transforms at recall ≥ 0.95 "
@@ -199,6 +200,11 @@ class DedupConfig(EngineConfig):
     )
     phash_min_side: int = Field(
         32, ge=1, description="images smaller than this on either side get no pHash edges (too little signal)"
+    )
+    phash_min_quality: int = Field(
+        25, ge=0, le=100, description="images whose pHash information score (images.phash_quality, 0 = flat, "
+        "100 = full detail; curate.media.phash.information, after PDQ's quality metric) is below this get no pHash "
+        "edges: unrelated flat images hash alike. 25 = one gray level of mean gradient; 0 disables the rule"
     )
     phash_mirror: bool = Field(
         True, description="also an edge (signal phash_mirror) when the pHash of one image's horizontal mirror is "

@@ -106,6 +106,46 @@ def phash_with_mirror(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return both[: len(g)], both[len(g) :]
 
 
+#: gray levels of mean gradient that score 100 (and 1 gray level scores 25)
+INFORMATION_FULL = 4.0
+
+
+def information(gray: np.ndarray) -> np.ndarray:
+    """How much picture a pHash has to work with: 0 (flat) to 100, per 32×32 gray image.
+
+    The mean absolute difference between neighbouring pixels of the pHash's own 32×32 gray
+    input (vertical and horizontal pairs, in gray levels), times 25, capped at 100. In the
+    spirit of PDQ's quality metric (Meta ThreatExchange, ``pdqhashing``: the gradient energy of
+    its 64×64 luma buffer, 0–100, hashes below ~50 ignored): a flat or near-flat image has
+    almost no DCT energy, so the signs its 64 bits are made of are rounding noise and unrelated
+    flat images hash alike (every single-colour image has the same pHash).
+
+    Measured (``tests/media/test_phash.py``): single colours score 0, also after JPEG q30; with ±6
+    levels of pixel noise 7–11; a "photo no longer available" placeholder 8; a soft
+    vertical gradient 16; a line chart on white 86. Of the 673 decodable images of the shared
+    real data, 644 score 100; 21 score under 25 (blank or single-colour pictures, faint text on
+    white, Flickr's "photo is no longer available", a near-flat orange square); 8 score 40–89
+    (faint grey icons, a dark silhouette, motion blur).
+    dedup gives pHash edges only to images scoring at least ``dedup.phash_min_quality``
+    (default 25: one gray level of mean gradient).
+
+    Args:
+        gray: uint8 (n, 32, 32) from :func:`gray32`.
+
+    Returns:
+        int16 (n,) in [0, 100].
+
+    Raises:
+        ValueError: wrong shape.
+    """
+    g = np.asarray(gray)
+    if g.ndim != 3 or g.shape[1:] != (SIZE, SIZE):
+        raise ValueError(f"expected (n, {SIZE}, {SIZE}) gray images, got shape {g.shape}")
+    g = g.astype(np.int16)
+    grad = (np.abs(np.diff(g, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(g, axis=2)).mean(axis=(1, 2))) / 2
+    return np.minimum(100, np.round(grad * (100 / INFORMATION_FULL))).astype(np.int16)
+
+
 def phash_images(images: Iterable) -> np.ndarray:
     """uint64 (n,) pHashes of decoded Pillow images ('RGB' or gray 'L'); see :func:`gray32`."""
     grays = [gray32(im) for im in images]

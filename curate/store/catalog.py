@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS images (
     sample_id BIGINT PRIMARY KEY, status VARCHAR NOT NULL, detail VARCHAR, n_bytes BIGINT,
     sha256 VARCHAR, phash UBIGINT, width INTEGER, height INTEGER, raw_width INTEGER,
     raw_height INTEGER, mode VARCHAR, format VARCHAR, orientation INTEGER, notes VARCHAR[],
-    phash_mirror UBIGINT
+    phash_mirror UBIGINT, phash_quality SMALLINT
 );
 CREATE TABLE IF NOT EXISTS embeddings (
     sample_id BIGINT NOT NULL, model VARCHAR NOT NULL, part INTEGER, status VARCHAR NOT NULL,
@@ -145,6 +145,7 @@ CREATE TABLE IF NOT EXISTS probe_stats (
 # (hash: rows without ``phash_mirror`` are hashed again, see curate.stages.hash.stage).
 MIGRATIONS = """
 ALTER TABLE images ADD COLUMN IF NOT EXISTS phash_mirror UBIGINT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS phash_quality SMALLINT;
 ALTER TABLE cluster_stats ADD COLUMN IF NOT EXISTS edges_phash_mirror BIGINT;
 """
 

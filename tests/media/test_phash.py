@@ -113,7 +113,7 @@ def test_mirror_hash_is_the_phash_of_the_mirror_image():
     rows = hash_items([(i, str(p)) for i, p in enumerate(files)], max_pixels=89_478_485)
     ims = [open_image(p.read_bytes())[1] for p in files]
     mirrored = phash_images([ImageOps.mirror(im) for im in ims])
-    assert [r[-1] for r in rows] == mirrored.tolist()  # images row: phash_mirror is the last column
+    assert [r[-2] for r in rows] == mirrored.tolist()  # images row: phash_mirror, then phash_quality
     rng = np.random.default_rng(3)
     for _ in range(40):
         w, h = int(rng.integers(5, 1500)), int(rng.integers(5, 400))
@@ -128,3 +128,52 @@ def test_mirror_hash_is_the_phash_of_the_mirror_image():
     assert hamming(h0[0], h1[0]) > 16 and h1[0] == m0[0] and m1[0] == h0[0]
     with pytest.raises(ValueError, match="32, 32"):
         phash_with_mirror(np.zeros((2, 32, 31), np.uint8))
+
+
+# -- information score (hash hygiene) -----------------------------------------------------------
+
+def _flat_and_near_flat() -> dict[str, Image.Image]:
+    """20 flat or near-flat pictures: single colours, the same with JPEG q30 or ±6 levels of
+    noise, placeholders with a little text, a soft gradient."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(0)
+    out: dict[str, Image.Image] = {}
+    for c in [(255, 0, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0), (128, 128, 128), (10, 200, 30)]:
+        im = Image.new("RGB", (300, 200), c)
+        out[f"solid{c}"] = im
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=30)
+        out[f"jpeg30{c}"] = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        noisy = np.clip(np.asarray(im, np.int16) + rng.integers(-6, 7, (200, 300, 3)), 0, 255).astype(np.uint8)
+        out[f"noise{c}"] = Image.fromarray(noisy)
+    ph = Image.new("RGB", (400, 300), (230, 230, 230))
+    ImageDraw.Draw(ph).text((120, 140), "photo no longer available", fill=(120, 120, 120))
+    out["placeholder"] = ph
+    out["soft_gradient"] = Image.fromarray(np.tile(np.linspace(100, 140, 200)[:, None], (1, 300)).astype(np.uint8)).convert("RGB")
+    return out
+
+
+def test_information_score_is_zero_for_flat_images_and_full_for_real_photos():
+    from curate.media.phash import information
+
+    flat = _flat_and_near_flat()
+    assert len(flat) == 20
+    q = information(np.stack([gray32(im) for im in flat.values()]))
+    assert q.dtype == np.int16 and q.shape == (20,)
+    scores = dict(zip(flat, q.tolist()))
+    assert all(v == 0 for k, v in scores.items() if k.startswith(("solid", "jpeg30"))), scores
+    assert all(0 < v < 25 for k, v in scores.items() if k.startswith("noise")), scores  # 7–11
+    assert 0 < scores["placeholder"] < 25 and 0 < scores["soft_gradient"] < 25, scores
+    # every real photo of the sample has full detail
+    photos = sorted((SAMPLE / "photos").iterdir())
+    grays = [gray32(open_image(p.read_bytes())[1]) for p in photos if p.suffix in (".png", ".jpg")]
+    assert len(grays) >= 5 and information(np.stack(grays)).min() >= 76
+    with pytest.raises(ValueError):
+        information(np.zeros((2, 16, 16), np.uint8))
+
+
+def test_flat_images_hash_alike_which_is_why_they_get_no_phash_edges():
+    flat = _flat_and_near_flat()
+    solid = [im for k, im in flat.items() if k.startswith("solid")]
+    assert len({int(h) for h in phash_images(solid)}) == 1  # six colours, one pHash

@@ -2,16 +2,20 @@
 
 Signals and their edge ``distance`` column:
 
-- ``sha256``    equal bytes; star edges to the group's smallest id; distance 0
+- ``sha256``    equal bytes of decodable images (status ``ok``: two broken files with the same
+                bytes are not duplicates, each keeps its status); star edges to the group's
+                smallest id; distance 0
 - ``phash``     Hamming distance ≤ ``phash_max_distance`` bits (exact: multi-index hashing or
                 faiss brute force, :func:`curate.stages.dedup.phash_search.phash_edges`); identical hashes get star
                 edges to their group's smallest id (k − 1 edges for k copies, distance 0);
                 distance = bits. Images under ``phash_min_side`` px on a side get no pHash
-                edges (a 5×5 icon's DCT hash says little).
+                edges (a 5×5 icon's DCT hash says little), nor do images whose information
+                score ``phash_quality`` is under ``phash_min_quality`` (flat and near-flat
+                images: their bits are rounding noise, :func:`curate.media.phash.information`).
 - ``phash_mirror`` (``phash_mirror: true``, the default) the pHash of one image's horizontal
                 mirror is within ``phash_max_distance`` of the other's pHash, while their own
                 pHashes are not (a flipped copy); distance = the smaller of the two mirror
-                distances, bits. Same search, same ``phash_min_side`` rule.
+                distances, bits. Same search, same ``phash_min_side`` and ``phash_min_quality`` rules.
 - ``embedding`` cosine ≥ ``embedding_min_cosine`` on L2-normalised vectors; identical vectors
                 get star edges to their group's smallest id (distance 0) and are searched once;
                 exact search (faiss inner product) below ``embedding_ivf_min_n`` distinct
@@ -107,7 +111,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         con.execute("DELETE FROM clusters")
         if dc.sha256:
             counters["edges"]["sha256"] = _star_edges(
-                ws, "sha256", "SELECT sample_id, sha256 AS g FROM images WHERE sha256 IS NOT NULL"
+                ws, "sha256", "SELECT sample_id, sha256 AS g FROM images WHERE sha256 IS NOT NULL AND status = 'ok'"
             )
         if dc.caption_exact:
             counters["edges"]["caption"] = _star_edges(
@@ -119,7 +123,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             got = con.execute(
                 "SELECT sample_id, phash, coalesce(phash_mirror, phash) AS mirror, phash_mirror IS NULL AS no_mirror "
                 "FROM images WHERE status = 'ok' AND phash IS NOT NULL AND least(width, height) >= ? "
-                "ORDER BY sample_id", [dc.phash_min_side],
+                "AND coalesce(phash_quality, 100) >= ? ORDER BY sample_id", [dc.phash_min_side, dc.phash_min_quality],
             ).fetchnumpy()
             ids = np.asarray(got["sample_id"], np.int64)
             hashes = np.asarray(got["phash"], np.uint64)
@@ -128,6 +132,9 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             i, j, d, mirrored = phash_edges(hashes, dc.phash_max_distance, mirror=mirror, method=dc.phash_search,
                                             stats=search)
             counters["phash_hashed"] = len(ids)
+            counters["phash_low_information"] = int(con.execute(
+                "SELECT count(*) FROM images WHERE status = 'ok' AND phash IS NOT NULL AND least(width, height) >= ? "
+                "AND phash_quality < ?", [dc.phash_min_side, dc.phash_min_quality]).fetchall()[0][0])
             # method, distinct hashes, identical collapsed, MIH blocks/thresholds/candidates, mirror search
             counters["phash_search"] = search
             if dc.phash_mirror:  # catalogs hashed before mirror hashes existed are re-hashed by `curate hash`

@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 
 from curate.media.images import open_image, read_ref
-from curate.media.phash import gray32, phash_with_mirror
+from curate.media.phash import gray32, information, phash_with_mirror
 
 
 def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
@@ -17,8 +17,9 @@ def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
 
     Returns:
         one tuple per item in the ``images`` column order (see ``_SCHEMA``: …, ``phash`` uint64
-        at index 5, …, ``phash_mirror`` uint64 last; both None without a decoded image); never
-        raises for a bad image (its status says why).
+        at index 5, …, ``phash_mirror`` uint64, then ``phash_quality`` int16 0–100
+        (:func:`curate.media.phash.information`); all None without a decoded image); never raises
+        for a bad image (its status says why).
     """
     rows: list[list] = []
     grays: list[np.ndarray] = []
@@ -34,12 +35,14 @@ def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
             except Exception as e:  # noqa: BLE001 - never lose the row over its hash
                 d.notes.append(f"phash_failed: {type(e).__name__}: {e}")
         rows.append([sid, d.status, d.detail, None if data is None else len(data), sha, None, d.width, d.height,
-                     d.raw_width, d.raw_height, d.mode, d.format, d.orientation, d.notes, None])
+                     d.raw_width, d.raw_height, d.mode, d.format, d.orientation, d.notes, None, None])
     if grays:
-        hashes, mirrors = phash_with_mirror(np.stack(grays))
-        for k, h, m in zip(with_gray, hashes.tolist(), mirrors.tolist()):
+        g = np.stack(grays)
+        hashes, mirrors = phash_with_mirror(g)
+        for k, h, m, q in zip(with_gray, hashes.tolist(), mirrors.tolist(), information(g).tolist()):
             rows[k][5] = int(h)
-            rows[k][-1] = int(m)
+            rows[k][-2] = int(m)
+            rows[k][-1] = int(q)
     return [tuple(r) for r in rows]
 
 
@@ -96,6 +99,7 @@ def images_schema():
             ("sample_id", pa.int64()), ("status", s), ("detail", s), ("n_bytes", pa.int64()), ("sha256", s),
             ("phash", pa.uint64()), ("width", i32), ("height", i32), ("raw_width", i32), ("raw_height", i32),
             ("mode", s), ("format", s), ("orientation", i32), ("notes", pa.list_(s)), ("phash_mirror", pa.uint64()),
+            ("phash_quality", pa.int16()),
         ])
     return _SCHEMA
 

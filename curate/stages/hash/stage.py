@@ -7,6 +7,8 @@ composited, every mode normalised), so orientation variants hash alike. Stored a
 most significant bit = first hex digit of imagededup's 16-character string. ``phash_mirror``
 is the pHash of the horizontally mirrored image (the 32×32 gray array flipped before the DCT,
 :func:`curate.media.phash.phash_with_mirror`), for dedup's mirror-aware pHash edges.
+``phash_quality`` (0–100, :func:`curate.media.phash.information`) says how much picture the
+pHash had to work with: flat and near-flat images score under 25 and get no pHash edges.
 
 Catalogs hashed before ``phash_mirror`` existed (:data:`HASH_VERSION` 1) are brought up to
 date by the next hash run: the stage's digest includes :data:`HASH_VERSION`, so it runs again,
@@ -49,7 +51,7 @@ def _insert(ws: Workspace, rows) -> None:
             con.unregister("_img_batch")
 
 
-HASH_VERSION = 2  # bump when the stage stores something new: 2 = phash_mirror
+HASH_VERSION = 3  # bump when the stage stores something new: 2 = phash_mirror, 3 = phash_quality
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
@@ -58,10 +60,12 @@ def inputs(ws: Workspace, cfg: RunConfig) -> Any:
 
 
 def _forget_without_mirror(ws: Workspace) -> int:
-    """Forget decoded rows hashed before mirror hashes existed (pHash but no ``phash_mirror``),
-    so this run hashes them again. Returns how many were forgotten."""
+    """Forget decoded rows hashed before mirror hashes (or their information score) existed (a
+    pHash but no ``phash_mirror`` or ``phash_quality``), so this run hashes them again. Returns
+    how many were forgotten."""
     with ws.transaction() as con:
-        n = con.execute("DELETE FROM images WHERE phash IS NOT NULL AND phash_mirror IS NULL").fetchall()[0][0]
+        n = con.execute("DELETE FROM images WHERE phash IS NOT NULL AND (phash_mirror IS NULL OR phash_quality IS NULL)"
+                        ).fetchall()[0][0]
     return int(n)
 
 
