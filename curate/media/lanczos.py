@@ -408,18 +408,33 @@ def resize_gray(im, size: tuple[int, int] = (32, 32)) -> np.ndarray:
     Raises:
         ValueError: another mode, or a size below 1.
     """
+    return resize_gray_rgb(im, size)[0]
+
+
+def resize_gray_rgb(im, size: tuple[int, int] = (32, 32)) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`resize_gray` and, for an 'RGB' image, the resized colour pixels it was computed
+    from (the same call: the colour image is an intermediate of the luma, so it costs nothing).
+
+    Returns:
+        (gray uint8 (height, width), rgb uint8 (height, width, 3) or None for 'L').
+
+    Raises:
+        ValueError: another mode, or a size below 1.
+    """
     xs, ys = _checked(im, size)
     out = _resized(im, xs, ys)
     if out is None:
         from PIL import Image
 
         small = im.resize((xs, ys), Image.LANCZOS)
-        return np.asarray(small if im.mode == "L" else small.convert("L"), dtype=np.uint8)
+        if im.mode == "L":
+            return np.asarray(small, dtype=np.uint8), None
+        return np.asarray(small.convert("L"), dtype=np.uint8), np.asarray(small, dtype=np.uint8)
     if im.mode == "L":
-        return out
+        return out, None
     gray = np.empty((ys, xs), np.uint8)
     _luma(out, gray)
-    return gray
+    return gray, out.reshape(ys, xs, 3)
 
 
 def warm() -> str | None:

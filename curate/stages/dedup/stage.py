@@ -26,6 +26,11 @@ Signals and their edge ``distance`` column:
                 ``dedup.engine: ray``
 - ``caption``   equal normalised caption (lower-case, collapsed spaces), if enabled; star
                 edges; distance 0
+- ``containment`` (``containment_merges_clusters: true`` only) the container contains a verified copy of
+                the other (:mod:`curate.stages.dedup.containment`); distance 1 − score. Whatever that
+                setting, ``containment: true`` (the default) writes the directed ``containment`` rows
+                (container, contained, inliers, inlier ratio, coverage, region, score) for embedding
+                neighbours between ``containment_min_cosine`` and ``embedding_min_cosine``
 
 Clusters are connected components (union of all signals). The keeper of each cluster is
 chosen by :mod:`curate.stages.dedup.keeper` (flags are taken into account again at export). The stage
@@ -44,6 +49,7 @@ from curate.media import captions
 from curate.models.recipe import image_key
 from curate.stages.dedup import ivfpq
 from curate.stages.dedup.clusters import cluster_statistics, components
+from curate.stages.dedup.containment import containment_rows
 from curate.stages.dedup.keeper import ranked_sql
 from curate.stages.dedup.phash_search import phash_edges
 from curate.stages.dedup.rows import row_norms
@@ -168,6 +174,9 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
                 counters["embedding_search"] = {k: v for k, v in search.items() if not k.endswith("_seconds")}
                 counters["edges"]["embedding"] = _add_edges(ws, ids[i], ids[j], "embedding",
                                                             1.0 - np.asarray(s, np.float64))
+        con.execute("DELETE FROM containment")
+        if dc.containment:
+            _containment(ws, cfg, counters)
         edges = con.execute("SELECT a, b FROM dup_edges").fetchnumpy()  # one query: a[k] and b[k] stay paired
         ea, eb = np.asarray(edges["a"], np.int64), np.asarray(edges["b"], np.int64)
         nodes, cids = components(np.zeros(0, np.int64), ea, eb)
@@ -200,6 +209,25 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         largest_cluster=int(largest),
     )
     return counters
+
+
+def _containment(ws: Workspace, cfg: RunConfig, counters: dict[str, Any]) -> None:
+    """Containment rows (:mod:`curate.stages.dedup.containment`) from the neighbours of the current
+    image key's vectors, after every other edge (pairs already joined by one are not verified);
+    with ``containment_merges_clusters`` also ``dup_edges`` rows (container, contained,
+    'containment', 1 − score). Skipped under ``embedding_search: ivfpq``, which never loads the vectors."""
+    dc = cfg.dedup
+    if dc.embedding_search == "ivfpq":
+        counters["containment"] = {"skipped": "embedding_search ivfpq: vectors are not loaded"}
+        return
+    rows, got = containment_rows(ws, cfg, image_key(cfg), ELIGIBLE_SQL, UNIT_TOL)
+    counters["containment"] = got
+    if rows:
+        ws.con.executemany("INSERT INTO containment VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    if dc.containment_merges_clusters:
+        counters["edges"]["containment"] = _add_edges(
+            ws, np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64), "containment",
+            np.array([1.0 - r[6] for r in rows], np.float64))
 
 
 def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counters: dict[str, Any]) -> None:

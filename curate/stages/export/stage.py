@@ -27,9 +27,10 @@ from curate.config import RunConfig
 from curate.errors import CurateError
 from curate.stages.dedup.keeper import SHA_MISMATCH, ranked_sql
 from curate.stages.export.webdataset import write_webdataset
-from curate.stages.flag.claims import match_counts
+from curate.stages.flag.claims import RESERVED_SLUGS, assign_slugs, match_counts
 from curate.stages.ingest.stage import caption_and_note_counts, notes_by_code, rejected_by_reason
 from curate.store.catalog import Workspace
+from curate.store.csvsafe import copy_csv
 from curate.store.fsio import atomic_write_bytes
 
 REMOVE_FLAGS = "(SELECT sample_id FROM flags WHERE action = 'remove')"
@@ -81,9 +82,11 @@ def compute_decisions(ws: Workspace, cfg: RunConfig) -> None:
 
 
 def _copy_query(ws: Workspace, sql: str, dest: Path, fmt: str) -> None:
+    if fmt == "csv":  # formula cells neutralised (curate.store.csvsafe)
+        copy_csv(ws.con, sql, dest)
+        return
     tmp = dest.with_name(dest.name + ".tmp")
-    opts = "(FORMAT parquet, COMPRESSION zstd)" if fmt == "parquet" else "(FORMAT csv, HEADER true)"
-    ws.con.execute(f"COPY ({sql}) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' {opts}")
+    ws.con.execute(f"COPY ({sql}) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' (FORMAT parquet, COMPRESSION zstd)")
     os.replace(tmp, dest)
 
 
@@ -145,23 +148,32 @@ def claimant_counts(ws: Workspace, slug: str) -> dict[str, Any]:
     return {**match_counts(ws.con, slug), "removed": int(removed)}
 
 
+def list_stem(slug: str, claimant: str) -> str:
+    """The file name (without suffix) of a claimant's lists in ``out/removals/``: its slug, unique
+    among the claimants and never ``all`` (:func:`curate.stages.flag.claims.assign_slugs`); a
+    catalog flagged by an older curate may still hold a reserved slug, which gets the suffix here."""
+    return assign_slugs([claimant])[claimant] if slug in RESERVED_SLUGS else slug
+
+
 def claimant_summary(ws: Workspace) -> dict[str, Any]:
-    """Per claimant (name → slug, category, action, contact and :func:`claimant_counts`)."""
-    return {c: {"slug": sl, "category": cat, "action": a, "contact": ct, "list": f"removals/{sl}.csv",
+    """Per claimant (name → slug, category, action, contact, ``list`` (its CSV under ``out/``) and
+    :func:`claimant_counts`)."""
+    return {c: {"slug": sl, "category": cat, "action": a, "contact": ct, "list": f"removals/{list_stem(sl, c)}.csv",
                 **claimant_counts(ws, sl)}
             for sl, c, cat, a, ct in ws.q("SELECT DISTINCT slug, claimant, category, action, contact FROM claims "
                                           "ORDER BY slug")}
 
 
 def write_claimant_lists(ws: Workspace, folder: Path, claimants: dict[str, Any]) -> None:
-    """Per claimant: ``<slug>.csv`` and ``<slug>.json`` in ``folder`` — one row per matched
+    """Per claimant: ``<slug>.csv`` and ``<slug>.json`` in ``folder`` (:func:`list_stem`) — one row per matched
     sample × signal (url, sample_id, claim, signal, score, evidence, matched_reference,
     via_cluster, matched_via_sample_id, action, removed, cluster_id, reasons, image_ref); the
     JSON adds the claim itself and its counts (``claimants``: :func:`claimant_summary`)."""
     for claimant, c in claimants.items():
         slug = c["slug"]
         ws.con.execute(f"CREATE OR REPLACE TEMP TABLE _claimant_rows AS {CLAIMANT_SQL}", [slug])
-        _copy_query(ws, "SELECT * FROM _claimant_rows", folder / f"{slug}.csv", "csv")
+        dest = folder / Path(c["list"]).name
+        _copy_query(ws, "SELECT * FROM _claimant_rows", dest, "csv")
         cur = ws.con.execute("SELECT * FROM _claimant_rows")
         cols = [d[0] for d in cur.description]
         rows = [dict(zip(cols, r)) for r in cur.fetchall()]
@@ -174,7 +186,7 @@ def write_claimant_lists(ws: Workspace, folder: Path, claimants: dict[str, Any])
                  "action": c["action"], "entries": entries}
         counts = {k: c[k] for k in ("samples", "direct", "via_cluster", "removed", "by_signal")}
         doc = {"claim": claim, "counts": counts, "matches": rows}
-        atomic_write_bytes(folder / f"{slug}.json", (json.dumps(doc, indent=2, default=str) + "\n").encode())
+        atomic_write_bytes(dest.with_suffix(".json"), (json.dumps(doc, indent=2, default=str) + "\n").encode())
 
 
 def summary(ws: Workspace) -> dict[str, Any]:

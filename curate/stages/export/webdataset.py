@@ -57,7 +57,6 @@ carries curate's JSON. Rotation, byte accounting and the temp-file + rename are 
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -71,6 +70,7 @@ from curate.config import RunConfig
 from curate.media.images import decode, read_ref
 from curate.progress import bar, info
 from curate.store.catalog import Workspace
+from curate.store.csvsafe import write_csv
 from curate.store.fsio import atomic_write_bytes
 
 DIR_NAME = "webdataset"
@@ -298,11 +298,7 @@ def write_webdataset(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     by_reason: dict[str, int] = {}
     for _, reason, _ in skipped:
         by_reason[reason] = by_reason.get(reason, 0) + 1
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["sample_id", "reason", "detail"])
-    w.writerows(skipped)
-    atomic_write_bytes(partial / SKIPPED_NAME, buf.getvalue().encode("utf-8"))
+    write_csv(partial / SKIPPED_NAME, ["sample_id", "reason", "detail"], skipped)  # formula cells neutralised
     n = sum(s["count"] for s in shards.shards)
     counters = {
         "samples": n,

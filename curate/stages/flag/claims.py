@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from curate.errors import ConfigError
 from curate.media.images import open_image
@@ -93,6 +93,7 @@ class Claim(BaseModel):
     embedding_min_cosine: float | None = Field(None, gt=0.0, le=1.0)
     extend_to_clusters: bool = True
     base: str = Field(".", exclude=True, description="folder relative paths are resolved against")
+    _slug: str | None = PrivateAttr(None)
 
     @field_validator("domains")
     @classmethod
@@ -115,9 +116,9 @@ class Claim(BaseModel):
 
     @property
     def slug(self) -> str:
-        """File-name-safe id of the claimant (``Example Photo Agency`` → ``example-photo-agency``)."""
-        s = re.sub(r"[^a-z0-9]+", "-", self.claimant.lower()).strip("-")
-        return s or "claimant-" + hashlib.sha256(self.claimant.encode()).hexdigest()[:8]
+        """File-name-safe id of the claimant, unique among the claims of a run (set by
+        :func:`load_all`; see :func:`assign_slugs`), else :func:`base_slug`."""
+        return self._slug or base_slug(self.claimant)
 
     @property
     def pack(self) -> str:
@@ -149,6 +150,54 @@ class Claim(BaseModel):
             ConfigError: a listed path does not exist, or a folder holds no image.
         """
         return image_files(self.reference_images, self.base, f"claim {self.claimant!r}")
+
+
+#: slugs a claimant never gets: export's own files in ``out/removals/`` (``all.csv``) and the
+#: device names Windows refuses as file names
+RESERVED_SLUGS = frozenset({"all", "con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+                            *(f"lpt{i}" for i in range(1, 10))})
+SLUG_MAX = 80  # characters of the name kept in a slug (file names stay far below 255 bytes)
+
+
+def _name_digest(claimant: str) -> str:
+    return hashlib.sha256(claimant.encode("utf-8")).hexdigest()[:8]
+
+
+def base_slug(claimant: str) -> str:
+    """The claimant name made file-name-safe (``Example Photo Agency`` → ``example-photo-agency``):
+    lower-case ASCII letters and digits joined by ``-``, at most :data:`SLUG_MAX` characters;
+    a name with none of them → ``claimant-<8 hex of its sha256>``. Different names can share a
+    base slug (``ACME``, ``acme``, ``ACME!``): :func:`assign_slugs` makes them unique."""
+    s = re.sub(r"[^a-z0-9]+", "-", claimant.lower()).strip("-")
+    if len(s) > SLUG_MAX:
+        s = s[:SLUG_MAX].rstrip("-") + "-" + _name_digest(claimant)
+    return s or "claimant-" + _name_digest(claimant)
+
+
+def assign_slugs(names: list[str]) -> dict[str, str]:
+    """Claimant name → its slug, unique among ``names`` and never one of :data:`RESERVED_SLUGS`.
+
+    A name keeps its :func:`base_slug` when no other name shares it and it is not reserved;
+    otherwise every name of that base slug gets ``<base>-<8 hex of the sha256 of the name>``
+    (``All`` → ``all-…``, ``ACME`` and ``acme`` → ``acme-…`` and ``acme-…``). The result
+    depends only on the set of names, never on their order.
+
+    Raises:
+        ConfigError: two slugs still equal (a name written as another's suffixed slug).
+    """
+    by_base: dict[str, list[str]] = {}
+    for n in sorted(set(names)):
+        by_base.setdefault(base_slug(n), []).append(n)
+    out: dict[str, str] = {}
+    for b, group in by_base.items():
+        for n in group:
+            out[n] = b if len(group) == 1 and b not in RESERVED_SLUGS else f"{b}-{_name_digest(n)}"
+    seen: dict[str, str] = {}
+    for n, sl in sorted(out.items()):
+        if sl in seen or sl in RESERVED_SLUGS:
+            raise ConfigError(f"claimants {seen.get(sl, sl)!r} and {n!r} get the same file name {sl!r}; rename one")
+        seen[sl] = n
+    return out
 
 
 def image_files(paths: list[str], base: str | Path, who: str) -> list[Path]:
@@ -268,17 +317,22 @@ def expand_claim_paths(paths: list[str], base_dir: str | Path = ".") -> list[Pat
 def load_all(claims: list[str], opt_out: list[str], base_dir: str | Path = ".") -> list[Claim]:
     """Every claim of the config (claim files, then opt-out lists).
 
+    Each claim gets a slug unique among them (:func:`assign_slugs`): its id in the catalog and
+    the name of its files in ``out/removals/``.
+
     Raises:
-        ConfigError: bad file, or two claims with the same claimant slug.
+        ConfigError: bad file, or two claims of the same claimant name.
     """
     out = [load_claim(p) for p in expand_claim_paths(claims, base_dir)]
     out += [_load_optout(p) for p in expand_claim_paths(opt_out, base_dir)]
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     for c in out:
-        if c.slug in seen:
-            raise ConfigError(f"two claims share the claimant id {c.slug!r} ({seen[c.slug]!r} and {c.claimant!r}); "
-                              "merge them into one file or rename one")
-        seen[c.slug] = c.claimant
+        if c.claimant in seen:
+            raise ConfigError(f"two claims of the same claimant {c.claimant!r}; merge them into one file or rename one")
+        seen.add(c.claimant)
+    slugs = assign_slugs([c.claimant for c in out])
+    for c in out:
+        c._slug = slugs[c.claimant]
     return out
 
 

@@ -10,7 +10,12 @@ registrable domain: listing ``www.example.co.uk`` or ``example.co.uk`` claims ev
 ``example.co.uk`` (``cdn.example.co.uk``, ``img.cdn.example.co.uk``). A public suffix on its own
 (``co.uk``, ``github.io``) is refused — it would claim every registrant under it.
 
-**Canonical URL** (for URL lists): scheme and host lower-cased, user info, a trailing dot on
+**Hosts** are compared in their IDNA / UTS #46 form on both sides (:mod:`curate.store.hosts`):
+``bücher.de``, ``BÜCHER.de.``, full-width ``ｂüｃｈｅｒ．ｄｅ`` and ``xn--bcher-kva.de`` are one host,
+in listed domains, listed URLs and sample URLs alike; a listed domain holding an invisible
+character (zero-width space, soft hyphen, bidi control, …) is refused.
+
+**Canonical URL** (for URL lists): scheme and host normalised (host as above), user info, a trailing dot on
 the host and the default port (``:80`` for http, ``:443`` for https) dropped, an empty path
 written ``/`` (RFC 3986 §6.2.3), the fragment dropped; path and query are kept as they are (they are case-sensitive on most servers). The same SQL
 expression canonicalises both sides of a comparison.
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import re
+
+from curate.store.hosts import host_key_sql, invisible_char, normalise_host
 
 _LABELS = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)+")
 
@@ -52,11 +59,11 @@ def normalise_domain(entry: str) -> str:
     if "://" in d:
         d = d.split("://", 1)[1]
     d = d.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0]
-    d = d.lower().rstrip(".")
-    try:
-        d = d.encode("idna").decode("ascii") if d and not d.isascii() else d
-    except UnicodeError:
-        raise ValueError(f"{entry!r} is not a valid internationalised domain name") from None
+    bad = invisible_char(d)
+    if bad:
+        raise ValueError(f"{entry!r} holds the invisible character {bad} (it would hide a different host); "
+                         "retype the domain")
+    d = normalise_host(d)
     if not _LABELS.fullmatch(d):
         raise ValueError(f"{entry!r} is not a domain name (write e.g. example.co.uk: no spaces, at least two labels)")
     reg = registrable_domain(d)
@@ -66,19 +73,20 @@ def normalise_domain(entry: str) -> str:
     return reg
 
 
-def host_sql(url: str) -> str:
-    """SQL expression: the lower-case host of the URL column ``url`` (no port, no trailing dot)."""
-    return f"rtrim(lower(regexp_extract({url}, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/:?#]+)', 1)), '.')"
+def raw_host_sql(url: str) -> str:
+    """SQL expression: the host of the URL column ``url`` as written (no user info, no port)."""
+    return f"regexp_extract({url}, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/:?#]+)', 1)"
 
 
 def domain_hits_sql(domains: list[str]) -> str:
     """SQL: ``SELECT sample_id, host, domain`` for every sample whose URL host is one of
     ``domains`` (already normalised by :func:`normalise_domain`) or a subdomain of it — one row
-    per (sample, matching domain). Used by rule packs' ``domain_list`` and by claims."""
+    per (sample, matching domain); ``host`` is the normalised host
+    (:func:`curate.store.hosts.host_key_sql`). Used by rule packs' ``domain_list`` and by claims."""
     doms = ", ".join("('" + d.replace("'", "''") + "')" for d in domains)
-    return (f"SELECT h.sample_id, h.host, d.domain FROM (SELECT sample_id, {host_sql('url')} AS host FROM samples "
-            f"WHERE url IS NOT NULL) h JOIN (VALUES {doms}) d(domain) "
-            f"ON h.host = d.domain OR suffix(h.host, '.' || d.domain)")
+    return (f"SELECT h.sample_id, h.host, d.domain FROM (SELECT sample_id, {host_key_sql('r.raw')} AS host FROM "
+            f"(SELECT sample_id, {raw_host_sql('url')} AS raw FROM samples WHERE url IS NOT NULL) r) h "
+            f"JOIN (VALUES {doms}) d(domain) ON h.host = d.domain OR suffix(h.host, '.' || d.domain)")
 
 
 _URL_PARTS = r"(?s)^([A-Za-z][A-Za-z0-9+.-]*)://(?:[^@/?#]*@)?([^/?#:]*?)\.?(:[0-9]*)?([/?#].*)?$"
@@ -90,7 +98,7 @@ def canonical_url_sql(url: str) -> str:
     x = f"regexp_extract({url}, '{_URL_PARTS}', ['scheme', 'host', 'port', 'rest'])"
     return (
         f"CASE WHEN regexp_matches({url}, '{_URL_PARTS}') AND {x}.host <> '' THEN "
-        f"lower({x}.scheme) || '://' || lower({x}.host) || "
+        f"lower({x}.scheme) || '://' || {host_key_sql(x + '.host')} || "
         f"CASE WHEN ({x}.port = ':80' AND lower({x}.scheme) = 'http') OR ({x}.port = ':443' AND lower({x}.scheme) = 'https') "
         f"OR {x}.port = ':' THEN '' ELSE {x}.port END || "
         f"CASE WHEN starts_with({x}.rest, '/') THEN '' ELSE '/' END || regexp_replace({x}.rest, '#.*$', '', 's') END"

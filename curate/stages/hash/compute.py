@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 
 from curate.media.images import open_image, read_ref
-from curate.media.phash import gray32, information, phash_with_mirror
+from curate.media.phash import border_fraction, colourfulness, gray32_rgb, information, phash_with_mirror
 
 
 def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
@@ -17,9 +17,11 @@ def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
 
     Returns:
         one tuple per item in the ``images`` column order (see ``_SCHEMA``: …, ``phash`` uint64
-        at index 5, …, ``phash_mirror`` uint64, then ``phash_quality`` int16 0–100
-        (:func:`curate.media.phash.information`); all None without a decoded image); never raises
-        for a bad image (its status says why).
+        at index 5, …, ``phash_mirror`` uint64, ``phash_quality`` int16 0–100
+        (:func:`curate.media.phash.information`), ``colourfulness`` int16 ≥ 0
+        (:func:`~curate.media.phash.colourfulness`), ``border`` float32 0–1
+        (:func:`~curate.media.phash.border_fraction`); all None without a decoded image); never
+        raises for a bad image (its status says why).
     """
     rows: list[list] = []
     grays: list[np.ndarray] = []
@@ -30,19 +32,24 @@ def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
         sha = hashlib.sha256(data).hexdigest() if data is not None else None
         if im is not None:
             try:
-                grays.append(gray32(im))
+                gray, rgb = gray32_rgb(im)
+                colour, border = colourfulness(rgb), border_fraction(gray if rgb is None else rgb)
+                grays.append(gray)
                 with_gray.append(len(rows))
             except Exception as e:  # noqa: BLE001 - never lose the row over its hash
                 d.notes.append(f"phash_failed: {type(e).__name__}: {e}")
+                colour = border = None
+        else:
+            colour = border = None
         rows.append([sid, d.status, d.detail, None if data is None else len(data), sha, None, d.width, d.height,
-                     d.raw_width, d.raw_height, d.mode, d.format, d.orientation, d.notes, None, None])
+                     d.raw_width, d.raw_height, d.mode, d.format, d.orientation, d.notes, None, None, colour, border])
     if grays:
         g = np.stack(grays)
         hashes, mirrors = phash_with_mirror(g)
         for k, h, m, q in zip(with_gray, hashes.tolist(), mirrors.tolist(), information(g).tolist()):
             rows[k][5] = int(h)
-            rows[k][-2] = int(m)
-            rows[k][-1] = int(q)
+            rows[k][-4] = int(m)
+            rows[k][-3] = int(q)
     return [tuple(r) for r in rows]
 
 
@@ -99,7 +106,7 @@ def images_schema():
             ("sample_id", pa.int64()), ("status", s), ("detail", s), ("n_bytes", pa.int64()), ("sha256", s),
             ("phash", pa.uint64()), ("width", i32), ("height", i32), ("raw_width", i32), ("raw_height", i32),
             ("mode", s), ("format", s), ("orientation", i32), ("notes", pa.list_(s)), ("phash_mirror", pa.uint64()),
-            ("phash_quality", pa.int16()),
+            ("phash_quality", pa.int16()), ("colourfulness", pa.int16()), ("border", pa.float32()),
         ])
     return _SCHEMA
 

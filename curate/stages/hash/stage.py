@@ -51,7 +51,7 @@ def _insert(ws: Workspace, rows) -> None:
             con.unregister("_img_batch")
 
 
-HASH_VERSION = 3  # bump when the stage stores something new: 2 = phash_mirror, 3 = phash_quality
+HASH_VERSION = 4  # bump when the stage stores something new: 2 = phash_mirror, 3 = phash_quality, 4 = colourfulness, border
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
@@ -60,11 +60,13 @@ def inputs(ws: Workspace, cfg: RunConfig) -> Any:
 
 
 def _forget_without_mirror(ws: Workspace) -> int:
-    """Forget decoded rows hashed before mirror hashes (or their information score) existed (a
-    pHash but no ``phash_mirror`` or ``phash_quality``), so this run hashes them again. Returns
-    how many were forgotten."""
+    """Forget decoded rows hashed before mirror hashes (or the information, colourfulness and
+    border measures) existed (a pHash but no ``phash_mirror``, ``phash_quality``,
+    ``colourfulness`` or ``border``), so this run hashes them again. Returns how many were
+    forgotten."""
     with ws.transaction() as con:
-        n = con.execute("DELETE FROM images WHERE phash IS NOT NULL AND (phash_mirror IS NULL OR phash_quality IS NULL)"
+        n = con.execute("DELETE FROM images WHERE phash IS NOT NULL AND (phash_mirror IS NULL OR phash_quality IS NULL "
+                        "OR colourfulness IS NULL OR border IS NULL)"
                         ).fetchall()[0][0]
     return int(n)
 

@@ -17,10 +17,14 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from curate.stages.ingest.schemas import CANONICAL, Mapping
 from curate.store.catalog import ROW_BITS, Workspace
+from curate.store.hosts import INVISIBLE_SQL_CLASS
 
 # scheme://host then a path, query, fragment or the end; the host holds no whitespace (spaces later
 # in a path are real: browsers encode them)
 URL_RE = r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#]+([/?#]|$)"
+# a host (user info and port included) holding an invisible character (curate.store.hosts.INVISIBLE):
+# ``bü\u200bcher.de`` looks like ``bücher.de`` but is not; group 1 is the first such character
+INVISIBLE_HOST_RE = r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*?(" + INVISIBLE_SQL_CLASS + ")"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,26 +178,30 @@ _FAST_URL = (
 def _reject_pass(ws: Workspace, plan: Plan, source_id: int, from_sql: str, rows: tuple[int, int] | None) -> int:
     """One narrow scan (url, image_ref) of the rows just inserted: a row with neither a usable
     URL nor an image is moved to rejects (``no_url_or_image`` / ``invalid_url``); a bad URL
-    beside an image is kept with a ``not_a_url`` note."""
+    beside an image is kept with a ``not_a_url`` note. A host with an invisible character is a
+    bad URL (``invalid_url: invisible character U+200B in the host: …``)."""
     con = ws.con
     where = f"source_id = {source_id}" + (f" AND source_row BETWEEN {rows[0]} AND {rows[1]}" if rows else "")
+    invisible = f"(strlen(url) <> length(url) AND regexp_matches(url, {quote_str(INVISIBLE_HOST_RE)}))"
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _bad AS SELECT source_row, url, image_ref IS NULL AS reject FROM samples "
-        f"WHERE {where} AND ((url IS NULL AND image_ref IS NULL) OR (url IS NOT NULL AND NOT {_FAST_URL} "
-        f"AND NOT regexp_matches(url, {quote_str(URL_RE)})))"
+        f"CREATE OR REPLACE TEMP TABLE _bad AS SELECT source_row, url, image_ref IS NULL AS reject, "
+        f"CASE WHEN url IS NOT NULL AND {invisible} THEN printf('invisible character U+%04X in the host: ', "
+        f"unicode(regexp_extract(url, {quote_str(INVISIBLE_HOST_RE)}, 1))) ELSE '' END AS why FROM samples "
+        f"WHERE {where} AND ((url IS NULL AND image_ref IS NULL) OR (url IS NOT NULL AND ((NOT {_FAST_URL} "
+        f"AND NOT regexp_matches(url, {quote_str(URL_RE)})) OR {invisible})))"
     )
     try:
         n_bad, n_rej = con.execute("SELECT count(*), count(*) FILTER (reject) FROM _bad").fetchall()[0]
         if not n_bad:
             return 0
         con.execute(
-            f"UPDATE samples SET notes = list_append(notes, 'not_a_url(url): ' || left(_bad.url, 80)) FROM _bad "
+            f"UPDATE samples SET notes = list_append(notes, 'not_a_url(url): ' || _bad.why || left(_bad.url, 80)) FROM _bad "
             f"WHERE samples.source_id = {source_id} AND samples.source_row = _bad.source_row AND NOT _bad.reject"
         )
         if n_rej:
             con.execute(
                 f"INSERT INTO rejects SELECT {source_id}, x.source_row, CASE WHEN x.url IS NULL THEN 'no_url_or_image' "
-                f"ELSE 'invalid_url: ' || left(x.url, 80) END, r.raw FROM _bad x LEFT JOIN "
+                f"ELSE 'invalid_url: ' || x.why || left(x.url, 80) END, r.raw FROM _bad x LEFT JOIN "
                 f"(SELECT {plan.row_expr} AS source_row, {_raw_sql(plan.columns)} AS raw FROM {from_sql} "
                 f"WHERE {plan.row_expr} IN (SELECT source_row FROM _bad WHERE reject)) r USING (source_row) "
                 f"WHERE x.reject ORDER BY x.source_row"

@@ -185,38 +185,83 @@ def folder_table(root: Path | str, ws: Workspace) -> pa.Table:
     if isinstance(root, str):
         base = root.rstrip("/")
         listing = fsio.walk(root)
-        present = {st.uri[len(base) + 1:] for st in listing}  # every file, for the sidecars
+        present = {st.uri[len(base) + 1:]: st.size for st in listing}  # every file, for the sidecars
 
         def sidecar(rel: str, ext: str):
             r = PurePosixPath(rel).with_suffix(ext).as_posix()
-            return (lambda: fsio.read_bytes(f"{base}/{r}")) if r in present else None
+            return (present[r], lambda: fsio.read_bytes(f"{base}/{r}")) if r in present else None
 
         entries = [(rel, f"{base}/{rel}") for rel, _ in uri_image_files(root, listing)]
     else:
         def sidecar(rel: str, ext: str):
             q = (root / rel).with_suffix(ext)
-            return q.read_bytes if q.is_file() else None
+            return (q.stat().st_size, q.read_bytes) if q.is_file() else None
 
         entries = [(p.relative_to(root).as_posix(), str(p.resolve())) for p in folder_files(root, ws.root)]
     rows: dict[str, list[Any]] = {k: [] for k in _WDS_SCHEMA.names}
     for i, (rel, ref) in enumerate(entries):
-        side = sidecar(rel, ".txt")
         notes: list[str] = []
-        data = side() if side else None
-        caption = _text(data, "txt", notes) if data is not None else None
-        url = sha = extra = None
+        caption = url = sha = extra = None
+        side = sidecar(rel, ".txt")
+        if side and _fits(side[0], PurePosixPath(rel).with_suffix(".txt").name, notes):
+            data = side[1]()
+            caption = _text(data, "txt", notes) if data is not None else None
         js = sidecar(rel, ".json")
-        data = js() if js else None
-        if data is not None:
-            try:
-                meta = json.loads(_text(data, "json", notes))
-                if isinstance(meta, dict):
-                    url, sha, extra = meta.get("url"), meta.get("sha256"), _json_rest(meta)
-                    caption = caption if caption is not None else meta.get("caption")
-            except ValueError:
-                notes.append(f"bad_json({PurePosixPath(rel).with_suffix('.json').name}): not valid JSON")
+        name = PurePosixPath(rel).with_suffix(".json").name
+        meta = _sidecar_json(js[1](), name, notes) if js and _fits(js[0], name, notes) else None
+        if meta is not None:
+            url, sha, extra = meta.get("url"), meta.get("sha256"), _json_rest(meta)
+            caption = caption if caption is not None else meta.get("caption")
         _wds_row(rows, rel, caption, url, ref, sha, i, notes, extra)
     return pa.table(rows, schema=_WDS_SCHEMA)
+
+
+#: a sidecar (``.txt`` caption, ``.json`` metadata) larger than this is not read: a per-row note
+#: ``sidecar_too_large`` (img2dataset's are < 2 KB)
+MAX_SIDECAR_BYTES = 1 << 20
+#: a sidecar JSON nested deeper than this is not used: a per-row note ``bad_json`` (img2dataset's are flat)
+MAX_SIDECAR_DEPTH = 64
+
+
+def _fits(size: int | None, name: str, notes: list[str]) -> bool:
+    """The sidecar ``name`` is at most :data:`MAX_SIDECAR_BYTES`; else a note and False."""
+    if size is not None and size > MAX_SIDECAR_BYTES:
+        notes.append(f"sidecar_too_large({name}): {size} bytes > {MAX_SIDECAR_BYTES}; not read")
+        return False
+    return True
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """``obj`` (parsed JSON) nests lists / objects more than ``limit`` levels (no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (list, dict)):
+            if d > limit:
+                return True
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return False
+
+
+def _sidecar_json(data: bytes | None, name: str, notes: list[str]) -> dict | None:
+    """A sidecar JSON object, or None with a per-row note: too large, not valid JSON, or nested
+    deeper than :data:`MAX_SIDECAR_DEPTH` (such a file never crashes ingest; the sample keeps its
+    image and ``.txt`` caption)."""
+    if data is None or not _fits(len(data), name, notes):
+        return None
+    deep = f"bad_json({name}): nested deeper than {MAX_SIDECAR_DEPTH} levels; not used"
+    try:
+        meta = json.loads(_text(data, "json", notes))
+    except RecursionError:
+        notes.append(deep)
+        return None
+    except ValueError:
+        notes.append(f"bad_json({name}): not valid JSON")
+        return None
+    if _deeper_than(meta, MAX_SIDECAR_DEPTH):
+        notes.append(deep)
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 _WDS_SCHEMA = pa.schema([
@@ -358,15 +403,12 @@ def webdataset_table(shard: Path, ref_shard: str | None = None) -> tuple[pa.Tabl
             caption = url = sha = extra = None
             kn = list(notes.get(key, []))
             try:
-                if "json" in g:
-                    try:
-                        meta = json.loads(_text(tf.extractfile(g["json"]).read(), "json", kn))
-                        if isinstance(meta, dict):
-                            caption, url, sha = meta.get("caption"), meta.get("url"), meta.get("sha256")
-                            extra = _json_rest(meta)
-                    except ValueError:
-                        kn.append(f"bad_json({key}.json): not valid JSON")
-                if "txt" in g:
+                if "json" in g and _fits(g["json"].size, f"{key}.json", kn):
+                    meta = _sidecar_json(tf.extractfile(g["json"]).read(), f"{key}.json", kn)
+                    if meta is not None:
+                        caption, url, sha = meta.get("caption"), meta.get("url"), meta.get("sha256")
+                        extra = _json_rest(meta)
+                if "txt" in g and _fits(g["txt"].size, f"{key}.txt", kn):
                     caption = _text(tf.extractfile(g["txt"]).read(), "txt", kn)
             except (tarfile.TarError, OSError, EOFError) as e:
                 kn.append(f"unreadable_member: {e}")

@@ -33,11 +33,15 @@ NULL with a per-row note; NaN/±inf scores become NULL with a note (DuckDB sorts
 every number, so a threshold rule would otherwise treat it as "unsafe", case K15).
 
 Per-row notes are ``<code>(<column>): <detail>``; codes: ``not_integer``, ``not_bigint``,
-``not_finite``, ``invalid_utf8``, ``not_a_url``, ``repeated_member``, ``bad_json``.
+``not_finite``, ``invalid_utf8``, ``not_a_url``, ``repeated_member``, ``bad_json`` (a sidecar
+JSON that is invalid or nested deeper than 64 levels: not used), ``sidecar_too_large`` (a
+sidecar over 1 MiB: not read). A sidecar never fails the unit (:mod:`curate.stages.ingest.readers`).
 
 Reject reasons: ``no_url_or_image`` (nothing identifies the sample), ``invalid_url`` (a URL
-that is not ``scheme://host…`` and no image either — e.g. LAION's NSFW/similarity values
-shifted into URL/TEXT), ``malformed_row`` (a TSV line with the wrong number of fields).
+that is not ``scheme://host…``, or whose host holds an invisible character —
+``invalid_url: invisible character U+200B in the host: …``, :mod:`curate.store.hosts` — and no
+image either — e.g. LAION's NSFW/similarity values shifted into URL/TEXT), ``malformed_row``
+(a TSV line with the wrong number of fields).
 """
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ companion ``NNNNN.tar`` or ``NNNNN/`` folder), one Arrow file of a ``save_to_dis
 one image folder: ingested in one transaction, recorded as one ``sources`` row. A unit's
 fingerprint (size and mtime, or a content digest) tells whether it changed since it was
 ingested. Sources may name local paths (globs expanded, workspace paths skipped) or URIs
-(listed through :mod:`curate.store.fsio`; see :data:`URI_SOURCES`).
+(listed through :mod:`curate.store.fsio`; see :data:`URI_SOURCES`); in both, brace patterns
+(``shards/{00000..00099}.tar``, ``{a,b}.parquet``: :mod:`curate.store.braces`) are expanded
+first, and a path a brace pattern names that does not exist is an error naming the pattern.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from curate.config import RunConfig, SourceConfig
 from curate.errors import InputError
 from curate.store import fsio
+from curate.store.braces import expand_braces
 from curate.store.catalog import Workspace, digest_of, file_fingerprint
 
 #: file suffixes read as images (in folders, shards and img2dataset outputs)
@@ -57,15 +60,42 @@ def _inside(ws: Workspace, p: Path) -> bool:
     return ws.root == p or ws.root in p.parents
 
 
+def _braces(pattern: str) -> list[str]:
+    """The paths a brace pattern stands for (:func:`curate.store.braces.expand_braces`).
+
+    Raises:
+        InputError: too many, naming the pattern.
+    """
+    try:
+        return expand_braces(pattern)
+    except ValueError as e:
+        raise InputError(f"input {e}") from None
+
+
 def _expand(ws: Workspace, cfg: RunConfig, pattern: str, skipped: list[str]) -> list[Path]:
-    p = cfg.path(pattern)
-    if any(ch in pattern for ch in "*?["):
-        files = sorted(Path(x) for x in glob.glob(str(p), recursive=True))
-        skipped += [str(f) for f in files if _inside(ws, f)]
-        return [f for f in files if not _inside(ws, f)]
-    if _inside(ws, p):
-        raise InputError(f"input {p} lies inside the workspace {ws.root}; curate never reads its own outputs")
-    return [p]
+    """The local paths ``pattern`` names: brace expressions expanded first (``{00000..00099}``,
+    ``{a,b}``), then globs; sorted, workspace paths skipped. A pattern without braces or
+    wildcards is its path (existing or not: the caller says what it should be).
+
+    Raises:
+        InputError: a named path inside the workspace; a path a brace pattern names that does
+        not exist (a listed shard is a promise), naming the pattern.
+    """
+    alts = _braces(pattern)
+    out: set[Path] = set()
+    for alt in alts:
+        p = cfg.path(alt)
+        if any(ch in alt for ch in "*?["):
+            files = sorted(Path(x) for x in glob.glob(str(p), recursive=True))
+            skipped += [str(f) for f in files if _inside(ws, f)]
+            out.update(f for f in files if not _inside(ws, f))
+            continue
+        if _inside(ws, p):
+            raise InputError(f"input {p} lies inside the workspace {ws.root}; curate never reads its own outputs")
+        if len(alts) > 1 and not p.exists():
+            raise InputError(f"input {pattern!r} names {p}, which does not exist")
+        out.add(p)
+    return sorted(out)
 
 
 def _img2dataset_units(src: SourceConfig, root: Path) -> list[Unit]:
@@ -116,16 +146,24 @@ def _loc(cfg: RunConfig, p: str) -> Path | str:
 
 
 def _uri_files(src: SourceConfig, pattern: str, what: str) -> list[fsio.FileStat]:
-    """The files a URI (glob) names, sorted; an error naming the source when there is none."""
-    try:
-        files = fsio.glob(pattern)
-        st = None if files or fsio.has_magic(pattern) else fsio.stat(pattern)
-    except (ValueError, OSError) as e:  # unknown scheme, credentials, permissions
-        raise InputError(f"source {src.name!r}: cannot list {what} {pattern!r}: {e}") from None
-    if not files:
-        why = "matches no file" if fsio.has_magic(pattern) else "is a folder, not a file" if st else "does not exist"
-        raise InputError(f"source {src.name!r}: {what} {pattern!r} {why}")
-    return files
+    """The files a URI (brace pattern, glob) names, sorted; an error naming the source and the
+    pattern when there is none, or when a path a brace pattern names is not a file."""
+    alts = _braces(pattern)
+    found: dict[str, fsio.FileStat] = {}
+    for alt in alts:
+        try:
+            files = fsio.glob(alt)
+            st = None if files or fsio.has_magic(alt) else fsio.stat(alt)
+        except (ValueError, OSError) as e:  # unknown scheme, credentials, permissions
+            raise InputError(f"source {src.name!r}: cannot list {what} {pattern!r}: {e}") from None
+        if not files and not fsio.has_magic(alt):
+            why = "is a folder, not a file" if st else "does not exist"
+            raise InputError(f"source {src.name!r}: {what} {pattern!r} {why}" if len(alts) == 1 else
+                             f"source {src.name!r}: {what} {pattern!r} names {alt}, which {why}")
+        found.update((f.uri, f) for f in files)
+    if not found:
+        raise InputError(f"source {src.name!r}: {what} {pattern!r} matches no file")
+    return [found[u] for u in sorted(found)]
 
 
 def _uri_dir(src: SourceConfig, uri: str, what: str) -> str:
@@ -164,9 +202,9 @@ def _uri_source_units(src: SourceConfig, cfg: RunConfig) -> list[Unit]:
     if kind == "webdataset":
         return [Unit(src, "webdataset", st.uri, stat=st) for st in _uri_files(src, src.webdataset, "webdataset")]
     if kind == "img2dataset":
-        return _img2dataset_units_uri(src, _loc(cfg, src.img2dataset))
+        return [u for root in _braces(src.img2dataset) for u in _img2dataset_units_uri(src, _loc(cfg, root))]
     if kind == "folder":
-        return [Unit(src, "folder", _uri_dir(src, _loc(cfg, src.images), "images"))]
+        return [Unit(src, "folder", _uri_dir(src, _loc(cfg, d), "images")) for d in _braces(src.images)]
     raise InputError(f"source {src.name!r}: a {kind} source cannot be read from a URI ({getattr(src, kind)!r}); "
                      f"URIs work for {URI_SOURCES}. Copy it to a local path or mount the bucket")
 
@@ -175,6 +213,14 @@ def _source_uri(src: SourceConfig) -> bool:
     """The source names its input by URI (the ``images`` folder of a metadata source aside)."""
     v = src.images if src.kind == "folder" else getattr(src, src.kind)
     return fsio.is_uri(v)
+
+
+def _folders(ws: Workspace, cfg: RunConfig, src: SourceConfig, pattern: str, skipped: list[str]) -> list[Path]:
+    """The folders a folder-kind source names (braces and globs expanded, :func:`_expand`)."""
+    found = _expand(ws, cfg, pattern, skipped)
+    if not found:
+        raise InputError(f"source {src.name!r}: {pattern!r} matches nothing")
+    return found
 
 
 def unit_list(ws: Workspace, cfg: RunConfig) -> tuple[list[Unit], list[str]]:
@@ -199,16 +245,16 @@ def unit_list(ws: Workspace, cfg: RunConfig) -> tuple[list[Unit], list[str]]:
                 raise InputError(f"source {src.name!r}: webdataset {src.webdataset!r} matches no tar file")
             units += [Unit(src, "webdataset", f) for f in files]
         elif kind == "img2dataset":
-            root = _expand(ws, cfg, src.img2dataset, skipped)[0]
-            units += _img2dataset_units(src, root)
+            for root in _folders(ws, cfg, src, src.img2dataset, skipped):
+                units += _img2dataset_units(src, root)
         elif kind == "hf_dataset":
-            root = _expand(ws, cfg, src.hf_dataset, skipped)[0]
-            units += _hf_units(src, root)
+            for root in _folders(ws, cfg, src, src.hf_dataset, skipped):
+                units += _hf_units(src, root)
         else:
-            d = _expand(ws, cfg, src.images or "", skipped)[0]
-            if not d.is_dir():
-                raise InputError(f"source {src.name!r}: images folder {d} does not exist")
-            units.append(Unit(src, "folder", d))
+            for d in _folders(ws, cfg, src, src.images or "", skipped):
+                if not d.is_dir():
+                    raise InputError(f"source {src.name!r}: images folder {d} does not exist")
+                units.append(Unit(src, "folder", d))
     return units, skipped
 
 

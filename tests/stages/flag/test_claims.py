@@ -13,6 +13,7 @@ from curate import api
 from curate.stages.flag.claims import load_all, load_claim
 from curate.errors import ConfigError
 from curate.stages.flag.urls import canonical_url_sql, normalise_domain
+from curate.store.hosts import register as register_host_udf
 
 from tests.conftest import SAMPLE, sample_file_of
 from tests.conftest import query as _q
@@ -172,8 +173,11 @@ def test_bad_claim_files_fail_with_file_line_and_fix(tmp_path):
         load_all([], [str(o)])
     (tmp_path / "d1.yaml").write_text("claimant: Same Name\nkeywords: [a]\n")
     (tmp_path / "d2.csv").write_text("field,value\nclaimant,same name\nkeyword,b\n")
-    with pytest.raises(ConfigError, match=r"share the claimant id 'same-name'"):
-        load_all([str(tmp_path / "d1.yaml"), str(tmp_path / "d2.csv")], [])
+    slugs = sorted(c.slug for c in load_all([str(tmp_path / "d1.yaml"), str(tmp_path / "d2.csv")], []))
+    assert len(set(slugs)) == 2 and all(s.startswith("same-name-") for s in slugs)  # never one file for both
+    (tmp_path / "d3.csv").write_text("field,value\nclaimant,Same Name\nkeyword,b\n")
+    with pytest.raises(ConfigError, match=r"two claims of the same claimant 'Same Name'"):
+        load_all([str(tmp_path / "d1.yaml"), str(tmp_path / "d3.csv")], [])
     r = tmp_path / "r.yaml"
     r.write_text("claimant: R\nreference_images: [missing.jpg]\n")
     with pytest.raises(ConfigError, match=r"reference image .*missing.jpg not found"):
@@ -188,10 +192,13 @@ def test_registrable_domains_and_canonical_urls():
     for bad in ("co.uk", "github.io", "localhost"):
         with pytest.raises(ValueError):
             normalise_domain(bad)
-    canon = {u: duckdb.execute(f"SELECT {canonical_url_sql('u')} FROM (SELECT ?::VARCHAR AS u)", [u]).fetchone()[0]
+    con = duckdb.connect()
+    register_host_udf(con)  # curate_host(): the catalog connection has it (curate.store.hosts)
+    canon = {u: con.execute(f"SELECT {canonical_url_sql('u')} FROM (SELECT ?::VARCHAR AS u)", [u]).fetchone()[0]
              for u in ["HTTP://Example.COM:80/a/B?x=1#top", "https://user@example.com.:443", "https://example.com/",
-                       "https://example.com:8443/p", "example.com/a"]}
+                       "https://example.com:8443/p", "example.com/a", "https://BÜCHER.de./a.jpg"]}
     assert canon == {"HTTP://Example.COM:80/a/B?x=1#top": "http://example.com/a/B?x=1",
+                     "https://BÜCHER.de./a.jpg": "https://xn--bcher-kva.de/a.jpg",
                      "https://user@example.com.:443": "https://example.com/",
                      "https://example.com/": "https://example.com/",
                      "https://example.com:8443/p": "https://example.com:8443/p",
