@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,16 @@ def close_f32(a: float, b: float, ulps: int = 4) -> bool:
     recomputed here in float64 (a float64 tolerance would make such a test flaky)."""
     eps = float(np.finfo(np.float32).eps)
     return math.isclose(a, b, rel_tol=ulps * eps, abs_tol=ulps * eps)
+
+
+def write_tar(path, members) -> None:
+    """A tar file at ``path`` holding ``members``: (member name, bytes) pairs, in that order
+    (repeated names kept, as webdataset shards in the wild have them)."""
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
 
 
 def query(ws, sql: str, params: list | None = None) -> list[tuple]:

@@ -7,7 +7,6 @@ import ast
 import csv
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import duckdb
@@ -18,6 +17,7 @@ import pytest
 from curate import api
 from curate.config import RunConfig
 from curate.errors import ConfigError
+from tests.conftest import write_tar
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -29,14 +29,6 @@ def _cfg(tmp_path, sources, **sections) -> RunConfig:
     cfg = RunConfig.model_validate({"sources": sources, **sections})
     cfg.base_dir = str(tmp_path)
     return cfg
-
-
-def _tar(path, members):
-    with tarfile.open(path, "w") as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
 
 
 def _png() -> bytes:
@@ -73,7 +65,7 @@ def formula_ws(tmp_path_factory):
     for i, p in enumerate(PAYLOADS):
         members += [(f"{i:06d}.jpg", b"not an image"), (f"{i:06d}.json", json.dumps({"url": p}).encode()),
                     (f"{i:06d}.txt", f"{p} calc".encode())]
-    _tar(tmp / "f.tar", members)
+    write_tar(tmp / "f.tar", members)
     # malformed TSV lines (wrong field count) are rejected with the raw line
     (tmp / "m.tsv").write_text("url\tcaption\n" + "".join(f"https://ok.example/{i}.jpg\tfine\n" for i in range(8)) + "".join(
         f"{p.replace(chr(9), ' ')}\ta\tb\n" for p in PAYLOADS[:4]))
@@ -269,7 +261,7 @@ def test_deeply_nested_or_huge_json_sidecars_are_row_notes_never_a_crash(tmp_pat
     huge = json.dumps({"url": "https://x.example/3.jpg", "pad": "x" * MAX_SIDECAR_BYTES}).encode()
     png = _png()
     (tmp_path / "w").mkdir()
-    _tar(tmp_path / "w" / "s.tar", [("k1.png", png), ("k1.txt", b"first"), ("k1.json", deep),
+    write_tar(tmp_path / "w" / "s.tar", [("k1.png", png), ("k1.txt", b"first"), ("k1.json", deep),
                                     ("k2.png", png), ("k2.txt", b"second"), ("k2.json", deep_obj),
                                     ("k3.png", png), ("k3.txt", b"third"), ("k3.json", huge)])
     (tmp_path / "f").mkdir()

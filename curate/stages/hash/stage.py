@@ -59,7 +59,7 @@ def inputs(ws: Workspace, cfg: RunConfig) -> Any:
     return {"hash_version": HASH_VERSION}
 
 
-def _forget_without_mirror(ws: Workspace) -> int:
+def _forget_incomplete_rows(ws: Workspace) -> int:
     """Forget decoded rows hashed before mirror hashes (or the information, colourfulness and
     border measures) existed (a pHash but no ``phash_mirror``, ``phash_quality``,
     ``colourfulness`` or ``border``), so this run hashes them again. Returns how many were
@@ -116,7 +116,7 @@ def _commit(ws: Workspace, results, bs: int, total: int) -> int:
 
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     rehash = _forget_for_new_limit(ws, cfg.hash.max_pixels)
-    rehash_mirror = _forget_without_mirror(ws)
+    rehash_mirror = _forget_incomplete_rows(ws)
     todo_sql = ("SELECT s.sample_id, s.image_ref FROM samples s ANTI JOIN images i USING (sample_id) "
                 "WHERE s.image_ref IS NOT NULL ORDER BY s.sample_id")
     bs = cfg.hash.batch_size

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import math
-import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +14,7 @@ from curate.errors import InputError
 from curate.stages.ingest.schemas import Layout, resolve
 
 from tests.conftest import SHARED
+from tests.conftest import write_tar
 
 
 def _cfg(tmp_path, sources, **sections) -> RunConfig:
@@ -103,14 +103,6 @@ def test_real_column_shifted_row_is_rejected_with_reason(tmp_path):
     assert "0.32893747091293335" in out[0]["raw"] and out[0]["source"] == "i2d"
 
 
-def _tar(path, members):
-    with tarfile.open(path, "w") as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-
-
 def test_webdataset_repeated_member_noted_and_cross_shard_keys_not_merged(tmp_path):
     from PIL import Image
 
@@ -118,8 +110,8 @@ def test_webdataset_repeated_member_noted_and_cross_shard_keys_not_merged(tmp_pa
     Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, "JPEG")
     jpg = buf.getvalue()
     (tmp_path / "wds").mkdir()
-    _tar(tmp_path / "wds" / "a.tar", [("000001.jpg", jpg), ("000001.txt", b"a red square"), ("000001.jpg", jpg)])
-    _tar(tmp_path / "wds" / "b.tar", [("000001.jpg", jpg), ("000002.txt", b"caption without image")])
+    write_tar(tmp_path / "wds" / "a.tar", [("000001.jpg", jpg), ("000001.txt", b"a red square"), ("000001.jpg", jpg)])
+    write_tar(tmp_path / "wds" / "b.tar", [("000001.jpg", jpg), ("000002.txt", b"caption without image")])
     ws = tmp_path / "ws"
     res = api.run_one(ws, "ingest", _cfg(tmp_path, [{"name": "w", "webdataset": "wds/*.tar"}]))
     import duckdb
@@ -144,7 +136,7 @@ def test_webdataset_and_folder_sidecar_json_fields_are_kept_in_extra(tmp_path):
     meta = {"url": "https://img.example.org/1.jpg", "caption": "green", "sha256": None, "key": "000001",
             "status": "success", "original_width": 640, "similarity": 0.31, "NSFW": "UNLIKELY"}
     (tmp_path / "wds").mkdir()
-    _tar(tmp_path / "wds" / "a.tar", [("000001.jpg", buf.getvalue()), ("000001.json", _json.dumps(meta).encode())])
+    write_tar(tmp_path / "wds" / "a.tar", [("000001.jpg", buf.getvalue()), ("000001.json", _json.dumps(meta).encode())])
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "x.jpg").write_bytes(buf.getvalue())
     (tmp_path / "folder" / "x.json").write_text(_json.dumps({**meta, "url": "https://img.example.org/x.jpg"}))
@@ -399,7 +391,7 @@ def test_truncated_shard_keeps_members_before_the_cut_and_text_sidecars_are_chec
     Image.new("RGB", (8, 8), (10, 200, 10)).save(buf, "PNG")
     members = [("k1.png", buf.getvalue()), ("k1.txt", b"\xef\xbb\xbfbom caption"), ("k2.png", buf.getvalue()),
                ("k2.txt", b"caf\xe9 latin1"), ("k3.png", buf.getvalue() * 40)]
-    _tar(tmp_path / "full.tar", members)
+    write_tar(tmp_path / "full.tar", members)
     data = (tmp_path / "full.tar").read_bytes()
     (tmp_path / "cut.tar").write_bytes(data[:6000])  # inside k3.png's data
     ws = tmp_path / "ws"
