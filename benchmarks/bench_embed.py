@@ -16,7 +16,7 @@ One invocation, same images, same model, same batch size:
 Usage::
 
     python benchmarks/bench_embed.py [--images DIR] [--n 512] [--batch-size 32] [--workers auto]
-        [--model efficientnet_lite0]
+        [--model NAME] [--preprocess PRESET]
 
 stdout: one JSON object; progress on stderr.
 """
@@ -35,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _model_only(model, batches) -> float:
+    from curate.models.feeder import forward
+
     t = time.perf_counter()
     for x in batches:
-        model.forward(x)
+        forward(model, x)
     return time.perf_counter() - t
 
 
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
                     help="embed.num_workers (auto: curate.models.feeder.decode_workers)")
-    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--model", default=None, help="registry name (default: the shipped embed.model)")
+    ap.add_argument("--preprocess", default="auto", help="embed.preprocess (auto: the model's default)")
     a = ap.parse_args(argv)
     os.environ.setdefault("CURATE_QUIET", "1")
     import torch
@@ -56,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     from curate import api
     from curate.config import RunConfig
     from curate.media.images import open_image
+    from curate.config import EmbedConfig
     from curate.models import load_image_model
+    from curate.models.feeder import collate, forward
+
+    a.model = a.model or EmbedConfig().model
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-embed-")
     root = Path(tmp.name)
@@ -75,21 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig.model_validate({
         "sources": [{"name": "bench", "images": str(sub)}],
         "hash": {"workers": min(2, os.cpu_count() or 1)},
-        "embed": {"model": a.model, "device": "cpu", "batch_size": a.batch_size, "num_workers": a.workers},
+        "embed": {"model": a.model, "device": "cpu", "batch_size": a.batch_size, "num_workers": a.workers,
+                  "preprocess": a.preprocess},
     })
     cfg.base_dir = str(root)
     ws = root / "ws"
     api.run(ws, cfg, stages=["ingest", "hash"])
 
-    model = load_image_model(a.model, "cpu")
+    model = load_image_model(a.model, "cpu", preset=a.preprocess)
     pre = model.preprocess
     tensors = []
     for p in chosen:
         d, im = open_image(p.read_bytes(), draft=pre.draft)
         if im is not None:
             tensors.append(pre(im))
-    batches = [torch.stack(tensors[i : i + a.batch_size]) for i in range(0, len(tensors), a.batch_size)]
-    model.forward(batches[0])  # warm-up (allocations, oneDNN primitive cache)
+    # batches as the feeder collates them: one stacked tensor, or a list of sizes (presets without a crop)
+    batches = [collate([(k, t, "ok") for k, t in enumerate(tensors[i : i + a.batch_size])])[1]
+               for i in range(0, len(tensors), a.batch_size)]
+    forward(model, batches[0])  # warm-up (allocations, oneDNN primitive cache)
     print(f"{len(tensors)} images, batch {a.batch_size}, torch threads {torch.get_num_threads()}", file=sys.stderr)
     t1 = _model_only(model, batches)
     print(f"model only: {len(tensors) / t1:.1f} img/s", file=sys.stderr)
@@ -102,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model only again: {len(tensors) / t3:.1f} img/s", file=sys.stderr)
     ceiling = len(tensors) / ((t1 + t3) / 2)
     out = {
-        "model": a.model, "images": len(tensors), "batch_size": a.batch_size, "num_workers": c.get("num_workers", a.workers),
+        "model": a.model, "preprocess": model.preset if hasattr(model, "preset") else a.preprocess, "images": len(tensors), "batch_size": a.batch_size, "num_workers": c.get("num_workers", a.workers),
         "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "model_only_img_s": round(ceiling, 2),

@@ -25,7 +25,10 @@ needed by the test suite) and runs every system on the same folder in one run:
    edges among those files). Per transform: originals + distractors + flats + that transform's
    copies, the recall of original–copy pairs and the precision of the pairs that involve a copy
    (:func:`dedup_quality.copy_scores`). Flat merges: pairs of flat images in one cluster.
-   images/s: files / wall seconds of the whole system on the folder.
+   images/s: files / wall seconds of the whole system on the folder. Containment rows (curate,
+   ``dedup.containment`` on, the default): :func:`containment_scores` — a row is right when both
+   files show one picture or one is a collage with the other's picture in a cell
+   (``Truth.inside``, recorded when the collage is built).
 
 Usage::
 
@@ -461,13 +464,16 @@ def build_set(folder: Path, items: list, transforms: dict[str, list[Level]] | No
             rng = random.Random(f"{seed}:{it.label}:{tname}:{lv.name}")
             pool = [k for k in range(len(items)) if k != g]
 
-            def others(k: int, rng=rng, pool=pool) -> list:
-                return [pic(x) for x in rng.sample(pool, min(k, len(pool)))]
+            used: list[int] = []
+
+            def others(k: int, rng=rng, pool=pool, used=used) -> list:
+                used.extend(rng.sample(pool, min(k, len(pool))))
+                return [pic(x) for x in used[-k:]]
 
             safe = "".join(c if c.isalnum() or c in ".-" else "" for c in lv.name)
             cname = f"{stem}_{tname}_{safe}.jpg"
             (folder / cname).write_bytes(dq._jpeg(lv.fn(base, rng, others), lv.quality))
-            truth.append(dq.Truth(cname, g, "copy", tname, lv.name, it.label))
+            truth.append(dq.Truth(cname, g, "copy", tname, lv.name, it.label, tuple(used)))
         n_orig += 1
     for k, (name, data) in enumerate(flats):
         (folder / name).write_bytes(data)
@@ -537,13 +543,59 @@ def score(g: dq.Graph, truth: list, ignore=()) -> dict:
     return out
 
 
+CONTAINMENT_TRANSFORMS = ("crop50", "collage", "frame", "small_in_border", "crop70", "mirror_crop")
+
+
+def containment_scores(rows: list[tuple[int, int, dict]], truth: list, ignore=()) -> dict:
+    """Directed containment rows (container node, contained node, region JSON) against the truth.
+
+    A row is right when both files show one picture (or an ambiguous pair of pictures), or when
+    one is a collage and the other shows a picture pasted into it (``Truth.inside``). Per
+    transform of :data:`CONTAINMENT_TRANSFORMS`: ``recall`` = copies with a row to their
+    original; ``direction`` = of those, the share whose container is the right one (the
+    original for a crop, the copy for a collage, a frame or a small copy in a border);
+    ``with_region`` = the share whose row has a polygon and a bbox.
+    """
+    group = [t.group for t in truth]
+    amb = {(x, y) for x, y in ignore} | {(y, x) for x, y in ignore}
+
+    def right(x: int, y: int) -> bool:
+        gx, gy = group[x], group[y]
+        return gx == gy or (gx, gy) in amb or gy in truth[x].inside or gx in truth[y].inside
+
+    good = sum(right(x, y) for x, y, _ in rows)
+    by_pair = {}
+    for x, y, reg in rows:
+        by_pair[(min(x, y), max(x, y))] = (x, reg)
+    orig = {t.group: k for k, t in enumerate(truth) if t.role == "original"}
+    per = {}
+    for name in CONTAINMENT_TRANSFORMS:
+        copies = [k for k, t in enumerate(truth) if t.transform == name]
+        if not copies:
+            continue
+        hits = [(k, by_pair.get((min(k, orig[group[k]]), max(k, orig[group[k]])))) for k in copies]
+        found = [(k, h) for k, h in hits if h is not None]
+        copy_contains = name not in ("crop50", "crop70", "mirror_crop")
+        direction = sum((h[0] == k) == copy_contains for k, h in found)
+        region = sum(bool(h[1].get("polygon")) and bool(h[1].get("bbox")) for _, h in found)
+        per[name] = {"copies": len(copies), "recall": round(len(found) / len(copies), 4),
+                     "direction": round(direction / len(found), 4) if found else None,
+                     "with_region": round(region / len(found), 4) if found else None}
+    partial = [k for k, t in enumerate(truth) if t.transform in ("crop50", "collage", "frame")]
+    hit = sum((min(k, orig[group[k]]), max(k, orig[group[k]])) in by_pair for k in partial)
+    return {"rows": len(rows), "precision": round(good / len(rows), 4) if rows else None,
+            "partial_recall": round(hit / len(partial), 4) if partial else None, "transforms": per}
+
+
 def brief(s: dict) -> dict:
     """The headline figures of one :func:`score` result."""
     r = lambda x: round(x, 4)
     return {"precision": r(s["all"]["precision"]), "recall": r(s["all"]["recall"]), "f1": r(s["all"]["f1"]),
             "full_precision": r(s["full"]["precision"]), "full_recall": r(s["full"]["recall"]),
             "partial_precision": r(s["partial"]["precision"]), "partial_recall": r(s["partial"]["recall"]),
-            "flat_flat_pairs": s["flat"]["flat_flat_pairs"], "largest_cluster": s["largest_cluster"]}
+            "flat_flat_pairs": s["flat"]["flat_flat_pairs"], "largest_cluster": s["largest_cluster"],
+            **({"containment_precision": s["containment"]["precision"],
+                "containment_partial_recall": s["containment"]["partial_recall"]} if "containment" in s else {})}
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,19 +613,12 @@ def parse_curate_config(text: str) -> tuple[str | None, dict]:
     return name, conf
 
 
-def curate_config(folder: Path, overrides: dict, num_workers: int = 2, containment: bool = False):
-    """The default config, one plain-folder source, no rule packs, then ``overrides``.
-
-    ``dedup.containment`` (partial copies verified by local features, where the pipeline has it)
-    is switched off unless ``containment`` or an override sets it: it writes the containment
-    table, not ``dup_edges`` (unless ``containment_merges_clusters``), so it changes no pair
-    scored here, and it costs far more than the rest of dedup."""
+def curate_config(folder: Path, overrides: dict, num_workers: int = 2):
+    """The default config, one plain-folder source, no rule packs, then ``overrides``."""
     from curate import api
-    from curate.config import DedupConfig
 
     cfg = api.with_overrides(dq.bench_config(folder, num_workers), "flag", {"packs": []})
-    if "containment" in DedupConfig.model_fields and not containment:
-        cfg = api.with_overrides(cfg, "dedup", {"containment": False})
+    cfg = api.with_overrides(cfg, "dedup", {"containment": True})  # the shipped default (dedup_quality turns it off)
     for section, vals in overrides.items():
         cfg = api.with_overrides(cfg, section, vals)
     return cfg
@@ -584,10 +629,10 @@ def default_name(cfg) -> str:
 
 
 def run_curate(work: Path, folder: Path, truth: list, overrides: dict, name: str | None, ignore, sweep: bool,
-               num_workers: int, cosine_sweep: list[float], phash_sweep: list[int], containment: bool = False) -> dict:
+               num_workers: int, cosine_sweep: list[float], phash_sweep: list[int]) -> dict:
     """One curate config end to end in its own workspace, then its threshold sweeps."""
     index = {t.file: k for k, t in enumerate(truth)}
-    cfg = curate_config(folder, overrides, num_workers, containment)
+    cfg = curate_config(folder, overrides, num_workers)
     name = name or default_name(cfg)
     ws = work / ("ws_" + "".join(c if c.isalnum() else "_" for c in name))
     if ws.exists():
@@ -598,6 +643,7 @@ def run_curate(work: Path, folder: Path, truth: list, overrides: dict, name: str
     t1 = time.perf_counter()
     g, counters = dq.run_dedup(ws, cfg, index)
     wall = time.perf_counter() - t0
+    contained = read_containment(ws, index)
     stages["dedup"] = {"seconds": round(time.perf_counter() - t1, 2), "counters": counters}
     res = {"system": "curate", "name": name, "overrides": overrides,
            "config": {"embed": cfg.embed.model_dump(mode="json", include={"model", "preprocess", "trim_border"}),
@@ -607,12 +653,27 @@ def run_curate(work: Path, folder: Path, truth: list, overrides: dict, name: str
                           "containment_merges_clusters"})},
            "seconds": round(wall, 2), "images_per_s": round(len(truth) / wall, 2), "stages": stages,
            "scores": score(g, truth, ignore)}
+    if getattr(cfg.dedup, "containment", False):
+        res["scores"]["containment"] = containment_scores(contained, truth, ignore)
     log(f"  {name}: {wall:.0f} s, {brief(res['scores'])}")
     if sweep and getattr(cfg.dedup, "containment", False):
         log("  sweeps skipped: containment is on (each dedup run verifies features again)")
     elif sweep:
         res["sweeps"] = curate_sweeps(ws, cfg, truth, index, ignore, cosine_sweep, phash_sweep)
     return res
+
+
+def read_containment(ws: Path, index: dict[str, int]) -> list[tuple[int, int, dict]]:
+    """The workspace's containment rows as (container node, contained node, region JSON)."""
+    import duckdb
+
+    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+    try:
+        key = dict(con.execute("SELECT sample_id, key FROM samples").fetchall())
+        rows = con.execute("SELECT container_id, contained_id, region FROM containment").fetchall()
+    finally:
+        con.close()
+    return [(index[key[a]], index[key[b]], json.loads(r)) for a, b, r in rows]
 
 
 def curate_sweeps(ws: Path, cfg, truth: list, index: dict, ignore, cosine_sweep: list[float],
@@ -804,9 +865,10 @@ def render_docs(res: dict) -> str:
              f"{', '.join(FULL)}. *Partial*: the same plus the copies of {', '.join(PARTIAL)}. "
              "*Flat pairs*: pairs of flat images in one cluster (must be 0). images/s: files / wall time of the "
              "whole system on the folder (curate: ingest + hash + embed + dedup in a fresh workspace). "
-             "curate runs with `dedup.containment: false` unless a config sets it (the partial-copy verification "
-             "writes the containment table, not `dup_edges`, unless `containment_merges_clusters`: it changes no "
-             "pair scored here). Overall P counts every wrong pair of every file: one false merge of two "
+             "curate runs with its shipped dedup defaults unless a config says otherwise: with `containment` on, "
+             "verified containments covering ≥ `verified_min_fraction` of the container's picture are duplicate "
+             "edges (signal `verified`) and the partial ones stay containment rows, scored in the table after "
+             "the next. Overall P counts every wrong pair of every file: one false merge of two "
              "originals costs up to 18 × 18 pairs, so it is far below the per-transform precisions, which leave out "
              "merges already made without any copy."), "",
              "| system | P | R | F1 | full-image P | full-image R | partial R | flat pairs | largest cluster | images/s |",
@@ -819,6 +881,18 @@ def render_docs(res: dict) -> str:
     for s in res["systems"]:
         if "scores" not in s:
             lines.append(f"\n{s.get('name', s['system'])}: not measured — {s.get('error') or s.get('skipped')}")
+    for s in ok:
+        c = s["scores"].get("containment")
+        if not c:
+            continue
+        lines += ["", (f"{s['name']}: containment rows (directed, with the region; curate.stages.dedup.containment): "
+                  f"{c['rows']} rows, precision {_r(c['precision'])} (a row is right when both files show one "
+                  "picture, or one is a collage with the other's picture in a cell); recall of crop to 50 %, "
+                  f"collage and frame together {_r(c['partial_recall'])}. Per transform: a row between the copy "
+                  "and its original / the container is the right one / the row has its polygon and bbox:"), "",
+                  "| transform | copies | recall | right direction | with region |", "|---|---|---|---|---|"]
+        for t, x in c["transforms"].items():
+            lines.append(f"| {t} | {x['copies']} | {_r(x['recall'])} | {_r(x['direction'])} | {_r(x['with_region'])} |")
     lines += ["", ("Recall of original–copy pairs per transform (each transform scored with only its own copies "
               "present; precision of the pairs involving those copies in brackets):"), "",
               "| transform | level(s) | group | " + " | ".join(s["name"] for s in ok) + " |",
@@ -900,9 +974,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-fastdup", action="store_true")
     ap.add_argument("--no-imagededup", action="store_true")
     ap.add_argument("--num-workers", type=int, default=2)
-    ap.add_argument("--containment", action="store_true", help="keep dedup.containment at its default (on) in every "
-                    "curate config (default: off unless a config sets it; it changes no scored pair unless "
-                    "containment_merges_clusters)")
     ap.add_argument("--write-docs", action="store_true", help=f"write the section '{SECTION}' of docs/BENCHMARKS.md")
     ap.add_argument("--docs-only", action="store_true", help="only rewrite that section from --out/copy_detection.json")
     a = ap.parse_args(argv)
@@ -939,7 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
             name, over = parse_curate_config(text)
             try:
                 systems.append(run_curate(work, folder, truth, over, name, ignore, not a.no_sweep, a.num_workers,
-                                          a.cosine_sweep, a.phash_sweep, a.containment))
+                                          a.cosine_sweep, a.phash_sweep))
             except Exception as e:  # noqa: BLE001  (a config that cannot run is reported, the others go on)
                 log(f"  curate config {text!r} failed: {e!r}")
                 systems.append({"system": "curate", "name": name or text, "error": repr(e)})
@@ -960,8 +1031,9 @@ def main(argv: list[str] | None = None) -> int:
            "systems": systems, "seconds_total": round(time.perf_counter() - t_start, 1),
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
            "command": "python benchmarks/copy_detection.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-           "truth": {"columns": ["file", "group", "role", "transform", "level", "source"],
-                     "rows": [[t.file, t.group, t.role, t.transform, t.level, t.source] for t in truth]}}
+           "truth": {"columns": ["file", "group", "role", "transform", "level", "source", "inside"],
+                     "rows": [[t.file, t.group, t.role, t.transform, t.level, t.source, list(t.inside)]
+                              for t in truth]}}
     res["headline"] = headline(res)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "copy_detection.json").write_text(json.dumps(res, separators=(",", ":"), default=str) + "\n")

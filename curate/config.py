@@ -154,7 +154,10 @@ class EmbedConfig(EngineConfig):
     ``precision``, ``batch_size`` and ``num_workers`` change speed, not the key.
     """
 
-    model: str = Field("efficientnet_lite0", description="registry name, see curate.models")
+    model: str = Field("sscd_distilled", description="registry name, see curate.models. Default sscd_distilled: "
+                       "the copy-detection descriptor with the best measured quality per second on the "
+                       "copy-detection benchmark (docs/BENCHMARKS.md; F1 0.76 alone vs efficientnet_lite0's 0.47, "
+                       "4× its images/s on CPU)")
     batch_size: int = Field(32, ge=1, description="images per forward pass")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
@@ -194,9 +197,9 @@ class DedupConfig(EngineConfig):
     sha256: bool = Field(True, description="edge between decodable images with equal bytes (broken files are never "
                          "duplicates: they keep their status)")
     phash_max_distance: int | None = Field(
-        8, ge=0, le=64, description="pHash Hamming distance ≤ this is an edge (bits, 0–64); null disables (8, with "
-        "embedding_min_cosine 0.93: where the near-duplicate benchmark has the most copy transforms at recall ≥ 0.95 "
-        "and precision ≥ 0.99, docs/BENCHMARKS.md; imagededup's default is 10)"
+        4, ge=0, le=64, description="pHash Hamming distance ≤ this is an edge (bits, 0–64); null disables (4, with "
+        "embedding_min_cosine 0.85 for sscd_distilled: the pair with the best F1 on the copy-detection benchmark, "
+        "docs/BENCHMARKS.md; 8 chains distinct pictures there: precision 0.91 → 0.59; imagededup's default is 10)"
     )
     phash_min_side: int = Field(
         32, ge=1, description="images smaller than this on either side get no pHash edges (too little signal)"
@@ -211,12 +214,17 @@ class DedupConfig(EngineConfig):
         "within phash_max_distance of the other's pHash: finds flipped copies (docs/BENCHMARKS.md)"
     )
     embedding_min_cosine: float | None = Field(
-        0.93, ge=-1.0, le=1.0, description="cosine similarity ≥ this is an edge; null disables (0.93, with "
-        "phash_max_distance 8: see there)"
+        0.85, ge=-1.0, le=1.0, description="cosine similarity ≥ this is an edge; null disables (0.85 for the default "
+        "descriptor sscd_distilled, with phash_max_distance 4: see there; efficientnet_lite0 was measured best at 0.93)"
     )
     embedding_min_side: int = Field(
         32, ge=1, description="images smaller than this on either side get no embedding edges (icons and tiny "
         "badges embed alike; measured in docs/BENCHMARKS.md, near-duplicate quality)"
+    )
+    embedding_min_quality: int = Field(
+        25, ge=0, le=100, description="images whose information score images.phash_quality is below this get no "
+        "embedding edges (nor containment candidates): descriptors of flat pictures of different colours are alike "
+        "(docs/BENCHMARKS.md, copy detection); 0 disables the rule"
     )
     phash_search: Literal["auto", "mih", "brute"] = Field(
         "auto", description="pHash pair search, all exact and identical: multi-index hashing ('mih'), faiss brute "
@@ -251,12 +259,21 @@ class DedupConfig(EngineConfig):
     containment_neighbours: int = Field(10, ge=1, description="containment candidates: each sample's k nearest "
                                         "neighbours by image embedding")
     containment_min_cosine: float = Field(
-        0.5, ge=-1.0, le=1.0, description="containment candidates: neighbours with cosine ≥ this (and below "
-        "embedding_min_cosine, whose pairs are already one cluster) are verified"
+        0.3, ge=-1.0, le=1.0, description="containment candidates: neighbours with cosine ≥ this (and below "
+        "embedding_min_cosine, whose pairs are already one cluster) are verified. 0.3 (sscd_distilled): containment "
+        "recall on the copy-detection benchmark's crops to 50 %, collages and frames 0.81 / 0.82 / 0.88 at pair "
+        "precision 0.9995; at 0.5 a collage's tile is found 0.22 of the time (docs/BENCHMARKS.md)"
     )
     containment_min_inliers: int = Field(
         20, ge=4, description="containment: homography inliers needed (unrelated photos of the bundled sample give "
         "fewer than 12 at the other checks)"
+    )
+    verified_min_fraction: float | None = Field(
+        0.45, ge=0.0, le=1.0, description="a containment whose region covers at least this fraction of the "
+        "container's picture (flat padding trimmed) is a copy of the whole picture: a dup_edges row (signal "
+        "verified) joins the two clusters. 0.45: between a crop to 70 % of each side (0.49 of the area, a "
+        "full-image copy in the copy-detection benchmark) and a collage tile or a crop to 50 % (≤ 0.40, partial "
+        "copies, which must not chain unrelated pictures): docs/BENCHMARKS.md. null = containment rows only"
     )
     containment_merges_clusters: bool = Field(
         False, description="also add a dup_edges row (signal containment) for each containment, so a crop joins "

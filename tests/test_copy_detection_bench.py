@@ -137,3 +137,20 @@ def test_curate_config_overrides():
     assert cd.parse_curate_config("{}") == (None, {})
     with pytest.raises(SystemExit):
         cd.parse_curate_config('{"dedup": 3}')
+
+
+def test_containment_scores_count_collage_cells_as_right_and_check_the_direction():
+    T = dq.Truth
+    truth = [T("g0_orig.png", 0, "original"), T("g0_collage.jpg", 0, "copy", "collage", "2x2", inside=(1,)),
+             T("g1_orig.png", 1, "original"), T("g0_crop50.jpg", 0, "copy", "crop50", "50%"),
+             T("g2_orig.png", 2, "original")]
+    reg = {"polygon": [[0, 0]] * 4, "bbox": [0, 0, 1, 1]}
+    rows = [(1, 0, reg),   # the collage contains its picture: right, right direction
+            (1, 2, reg),   # … and the other picture in one of its cells: right
+            (3, 0, {}),    # the crop contains its original: right pair, wrong direction, no region
+            (2, 4, reg)]   # two different pictures: wrong
+    s = cd.containment_scores(rows, truth)
+    assert s["rows"] == 4 and s["precision"] == 0.75 and s["partial_recall"] == 1.0
+    assert s["transforms"]["collage"] == {"copies": 1, "recall": 1.0, "direction": 1.0, "with_region": 1.0}
+    assert s["transforms"]["crop50"] == {"copies": 1, "recall": 1.0, "direction": 0.0, "with_region": 0.0}
+    assert cd.containment_scores(rows, truth, ignore=[(1, 2)])["precision"] == 1.0  # an ambiguous pair of pictures

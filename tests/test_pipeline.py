@@ -99,16 +99,19 @@ def test_horizontal_flip_joins_its_original_through_the_mirror_phash(by_file, sa
     assert "phash_mirror" in signals
 
 
-def test_known_misses_at_the_defaults(by_file):
-    """Copies the default config does not join to their group (docs/ARCHITECTURE.md, sample figures):
-    img2dataset's resize_mode=center_crop (a crop: pHash 12 bits, whole-image cosine 0.86) and
-    ukbench00120's 90° rotation. A change that catches them should update this test and the docs."""
-    crop = by_file["near-dup/img2dataset-resize/resize_center_crop.jpg"][0]
-    orig = by_file["near-dup/img2dataset-resize/original.png"][0]
-    assert crop["cluster_id"] is None or crop["cluster_id"] != orig["cluster_id"]
-    rot = by_file["near-dup/imagededup/mixed_images/ukbench00120_rotation.jpg"][0]
-    base = by_file["near-dup/imagededup/base_images/ukbench00120.jpg"][0]
-    assert rot["cluster_id"] is None or rot["cluster_id"] != base["cluster_id"]
+def test_former_misses_join_through_verified_local_features(by_file, sample_db):
+    """The two copies the old defaults missed (pHash and a whole-image ImageNet embedding):
+    img2dataset's resize_mode=center_crop (a crop, pHash 12 bits; the SSCD-family descriptor
+    joins it) and ukbench00120's 90° rotation (a ``verified`` edge: SIFT + RANSAC covering
+    most of the picture, curate.stages.dedup.containment)."""
+    for copy, orig, signal in (
+            ("near-dup/img2dataset-resize/resize_center_crop.jpg", "near-dup/img2dataset-resize/original.png", "embedding"),
+            ("near-dup/imagededup/mixed_images/ukbench00120_rotation.jpg",
+             "near-dup/imagededup/base_images/ukbench00120.jpg", "verified")):
+        c, o = by_file[copy][0], by_file[orig][0]
+        assert c["cluster_id"] is not None and c["cluster_id"] == o["cluster_id"], copy
+        (signals,) = sample_db.execute("SELECT signals FROM cluster_stats WHERE cluster_id = ?", [c["cluster_id"]]).fetchall()[0]
+        assert signal in signals, (copy, signals)
 
 
 def test_no_cluster_mixes_two_scikit_image_photos(by_file):
@@ -161,6 +164,10 @@ def test_outputs_contract(sample_ws):
     html = (out / "report" / "index.html").read_text()
     assert "data:image/jpeg;base64," in html and "http-equiv=\"Content-Security-Policy\"" in html
     assert "<script" not in html.lower()
+    # partial copies, located: the report lists the containment rows with their regions and thumbnails
+    rep = json.loads((out / "report" / "report.json").read_text())
+    assert rep["containment"] and all(len(r["bbox"]) == 4 and r["inliers"] >= 20 for r in rep["containment"])
+    assert "Partial copies (containment)" in html and f"<b>{rep['containment'][0]['a']}</b>" in html
 
 
 def test_manifest_readable_by_hf_datasets(sample_ws):

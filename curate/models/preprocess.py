@@ -9,58 +9,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from curate.errors import ConfigError
+from curate.media.trim import some_edge_flat, trim_uniform_border  # noqa: F401  (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def trim_uniform_border(rgb: np.ndarray, tol: int = 10, max_fraction: float = 0.45) -> np.ndarray:
-    """Crop rows/columns at the edges that are one flat colour (padding, letterboxing).
-
-    Padding is a common copy transform (img2dataset ``resize_mode=border`` pads to a square);
-    trimming it before embedding lets a padded copy match its original.
-
-    Args:
-        rgb: uint8 (h, w, 3).
-        tol: max absolute difference (0–255) from the corner colour that still counts as border.
-        max_fraction: never trim more than this fraction of either side in total per edge.
-
-    Returns:
-        a view of ``rgb`` (h', w', 3) with h' ≥ 1, w' ≥ 1.
-    """
-    h, w = rgb.shape[:2]
-    if h < 8 or w < 8:
-        return rgb
-    corner = rgb[0, 0].astype(np.int16)
-    lo = np.clip(corner - tol, 0, 255).astype(np.uint8)
-    hi = np.clip(corner + tol, 0, 255).astype(np.uint8)
-    lim_h, lim_w = int(h * max_fraction), int(w * max_fraction)
-
-    def run(line, n: int, lim: int) -> int:
-        """Leading flat lines (rows or columns, from one edge), or 0 when more than ``lim``.
-        Lines are checked in growing blocks, so an image without a border costs one line."""
-        k, step = 0, 4
-        while k < n:
-            m = min(step, n - k)
-            block = line(k, k + m)  # (m, length, 3)
-            flat = ((block >= lo) & (block <= hi)).all(axis=(1, 2))
-            if not flat.all():
-                k += int(np.argmin(flat))
-                break
-            k += m
-            if k > lim:
-                return 0
-            step *= 2
-        return k if k <= lim else 0
-
-    top = run(lambda a, b: rgb[a:b], h, lim_h)
-    bottom = run(lambda a, b: rgb[h - b : h - a][::-1], h, lim_h)
-    left = run(lambda a, b: rgb[:, a:b].transpose(1, 0, 2), w, lim_w)
-    right = run(lambda a, b: rgb[:, w - b : w - a].transpose(1, 0, 2)[::-1], w, lim_w)
-    if top + bottom >= h or left + right >= w:
-        return rgb
-    return rgb[top : h - bottom, left : w - right]
-
 
 PREPROCESS_VERSION = 3  # bump when curate's decode/preprocess code changes the pixels a model sees
 
@@ -90,21 +42,6 @@ def auto_preset(name: str) -> str:
     """The preset ``auto`` stands for with image model ``name``: ``full`` for
     ``efficientnet_lite0`` (the benchmark's choice for dedup), ``model`` otherwise."""
     return "full" if name == "efficientnet_lite0" else "model"
-
-
-def some_edge_flat(im, tol: int = 10) -> bool:
-    """Whether any outermost row/column of an 'RGB' image is within ``tol`` of its top-left
-    pixel everywhere — the only case in which :func:`trim_uniform_border` can trim (it stops
-    at the first non-flat line from each edge). Reads 4 lines instead of the whole image."""
-    w, h = im.size
-    if w < 8 or h < 8:
-        return False
-    c = np.asarray(im.crop((0, 0, 1, 1)), dtype=np.int16).reshape(3)
-    for box in ((0, 0, w, 1), (0, h - 1, w, h), (0, 0, 1, h), (w - 1, 0, w, h)):
-        line = np.asarray(im.crop(box), dtype=np.int16).reshape(-1, 3)
-        if (np.abs(line - c) <= tol).all():
-            return True
-    return False
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ def thresholds(cfg: RunConfig, kind: str, bg_ids: np.ndarray, bg: np.ndarray, cl
     pc = cfg.probe
     if pc.replicated_similarity is not None:
         rep, rep_src = pc.replicated_similarity, "probe.replicated_similarity"
-    elif kind == "sscd" and name in EQUIVALENT_THRESHOLDS:
+    elif name in EQUIVALENT_THRESHOLDS:  # an SSCD-family descriptor, as --sscd or as the catalog's own model
         rep, rep_src = EQUIVALENT_THRESHOLDS[name]
     elif kind == "sscd":
         rep, rep_src = SOMEPALLI_THRESHOLD, "Somepalli et al. 2023: SSCD top-1 similarity > 0.5"

@@ -34,8 +34,9 @@ the contained picture they span (full credit from half its area).
 
 **Candidates** (:func:`neighbour_pairs`): each sample's ``k`` nearest neighbours by stored
 image embedding with cosine in [floor, edge threshold) — pairs at or above the threshold are
-already one cluster by the embedding edge, a crop or a collage usually falls below it — and
-pairs that the other signals already put in one cluster are skipped. Other stages verify explicit
+already one cluster by the embedding edge, a crop or a collage usually falls below it; pairs
+the other signals already put in one cluster are verified as well (the row and its region are
+evidence: a crop joined to its original through other copies still gets its row). Other stages verify explicit
 pairs of image references with :func:`verify_pairs` (claims' reference images, probe
 generations).
 
@@ -64,6 +65,7 @@ import numpy as np
 
 from curate.config import DedupConfig, RunConfig
 from curate.media.images import DEFAULT_MAX_PIXELS, open_image, read_ref
+from curate.media.trim import some_edge_flat, trim_box
 from curate.stages.dedup.clusters import components
 from curate.store.catalog import Workspace
 from curate.store.embeddings import load_all
@@ -85,9 +87,15 @@ class Params:
         max_scale: the contained image may appear at most this many times smaller or larger
             (linear) in the container.
         max_perspective: largest ratio between the projective weights of the projected corners.
+        min_side: images whose long side is below this (px) are enlarged to it before SIFT
+            (a 100 px thumbnail has too few keypoints at its own size).
+        mirror: also match one image against the other's horizontal mirror (a flipped copy),
+            when the direct match fails.
     """
 
     max_side: int = 640
+    min_side: int = 320
+    mirror: bool = True
     max_features: int = 1000
     ratio: float = 0.75
     ransac_px: float = 4.0
@@ -103,12 +111,30 @@ class Params:
 class Features:
     """SIFT features of one image: ``points`` float32 (n, 2) in the decoded image's pixels,
     ``desc`` uint8 (n, 128), ``size`` the decoded (width, height), ``scale`` decoded pixels per
-    feature pixel (≥ 1)."""
+    feature pixel, ``content`` the picture without its flat padding (x0, y0, x1, y1) in decoded
+    pixels (:func:`curate.media.trim.trim_uniform_border`, the descriptor's trim; the whole
+    frame when nothing is trimmed)."""
 
     points: np.ndarray
     desc: np.ndarray
     size: tuple[int, int]
     scale: float
+    content: tuple[float, float, float, float] | None = None
+
+    def box(self) -> tuple[float, float, float, float]:
+        return self.content or (0.0, 0.0, float(self.size[0]), float(self.size[1]))
+
+    def mirrored(self) -> Features:
+        """The features of this image's horizontal mirror, without running SIFT again: points
+        x → w − 1 − x, descriptors with their 4 spatial rows reversed and their 8 orientation
+        bins negated (the keypoint's frame is reflected across its orientation axis; measured
+        against SIFT on the flipped image: mean absolute error 2.7 of a mean bin value 26)."""
+        w = self.size[0]
+        pts = self.points.copy()
+        pts[:, 0] = w - 1 - pts[:, 0]
+        d = self.desc.reshape(-1, 4, 4, 8)[:, ::-1][:, :, :, (-np.arange(8)) % 8]
+        x0, y0, x1, y1 = self.box()
+        return Features(pts, np.ascontiguousarray(d.reshape(-1, 128)), self.size, self.scale, (w - x1, y0, w - x0, y1))
 
 
 @dataclass
@@ -121,8 +147,10 @@ class Match:
     ``bbox`` ([x0, y0, x1, y1], the polygon's bounding box clipped to the container's frame),
     ``inliers``, ``matches`` (tentative, after the ratio test), ``inlier_ratio``, ``coverage``
     (fraction of the contained picture inside the container's frame), ``support`` (inliers'
-    hull / contained area), ``container_fraction`` (the region's area / the container's:
-    ≈ 1 for a full copy), ``score`` (module doc), ``sizes`` ((w, h) of container, contained).
+    hull / contained area), ``container_fraction`` (the region's area inside the container's
+    picture box — its frame without flat padding — over that box's area: ≈ 1 for a full copy),
+    ``score`` (module doc), ``sizes`` ((w, h) of container, contained), ``mirrored`` (the copy
+    is the other's horizontal mirror; the polygon then lists the mirrored corners).
     """
 
     container: int
@@ -137,6 +165,7 @@ class Match:
     container_fraction: float
     score: float
     sizes: tuple[tuple[int, int], tuple[int, int]]
+    mirrored: bool = False
 
     def region(self) -> dict[str, Any]:
         """The ``containment.region`` JSON: polygon and bbox in the container's decoded pixels,
@@ -144,6 +173,7 @@ class Match:
         return {"polygon": self.polygon, "bbox": self.bbox, "container_size": list(self.sizes[0]),
                 "contained_size": list(self.sizes[1]), "support": round(self.support, 4),
                 "container_fraction": round(self.container_fraction, 4), "matches": self.matches,
+                "mirrored": self.mirrored,
                 "homography": [[round(float(v), 8) for v in row] for row in self.homography]}
 
 
@@ -155,17 +185,41 @@ def features(im, params: Params = Params(), size: tuple[int, int] | None = None)
     gray = np.asarray(im.convert("L"))
     h, w = gray.shape
     full = size or (w, h)
+    content = _content_box(im, full)
     s = min(1.0, params.max_side / max(w, h, 1))
-    if s < 1.0:
-        gray = cv2.resize(gray, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    if max(w, h) < params.min_side:
+        s = params.min_side / max(w, h, 1)
+    if s != 1.0:
+        gray = cv2.resize(gray, (max(1, round(w * s)), max(1, round(h * s))),
+                          interpolation=cv2.INTER_AREA if s < 1.0 else cv2.INTER_CUBIC)
     fh, fw = gray.shape
     sx, sy = full[0] / fw, full[1] / fh
     kps, desc = cv2.SIFT_create(nfeatures=params.max_features).detectAndCompute(gray, None)
     if desc is None or not kps:
-        return Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), full, max(sx, sy))
+        return Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), full, max(sx, sy), content)
     pts = np.array([k.pt for k in kps], np.float32)
     pts = (pts + 0.5) * np.array([sx, sy], np.float32) - 0.5  # pixel centres, feature px → decoded px
-    return Features(pts, np.clip(np.rint(desc), 0, 255).astype(np.uint8), full, max(sx, sy))
+    return Features(pts, np.clip(np.rint(desc), 0, 255).astype(np.uint8), full, max(sx, sy), content)
+
+
+#: flat padding trimmed per edge for the content box, at most (fraction of the side): more than the
+#: descriptor's 0.45, since a thumbnail pasted off-centre leaves over half of the canvas on one side
+CONTENT_MAX_TRIM = 0.9
+
+
+def _content_box(im, full: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """The picture inside flat padding (:func:`curate.media.trim.trim_box`, up to
+    :data:`CONTENT_MAX_TRIM` of a side per edge), in full decoded pixels (None: nothing to trim)."""
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    if not some_edge_flat(rgb):
+        return None
+    a = np.asarray(rgb)
+    h, w = a.shape[:2]
+    y0, y1, x0, x1 = trim_box(a, max_fraction=CONTENT_MAX_TRIM)
+    if (y0, y1, x0, x1) == (0, h, 0, w):
+        return None
+    fx, fy = full[0] / w, full[1] / h
+    return (x0 * fx, y0 * fy, x1 * fx, y1 * fy)
 
 
 def _hull_area(pts: np.ndarray) -> float:
@@ -192,17 +246,22 @@ def _tentative(q: Features, t: Features, ratio: float) -> tuple[np.ndarray, np.n
     return qi, ti
 
 
-def _checked(H: np.ndarray, contained: tuple[int, int], container: tuple[int, int], p: Params):
-    """(polygon float (4, 2), coverage, region area) of a sane homography, else None."""
+def _checked(H: np.ndarray, contained: tuple[float, float, float, float], container: tuple[int, int],
+             content: tuple[float, float, float, float], p: Params, reflection: bool = False):
+    """(polygon float (4, 2), coverage, area inside the container's content box) of a sane
+    homography, else None. ``contained``: the contained picture's box (x0, y0, x1, y1) in its
+    pixels; ``content``: the container's picture box; ``reflection``: the copy is mirrored, so
+    the determinant must be negative (positive otherwise)."""
     import cv2
 
     if not np.all(np.isfinite(H)) or abs(H[2, 2]) < 1e-12:
         return None
     H = H / H[2, 2]
-    if np.linalg.det(H[:2, :2]) <= 0:  # a reflection, or a collapse to a line
+    det = np.linalg.det(H[:2, :2])
+    if det == 0 or (det < 0) != reflection:  # an unexpected reflection, or a collapse to a line
         return None
-    w, h = contained
-    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64)
+    x0, y0, x1, y1 = contained
+    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x1, y1, 1], [x0, y1, 1]], np.float64)
     proj = corners @ H.T
     z = proj[:, 2]
     if np.any(z <= 0) or z.max() / z.min() > p.max_perspective:
@@ -211,18 +270,35 @@ def _checked(H: np.ndarray, contained: tuple[int, int], container: tuple[int, in
     if not cv2.isContourConvex(quad.astype(np.float32).reshape(-1, 1, 2)):
         return None
     area = abs(float(cv2.contourArea(quad.astype(np.float32))))
-    lin = math.sqrt(area / max(w * h, 1))
+    lin = math.sqrt(area / max((x1 - x0) * (y1 - y0), 1))
     if not (1.0 / p.max_scale <= lin <= p.max_scale):
         return None
     cw, ch = container
     frame = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float32)
     inside, _ = cv2.intersectConvexConvex(quad.astype(np.float32), frame)
-    return quad, min(1.0, float(inside) / area), float(inside)
+    bx0, by0, bx1, by1 = content
+    box = np.array([[bx0, by0], [bx1, by0], [bx1, by1], [bx0, by1]], np.float32)
+    in_content, _ = cv2.intersectConvexConvex(quad.astype(np.float32), box)
+    return quad, min(1.0, float(inside) / area), float(in_content)
+
+
+def _reflect(w: int) -> np.ndarray:
+    """The homography of a horizontal mirror of an image ``w`` px wide (its own inverse)."""
+    return np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 def match(fa: Features, fb: Features, params: Params = Params()) -> Match | None:
-    """Verify that one of two images contains a copy of the other; None if not (too few
-    keypoints, matches or inliers, or a homography that fails the checks of the module doc)."""
+    """Verify that one of two images contains a copy of the other — or of its mirror image
+    (``params.mirror``, tried when the direct match fails); None if not (too few keypoints,
+    matches or inliers, or a homography that fails the checks of the module doc)."""
+    m = _match(fa, fb, params, False)
+    if m is None and params.mirror and min(len(fa.points), len(fb.points)) >= params.min_inliers:
+        m = _match(fa, fb.mirrored(), params, True, fb)
+    return m
+
+
+def _match(fa: Features, fb: Features, params: Params, mirrored: bool, fb_real: Features | None = None) -> Match | None:
+    """:func:`match` of ``fa`` against ``fb`` (the mirror of ``fb_real`` when ``mirrored``)."""
     import cv2
 
     p = params
@@ -254,23 +330,30 @@ def match(fa: Features, fb: Features, params: Params = Params()) -> Match | None
             return None
     if support < p.min_support:
         return None
-    got = _checked(Hc, contained.size, container.size, p)
+    if mirrored:  # back to fb's own pixels: fb's points were mirrored
+        M = _reflect(fb.size[0])
+        Hc = M @ Hc if container is fb else Hc @ M
+        container = fb_real if container is fb else container
+        contained = fb_real if contained is fb else contained
+    got = _checked(Hc, contained.box(), container.size, container.box(), p, reflection=mirrored)
     if got is None:
         return None
-    quad, coverage, inside = got
+    quad, coverage, in_content = got
     if coverage < p.min_coverage:
         return None
     cw, ch = container.size
     x0, y0 = np.clip(quad.min(0), 0, [cw, ch])
     x1, y1 = np.clip(quad.max(0), 0, [cw, ch])
+    bx0, by0, bx1, by1 = container.box()
     ratio = n_in / len(qi)
-    first_is_container = (container is fa) if fa is not fb else True
+    first_is_container = container is fa if fa is not fb else True
     return Match(
         container=0 if first_is_container else 1, homography=Hc / Hc[2, 2],
         polygon=[[round(float(x), 1), round(float(y), 1)] for x, y in quad],
         bbox=[round(float(v), 1) for v in (x0, y0, x1, y1)], inliers=n_in, matches=len(qi),
-        inlier_ratio=ratio, coverage=coverage, support=support, container_fraction=inside / max(cw * ch, 1),
-        score=ratio * min(1.0, support / 0.5), sizes=(container.size, contained.size),
+        inlier_ratio=ratio, coverage=coverage, support=support,
+        container_fraction=min(1.0, in_content / max((bx1 - bx0) * (by1 - by0), 1)),
+        score=ratio * min(1.0, support / 0.5), sizes=(container.size, contained.size), mirrored=mirrored,
     )
 
 
@@ -390,8 +473,8 @@ def params_of(dc: DedupConfig) -> Params:
 def containment_rows(ws: Workspace, cfg: RunConfig, key: str, eligible_sql: str,
                      tol: float) -> tuple[list[tuple], dict[str, Any]]:
     """The dedup stage's containment rows: candidates from the embeddings of key ``key``
-    (samples of ``eligible_sql`` with a decoded image), pairs already in one component of
-    ``dup_edges`` skipped (counted in ``same_cluster``), the rest verified.
+    (samples of ``eligible_sql`` with a decoded image), every candidate verified (those already
+    in one component of ``dup_edges`` counted in ``same_cluster``).
 
     Returns (rows (container_id, contained_id, inliers, inlier_ratio, coverage, region JSON,
     score) sorted by (container_id, contained_id), counters: candidates, verified, found,
@@ -403,7 +486,7 @@ def containment_rows(ws: Workspace, cfg: RunConfig, key: str, eligible_sql: str,
     info = {int(r[0]): (r[1], int(r[2]), int(r[3])) for r in ws.q(
         f"SELECT s.sample_id, s.image_ref, i.width, i.height FROM samples s JOIN images i USING (sample_id) "
         f"WHERE i.status = 'ok' AND s.image_ref IS NOT NULL AND s.sample_id IN ({eligible_sql})",
-        [key, dc.embedding_min_side])}
+        [key, dc.embedding_min_side, dc.embedding_min_quality])}
     ids, vecs = load_all(ws.embeddings_dir(key), only=set(info), dtype=np.float16) if info else (
         np.zeros(0, np.int64), np.zeros((0, 0), np.float16))
     if len(ids):
@@ -414,13 +497,12 @@ def containment_rows(ws: Workspace, cfg: RunConfig, key: str, eligible_sql: str,
                               ivf_min_n=dc.embedding_ivf_min_n, nprobe=dc.embedding_nprobe)
     a, b = ids[i], ids[j]
     counters["candidates"] = len(a)
-    if len(a):  # pairs the other signals already put in one cluster are not verified
+    if len(a):  # pairs the other signals already put in one cluster are verified too: the row is evidence
         edges = ws.con.execute("SELECT a, b FROM dup_edges").fetchnumpy()
         nodes, cids = components(np.zeros(0, np.int64), np.asarray(edges["a"], np.int64),
                                  np.asarray(edges["b"], np.int64))
         same = (_cluster_of(nodes, cids, a) == _cluster_of(nodes, cids, b)) & (_cluster_of(nodes, cids, a) >= 0)
-        counters["same_cluster"] = int(same.sum())
-        a, b = a[~same], b[~same]
+        counters["same_cluster"] = int(same.sum())  # (a crop to 50 % joined through other copies still gets its row)
     todo = sorted(zip(a.tolist(), b.tolist()))
     p = params_of(dc)
     cache = FeatureCache()

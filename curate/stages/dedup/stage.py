@@ -26,6 +26,13 @@ Signals and their edge ``distance`` column:
                 ``dedup.engine: ray``
 - ``caption``   equal normalised caption (lower-case, collapsed spaces), if enabled; star
                 edges; distance 0
+- ``verified``  (``containment: true`` and ``verified_min_fraction`` set, the default) a containment
+                whose region covers at least ``verified_min_fraction`` of the container's picture
+                (its frame without flat padding): a copy of the whole picture, or of most of it,
+                that the descriptor scored below ``embedding_min_cosine`` (rotated, in perspective,
+                mirrored and cropped, in a frame, with text bars) but local features and a
+                homography verified; distance 1 − score. A collage tile or a small crop stays a
+                containment row and merges nothing
 - ``containment`` (``containment_merges_clusters: true`` only) the container contains a verified copy of
                 the other (:mod:`curate.stages.dedup.containment`); distance 1 − score. Whatever that
                 setting, ``containment: true`` (the default) writes the directed ``containment`` rows
@@ -38,6 +45,7 @@ recomputes everything from the catalog, so re-running it is safe.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +70,18 @@ _EDGE_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("signal", pa.st
 
 #: samples whose vectors of key ``?`` may get embedding edges: still in the catalog (parts may hold pruned
 #: ids), image decoded, at least ``embedding_min_side`` (``?``) px on each side — 16 px icons embed alike
-#: (docs/BENCHMARKS.md, near-duplicate quality: 26 → 4 distinct pictures merged)
+#: (docs/BENCHMARKS.md, near-duplicate quality: 26 → 4 distinct pictures merged) — and an information score
+#: ``phash_quality`` of at least ``embedding_min_quality`` (``?``): flat pictures of different colours embed
+#: alike too (docs/BENCHMARKS.md, copy detection: 28 flat pairs merged without this rule)
 ELIGIBLE_SQL = ("SELECT sample_id FROM embeddings WHERE model = ? AND status = 'ok' "
                 "AND sample_id IN (SELECT sample_id FROM samples) "
                 "AND sample_id NOT IN (SELECT sample_id FROM images WHERE status <> 'ok' "
-                "OR least(width, height) < ?)")
+                "OR least(width, height) < ? OR coalesce(phash_quality, 100) < ?)")
+
+
+def eligible_params(key: str, dc) -> list:
+    """The parameters of :data:`ELIGIBLE_SQL` for embedding key ``key`` under ``dc`` (a DedupConfig)."""
+    return [key, dc.embedding_min_side, dc.embedding_min_quality]
 UNIT_TOL = 1e-2  # K13: a stored row whose L2 norm is further than this from 1 (or not finite) is excluded
 
 
@@ -154,7 +169,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             if dc.embedding_search == "ivfpq":  # cluster scale: parts streamed, never all loaded here
                 _embedding_edges_from_parts(ws, cfg, key, counters)
             else:
-                ok = {r[0] for r in ws.q(ELIGIBLE_SQL, [key, dc.embedding_min_side])}
+                ok = {r[0] for r in ws.q(ELIGIBLE_SQL, eligible_params(key, dc))}
                 ids, vecs = load_all(ws.embeddings_dir(key), only=ok, dtype=np.float16)
                 if len(ids):  # K13: a row that is not finite and unit-length is excluded and counted
                     norms = row_norms(vecs)
@@ -228,6 +243,11 @@ def _containment(ws: Workspace, cfg: RunConfig, counters: dict[str, Any]) -> Non
         counters["edges"]["containment"] = _add_edges(
             ws, np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64), "containment",
             np.array([1.0 - r[6] for r in rows], np.float64))
+    elif dc.verified_min_fraction is not None:  # whole-picture copies only: a crop to 70 %, not a collage tile
+        whole = [r for r in rows if json.loads(r[5])["container_fraction"] >= dc.verified_min_fraction]
+        counters["edges"]["verified"] = _add_edges(
+            ws, np.array([r[0] for r in whole], np.int64), np.array([r[1] for r in whole], np.int64), "verified",
+            np.array([1.0 - r[6] for r in whole], np.float64))
 
 
 def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counters: dict[str, Any]) -> None:
@@ -269,7 +289,7 @@ def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counter
     con.execute(  # eligible samples, first stored copy of each id (part order, then row order)
         f"""CREATE OR REPLACE TEMP TABLE _ev_first AS SELECT part, r, sample_id, unit, k1, k2 FROM (
               SELECT *, row_number() OVER (PARTITION BY sample_id ORDER BY part, r) AS copy FROM _ev
-              WHERE sample_id IN ({ELIGIBLE_SQL})) WHERE copy = 1""", [key, dc.embedding_min_side])
+              WHERE sample_id IN ({ELIGIBLE_SQL})) WHERE copy = 1""", eligible_params(key, dc))
     n_eligible, n_bad = con.execute("SELECT count(*), count(*) FILTER (NOT unit) FROM _ev_first").fetchone()
     if n_eligible:
         counters["embedding_vectors_excluded"] = int(n_bad)

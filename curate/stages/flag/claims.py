@@ -40,6 +40,10 @@ phash          pHash Hamming distance ≤ threshold to a reference,      bits (0
                mirror-aware (min over hash/mirror hash, as dedup)
 embedding      cosine(sample, reference) ≥ threshold, same model and    cosine (−1…1)
                preprocessing as the catalog's image embeddings
+containment    the sample contains a copy of a reference, or is a      inliers (≥ 20)
+               crop of one: SIFT + RANSAC on the embedding's nearest
+               candidates (dedup.containment; region in evidence,
+               curate.stages.flag.references.containment_matches)
 cluster        in the same duplicate cluster as a direct match          NULL (see evidence)
                (``via_cluster`` true; evidence names the matched
                sample, its signal and the dup edge joining them)
@@ -59,18 +63,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from curate.errors import ConfigError
-from curate.media.images import open_image
-from curate.media.phash import gray32, phash_with_mirror
-from curate.models.feeder import ImageDataset, collate, forward, normalise
-from curate.models.recipe import image_key, image_spec, load_model
 from curate.stages.flag.patterns import lit, words_pattern
+from curate.stages.flag.references import reference_matches
 from curate.stages.flag.urls import canonical_url_sql, domain_hits_sql, normalise_domain
 from curate.store.catalog import file_fingerprint
-from curate.store.embeddings import float32_batches, iter_parts
 from curate.yamlconf import load_yaml, validate
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -348,51 +347,6 @@ def fingerprint(claims: list[Claim]) -> list:
 # ----------------------------------------------------------------------------------------------
 # matching
 
-def reference_features(paths: list[Path], cfg, need_embedding: bool) -> dict[str, Any]:
-    """sha256, pHash, mirror pHash and (optionally) the image embedding of reference images.
-
-    Decoded by the one image loader (:mod:`curate.media.images`) exactly as the hash and embed stages
-    decode catalog images, so a reference identical to a sample gets the same hash and vector.
-
-    Returns:
-        dict with ``files`` (list[str]), ``sha256`` (list[str]), ``ok`` (bool (n,)),
-        ``status`` (list[str]), ``phash`` / ``mirror`` (uint64 (n,), 0 where not ok),
-        ``vectors`` (float32 (n, d) L2-normalised, or None), ``key`` (embedding key or None).
-    """
-    files = [str(p) for p in paths]
-    shas, status, grays, ok = [], [], [], []
-    for p in paths:
-        data = p.read_bytes()
-        shas.append(hashlib.sha256(data).hexdigest())
-        d, im = open_image(data, max_pixels=cfg.hash.max_pixels)
-        status.append(d.status)
-        ok.append(im is not None)
-        grays.append(gray32(im) if im is not None else np.zeros((32, 32), np.uint8))
-    g = np.stack(grays) if grays else np.zeros((0, 32, 32), np.uint8)
-    h, m = phash_with_mirror(g) if len(g) else (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
-    okv = np.asarray(ok, bool)
-    out = {"files": files, "sha256": shas, "ok": okv, "status": status,
-           "phash": np.where(okv, h, 0).astype(np.uint64), "mirror": np.where(okv, m, 0).astype(np.uint64),
-           "vectors": None, "key": None}
-    if need_embedding and okv.any() and not cfg.embed.model.startswith("precomputed:"):
-        from torch.utils.data import DataLoader
-
-        spec = image_spec(cfg)
-        model = load_model(cfg)
-        items = [(i, f) for i, f in enumerate(files) if okv[i]]
-        vecs = np.zeros((len(files), model.dim), np.float32)
-        loader = DataLoader(ImageDataset(items, spec.preprocess, cfg.hash.max_pixels), batch_size=16,
-                            num_workers=0, collate_fn=collate)
-        for sids, x, _bad in loader:
-            if x is not None:
-                v, good = normalise(forward(model, x))
-                for sid, row, g_ in zip(sids, v, good):
-                    if g_:
-                        vecs[sid] = row
-        out["vectors"], out["key"] = vecs, spec.key
-    return out
-
-
 def _direct_matches(ws, claim: Claim, cfg, counters: dict) -> list[tuple]:
     """Rows (sample_id, signal, score, evidence, matched_reference) for one claim."""
     rows: list[tuple] = []
@@ -426,67 +380,6 @@ def _direct_matches(ws, claim: Claim, cfg, counters: dict) -> list[tuple]:
                                   claim.embedding_min_cosine if claim.embedding_min_cosine is not None
                                   else cfg.dedup.embedding_min_cosine,
                                   counters.setdefault("references", {}).setdefault(claim.claimant, {}))
-    return rows
-
-
-def vectors_above(folder: Path, queries: np.ndarray, min_cosine: float):
-    """Yield (sample_id, query column, cosine) for every stored vector of ``folder`` whose cosine
-    with a query is ≥ ``min_cosine``; ``queries`` is float32 (d, q), L2-normalised columns.
-    Parts are read memory-mapped and multiplied in blocks of 65,536 rows (float32)."""
-    for _, ids, vecs in iter_parts(folder):
-        for start, block in float32_batches(vecs):
-            sims = block @ queries
-            for r, c in zip(*np.nonzero(sims >= min_cosine)):
-                yield int(ids[start + r]), int(c), float(sims[r, c])
-
-
-def reference_matches(ws, cfg, refs: list[Path], phash_max: int | None, min_cosine: float | None,
-                      counters: dict) -> list[tuple]:
-    """Samples matching reference images by sha256, mirror-aware pHash and embedding cosine.
-
-    Args:
-        refs: image files.
-        phash_max: Hamming radius in bits (0–64), None = no pHash signal.
-        min_cosine: cosine threshold in (0, 1], None = no embedding signal.
-        counters: filled with per-reference decode status and hit counts.
-
-    Returns:
-        rows (sample_id, signal, score, evidence, matched_reference path).
-    """
-    key = image_key(cfg)
-    have_vectors = min_cosine is not None and bool(ws.scalar(
-        "SELECT count(*) FROM embeddings WHERE model = ? AND status = 'ok'", [key]))
-    feats = reference_features(refs, cfg, need_embedding=have_vectors)
-    if min_cosine is not None and not have_vectors:
-        counters["embedding"] = f"no image embeddings under {key} in the catalog (run embed): signal skipped"
-    rows: list[tuple] = []
-    for i, f in enumerate(feats["files"]):
-        name = Path(f).name
-        counters[name] = {"status": feats["status"][i]}
-        rows += [(sid, "sha256", 1.0, f"image bytes identical to reference {name} (sha256 {feats['sha256'][i][:16]}…)", f)
-                 for (sid,) in ws.q("SELECT sample_id FROM images WHERE sha256 = ?", [feats["sha256"][i]])]
-        if not feats["ok"][i]:
-            continue
-        if phash_max is not None:
-            h, m = int(feats["phash"][i]), int(feats["mirror"][i])
-            for sid, d, dm in ws.q(
-                "SELECT sample_id, bit_count(xor(phash, ?::UBIGINT)), "
-                "least(bit_count(xor(phash_mirror, ?::UBIGINT)), bit_count(xor(phash, ?::UBIGINT))) "
-                "FROM images WHERE phash IS NOT NULL AND (bit_count(xor(phash, ?::UBIGINT)) <= ? "
-                "OR bit_count(xor(phash_mirror, ?::UBIGINT)) <= ? OR bit_count(xor(phash, ?::UBIGINT)) <= ?)",
-                [h, h, m, h, phash_max, h, phash_max, m, phash_max]):
-                best = min(d, dm if dm is not None else 64)
-                how = "" if d <= best else " (mirror image)"
-                rows.append((sid, "phash", float(best), f"pHash {best} bits from reference {name}{how} ≤ {phash_max}", f))
-    if have_vectors and feats["vectors"] is not None:
-        ok = np.flatnonzero(feats["ok"])
-        R = np.ascontiguousarray(feats["vectors"][ok].T)
-        for sid, c, sim in vectors_above(ws.embeddings_dir(feats["key"]), R, min_cosine):
-            f = feats["files"][ok[c]]
-            rows.append((sid, "embedding", round(sim, 4), f"cosine {sim:.3f} to reference {Path(f).name} ≥ {min_cosine}", f))
-    for _sid, sig, _s, _e, f in rows:
-        c = counters.setdefault(Path(f).name, {})
-        c[sig] = c.get(sig, 0) + 1
     return rows
 
 

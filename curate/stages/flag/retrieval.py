@@ -4,7 +4,7 @@ concepts.
 They are evaluated in Python before the SQL of the pack runs: :func:`prepare_retrieval` fills one
 temp table per rule (one row per sample: best score, all evidence), which the rule's SQL
 (:func:`curate.stages.flag.basic.basic_sql`) reads. Reference images match as in claims
-(:func:`curate.stages.flag.claims.reference_matches`).
+(:func:`curate.stages.flag.references.reference_matches`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from curate.errors import ConfigError
 from curate.models.feeder import normalise
 from curate.models.recipe import image_key, load_model
 from curate.stages.flag.basic import retrieval_table
-from curate.stages.flag.claims import image_files, reference_matches, vectors_above
+from curate.stages.flag.claims import image_files
+from curate.stages.flag.references import reference_matches, vectors_above
 from curate.stages.flag.rules import Retrieval
 from curate.store.catalog import file_fingerprint
 

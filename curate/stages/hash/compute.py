@@ -10,10 +10,13 @@ import numpy as np
 
 from curate.media.images import open_image, read_ref
 from curate.media.phash import border_fraction, colourfulness, gray32_rgb, information, phash_with_mirror
+from curate.media.trim import some_edge_flat, trim_uniform_border
 
 
 def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
-    """(sample_id, image_ref) pairs → ``images`` rows, pHashes computed as one batch.
+    """(sample_id, image_ref) pairs → ``images`` rows, pHashes computed as one batch, each on
+    the picture without flat padding (:func:`trimmed_gray32`; colourfulness and border on the
+    whole image).
 
     Returns:
         one tuple per item in the ``images`` column order (see ``_SCHEMA``: …, ``phash`` uint64
@@ -34,7 +37,7 @@ def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
             try:
                 gray, rgb = gray32_rgb(im)
                 colour, border = colourfulness(rgb), border_fraction(gray if rgb is None else rgb)
-                grays.append(gray)
+                grays.append(trimmed_gray32(im, gray))
                 with_gray.append(len(rows))
             except Exception as e:  # noqa: BLE001 - never lose the row over its hash
                 d.notes.append(f"phash_failed: {type(e).__name__}: {e}")
@@ -51,6 +54,24 @@ def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
             rows[k][-4] = int(m)
             rows[k][-3] = int(q)
     return [tuple(r) for r in rows]
+
+
+def trimmed_gray32(im, gray: np.ndarray) -> np.ndarray:
+    """The 32×32 luma the pHash is taken on: of the picture without its flat padding
+    (:func:`curate.media.trim.trim_uniform_border`, the same trim as the descriptor's), so a
+    thumbnail pasted on a plain background or a letterboxed copy hashes like its original
+    (14–34 bits apart untrimmed, 0–2 trimmed: issue #16). ``gray``: the untrimmed image's
+    32×32 luma, returned as it is when no edge is flat (most images: 4 lines read)."""
+    if not some_edge_flat(im.convert("RGB") if im.mode != "RGB" else im):
+        return gray
+    a = np.asarray(im.convert("RGB") if im.mode != "RGB" else im)
+    t = trim_uniform_border(a)
+    if t.shape == a.shape:
+        return gray
+    from PIL import Image
+
+    small = Image.fromarray(np.ascontiguousarray(t))
+    return gray32_rgb(small if im.mode == "RGB" else small.convert("L"))[0]
 
 
 def hash_one(item: tuple[int, str], max_pixels: int) -> tuple:

@@ -51,7 +51,8 @@ def _insert(ws: Workspace, rows) -> None:
             con.unregister("_img_batch")
 
 
-HASH_VERSION = 4  # bump when the stage stores something new: 2 = phash_mirror, 3 = phash_quality, 4 = colourfulness, border
+HASH_VERSION = 5  # bump when the stage stores something new: 2 = phash_mirror, 3 = phash_quality, 4 = colourfulness, border,
+#                 5 = pHash of the border-trimmed picture (compute.trimmed_gray32)
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
@@ -68,6 +69,18 @@ def _forget_incomplete_rows(ws: Workspace) -> int:
         n = con.execute("DELETE FROM images WHERE phash IS NOT NULL AND (phash_mirror IS NULL OR phash_quality IS NULL "
                         "OR colourfulness IS NULL OR border IS NULL)"
                         ).fetchall()[0][0]
+    return int(n)
+
+
+def _forget_older_hashes(ws: Workspace) -> int:
+    """Forget every stored row when the last hash run stored an older :data:`HASH_VERSION`
+    whose pHash meant something else (before 5: taken on the untrimmed image), so this run
+    hashes them again. Returns how many were forgotten."""
+    last = ws.last_run("hash")
+    if last is None or int((last.get("counters") or {}).get("hash_version", 0)) >= 5:
+        return 0
+    with ws.transaction() as con:
+        n = con.execute("DELETE FROM images").fetchall()[0][0]
     return int(n)
 
 
@@ -117,6 +130,7 @@ def _commit(ws: Workspace, results, bs: int, total: int) -> int:
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     rehash = _forget_for_new_limit(ws, cfg.hash.max_pixels)
     rehash_mirror = _forget_incomplete_rows(ws)
+    rehash_version = _forget_older_hashes(ws)
     todo_sql = ("SELECT s.sample_id, s.image_ref FROM samples s ANTI JOIN images i USING (sample_id) "
                 "WHERE s.image_ref IS NOT NULL ORDER BY s.sample_id")
     bs = cfg.hash.batch_size
@@ -145,6 +159,8 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         "hashed": hashed,
         "rehashed_for_new_max_pixels": rehash,
         "rehashed_for_mirror_phash": rehash_mirror,
+        "rehashed_for_hash_version": rehash_version,
+        "hash_version": HASH_VERSION,
         "images_total": int(sum(by_status.values())),
         "by_status": by_status,
         "metadata_only": int(ws.scalar("SELECT count(*) FROM samples WHERE image_ref IS NULL")),

@@ -6,5 +6,5 @@ catalog tables it reads and writes: the stage runner derives the stage's upstrea
 """
 from curate.stages.report.stage import inputs, run  # noqa: F401
 
-READS: tuple[str, ...] = ('samples', 'images', 'clusters', 'flags', 'decisions')
+READS: tuple[str, ...] = ('samples', 'images', 'clusters', 'containment', 'flags', 'decisions')
 WRITES: tuple[str, ...] = ()

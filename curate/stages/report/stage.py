@@ -77,9 +77,21 @@ def build_context(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             "WHERE i.status <> 'ok' ORDER BY i.sample_id LIMIT 500"
         )
     ]
+    containment = []
+    for a, b, inliers, coverage, region in ws.q(
+            "SELECT container_id, contained_id, inliers, coverage, region FROM containment "
+            "ORDER BY score DESC, container_id, contained_id LIMIT ?", [rc.max_clusters]):
+        reg = json.loads(region)
+        refs = dict(ws.q("SELECT sample_id, image_ref FROM samples WHERE sample_id IN (?, ?)", [a, b]))
+        containment.append(dict(a=a, b=b, inliers=inliers, coverage=coverage, bbox=reg["bbox"],
+                                fraction=reg.get("container_fraction", 0.0), mirrored=bool(reg.get("mirrored")),
+                                a_thumb=thumbnail(refs.get(a), rc.thumb_px, cfg.hash.max_pixels)[0],
+                                b_thumb=thumbnail(refs.get(b), rc.thumb_px, cfg.hash.max_pixels)[0]))
     probes, probes_data = probe_context(ws, cfg, thumbnail)  # memorization probes (curate.probes), if any ran
     return dict(s=s, clusters=clusters, flagged=flagged, bad_images=bad, workspace=str(ws.root), thumb_px=rc.thumb_px,
-                probes=probes, probes_data=probes_data)
+                probes=probes, probes_data=probes_data, containment=containment,
+                containment_total=int(ws.scalar("SELECT count(*) FROM containment")),
+                verified_min_fraction=cfg.dedup.verified_min_fraction)
 
 
 def render(ctx: dict[str, Any]) -> str:
@@ -98,6 +110,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     html = render(ctx).encode("utf-8")
     atomic_write_bytes(d / "index.html", html)
-    data = {**ctx["s"], "probes": ctx["probes_data"]}
+    data = {**ctx["s"], "probes": ctx["probes_data"],
+            "containment": [{k: v for k, v in r.items() if not k.endswith("_thumb")} for r in ctx["containment"]]}
     atomic_write_bytes(d / "report.json", (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
     return {"clusters_shown": len(ctx["clusters"]), "bytes": len(html)}

@@ -14,7 +14,7 @@ from PIL import Image
 
 from curate import api
 from curate.config import RunConfig
-from curate.stages.dedup.containment import features, match, match_images, verify_pairs
+from curate.stages.dedup.containment import Params, features, match, match_images, verify_pairs
 from tests.conftest import SAMPLE
 from tests.conftest import query as _q
 
@@ -110,6 +110,15 @@ def test_verify_pairs_reads_references(tmp_path, coffee):
 
 # -- the dedup stage ---------------------------------------------------------------------------
 
+def _five_photos(d):
+    """Copy five distinct sample photos into a new folder ``d``; returns the coffee photo."""
+    d.mkdir()
+    for f in ["skimage_coffee.png", "skimage_astronaut.png", "sklearn_china.jpg", "skimage_chelsea.png",
+              "skimage_rocket.jpg"]:
+        shutil.copy(PHOTOS / f, d / f)
+    return _photo("skimage_coffee.png")
+
+
 @pytest.fixture(scope="module")
 def folder_ws(tmp_path_factory):
     """Five distinct photos, a crop of the coffee photo, and a collage (four of the photos as
@@ -117,11 +126,7 @@ def folder_ws(tmp_path_factory):
     neighbour is a candidate (``containment_min_cosine: -1``)."""
     tmp = tmp_path_factory.mktemp("containment")
     d = tmp / "imgs"
-    d.mkdir()
-    for f in ["skimage_coffee.png", "skimage_astronaut.png", "sklearn_china.jpg", "skimage_chelsea.png",
-              "skimage_rocket.jpg"]:
-        shutil.copy(PHOTOS / f, d / f)
-    coffee = _photo("skimage_coffee.png")
+    coffee = _five_photos(d)
     coffee.crop((150, 100, 450, 300)).save(d / "coffee_crop.png")
     col, box = _collage(_photo("skimage_astronaut.png"), area=0.4, pos=(420, 150))
     col.save(d / "collage.png")
@@ -203,3 +208,54 @@ def test_neighbour_pairs_keep_the_cosine_band_and_ivf_finds_the_exact_pairs():
     assert len(set(zip(i.tolist(), j.tolist()))) == len(i)  # each pair once
     vi, vj, _ = neighbour_pairs(x, 5, 0.5, 0.9, ivf_min_n=1000, nprobe=10_000)  # every list probed: exact
     assert np.array_equal(vi, i) and np.array_equal(vj, j)
+
+
+def test_mirrored_crop_is_found_with_its_box(coffee):
+    """A flipped copy matches through the mirrored descriptors (no second SIFT run)."""
+    from PIL import ImageOps
+
+    box = (60, 40, 540, 360)  # 80 % of each side
+    flipped = ImageOps.mirror(coffee.crop(box))
+    m = match_images(coffee, flipped)
+    assert m is not None and m.mirrored and m.container == 0
+    assert np.allclose(m.bbox, box, atol=4), m.bbox
+    assert m.region()["mirrored"] is True and 0.6 < m.container_fraction < 0.7
+    assert match_images(coffee, flipped, Params(mirror=False)) is None
+
+
+def test_thumbnail_on_a_plain_background_covers_the_whole_picture(coffee):
+    """container_fraction is measured inside the container's picture without its flat padding,
+    so a thumbnail pasted on a plain canvas is a whole-picture copy (→ a ``verified`` edge)."""
+    canvas = Image.new("RGB", (900, 900), (250, 250, 250))
+    canvas.paste(coffee.resize((300, 200)), (400, 500))
+    m = match_images(canvas, coffee)
+    assert m is not None and m.container == 0
+    assert np.allclose(m.bbox, (400, 500, 700, 700), atol=4)
+    assert m.container_fraction > 0.95
+
+
+def test_whole_picture_copies_join_clusters_and_partial_ones_do_not(tmp_path):
+    """Signal ``verified``: a crop to 70 % of each side and a rotated copy join their original's
+    cluster; a crop to 50 % and a collage tile stay containment rows."""
+    d = tmp_path / "imgs"
+    coffee = _five_photos(d)
+    coffee.crop((0, 0, 420, 280)).save(d / "coffee_crop70.png")  # top left; the 50 % crop is at the bottom right
+    coffee.crop((300, 200, 600, 400)).save(d / "coffee_crop50.png")
+    coffee.rotate(10, resample=Image.BICUBIC).save(d / "coffee_rot10.jpg", quality=90)
+    _collage(_photo("skimage_astronaut.png"), area=0.4, pos=(420, 150))[0].save(d / "collage.png")
+    cfg = RunConfig.model_validate({"sources": [{"name": "p", "images": str(d)}], "flag": {"packs": []},
+                                    "dedup": {"embedding_min_cosine": 0.99, "phash_max_distance": None}})
+    cfg.base_dir = str(tmp_path)
+    ws = tmp_path / "ws"
+    api.run(ws, cfg, stages=["ingest", "hash", "embed", "dedup"])
+    cl = _cluster_of(ws)
+    assert cl["coffee_crop70.png"] == cl["coffee_rot10.jpg"] == cl["skimage_coffee.png"]
+    assert cl.get("coffee_crop50.png") != cl["skimage_coffee.png"]
+    assert cl.get("collage.png") is None or cl.get("collage.png") != cl.get("skimage_astronaut.png")
+    rows = _rows(ws)
+    assert ("skimage_coffee.png", "coffee_crop50.png") in rows and ("collage.png", "skimage_astronaut.png") in rows
+    sig = {s for (s,) in _q(ws, "SELECT DISTINCT signal FROM dup_edges")}
+    assert sig == {"verified"}, sig
+    off = api.with_overrides(cfg, "dedup", {"verified_min_fraction": None})
+    api.run_one(ws, "dedup", off)
+    assert not _q(ws, "SELECT * FROM dup_edges")

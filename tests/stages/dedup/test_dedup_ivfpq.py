@@ -41,7 +41,10 @@ def _store(ws: Path) -> Path:
 
 
 def _dedup(ws: Path, search: str, monkeypatch=None, **dedup) -> dict:
-    cfg = api.with_overrides(api.workspace_config(ws), "dedup", {"embedding_search": search, **dedup})
+    """dedup with ``search``; containment off on both paths (ivfpq never loads the vectors, so it
+    skips containment: the searches are compared on the signals they share)."""
+    cfg = api.with_overrides(api.workspace_config(ws), "dedup",
+                             {"embedding_search": search, "containment": False, **dedup})
     if monkeypatch is not None:  # the cluster-scale path must never load every vector on the driver
         from curate.stages.dedup import stage as stage
 
@@ -73,7 +76,7 @@ def _split(ws: Path) -> dict:
     for f in folder.glob("part-*"):
         f.unlink()
     key = image_key(api.workspace_config(ws))
-    ok = np.array(sorted(r[0] for r in query(ws, ELIGIBLE_SQL, [key, 32])), np.int64)
+    ok = np.array(sorted(r[0] for r in query(ws, ELIGIBLE_SQL, [key, 32, 25])), np.int64)
     elig = np.flatnonzero(np.isin(ids, ok))
     parts = [(ids[k::5].copy(), vecs[k::5].copy()) for k in range(5)]
     # rows of eligible samples in parts 1, 2, 3, 4
@@ -108,7 +111,7 @@ def test_ivfpq_stage_on_split_parts_gives_the_exact_edges(sample_ws, tmp_path, m
     for k in ("rows", "unique", "identical_collapsed"):
         assert pq["embedding_search"][k] == ex["embedding_search"][k], k
     assert pq["embedding_vectors_excluded"] == 2
-    assert pq["embedding_search"]["identical_collapsed"] >= 34 and pq["embedding_search"]["recall"] == 1.0
+    assert pq["embedding_search"]["identical_collapsed"] >= 30 and pq["embedding_search"]["recall"] == 1.0
     _same_result(a, b)
     rep = {y: x for x, y in query(b, "SELECT a, b FROM dup_edges WHERE signal = 'embedding' AND distance = 0")}
     x, y = planted["identical"]  # one group: the larger id's star edge goes to the group's smallest id

@@ -110,7 +110,7 @@ def test_small_benchmark_through_the_pipeline(tmp_path):
               _item("images-captioned/fondant-cc25m/images/0_57.jpg", "distractor")]
     transforms = {k: dq.TRANSFORMS[k] for k in ("exact", "resize", "jpeg", "grayscale", "hflip")}
     res = dq.run_benchmark(tmp_path, items=items, transforms=transforms, phash_sweep=[0, 10],
-                           cosine_sweep=[0.92, 0.98], baseline=False, num_workers=0)
+                           cosine_sweep=[0.85, 0.98], baseline=False, num_workers=0)
     json.dumps(res)  # the results file is plain JSON
     assert res["dataset"]["originals"] == 6 and res["dataset"]["copies"] == 6 * 5
     comb = res["signals"]["combined"]["scores"]
@@ -136,7 +136,7 @@ def test_small_benchmark_through_the_pipeline(tmp_path):
     assert abl["no_phash_mirror"]["counters"]["edges"].get("phash_mirror", 0) == 0
     assert abl["default"]["counters"]["edges"]["phash_mirror"] >= 6  # one per mirror copy at least
     assert abl["no_phash_mirror"]["at_default_cosine"]["hflip"]["cluster"]["recall"] <= comb["hflip"]["cluster"]["recall"] == 1.0
-    assert all(v["same_clusters_as_real_run"] for v in abl.values())
+    assert all(v["same_clusters_as_real_run"] for v in abl.values()), {k: v["same_clusters_as_real_run"] for k, v in abl.items()}
     # sweeps ran through dedup re-runs; the offline grid reproduces the real default run
     assert [p["phash_max_distance"] for p in res["sweeps"]["phash"]] == [0, 10]
     assert res["grid_check"]["default_point_same_clusters_as_real_run"]

@@ -25,7 +25,9 @@ PHOTOS = ["skimage_astronaut.png", "skimage_coffee.png", "skimage_chelsea.png", 
 @pytest.fixture()
 def photo_ws(tmp_path):
     """A folder of 5 distinct real photos, a mirror copy of the coffee photo (JPEG), and 4
-    byte-identical copies of the cat photo; hashed; embeddings off (no model needed)."""
+    byte-identical copies of the cat photo; hashed; embedding edges and containment off (the
+    hash signals alone; the verified local-feature match of a mirror copy is tested in
+    test_containment)."""
     d = tmp_path / "imgs"
     d.mkdir()
     for f in PHOTOS:
@@ -34,7 +36,8 @@ def photo_ws(tmp_path):
     for k in range(4):
         shutil.copy(SAMPLE / "photos" / "datajuicer_cat.jpg", d / f"cat_copy{k}.jpg")
     cfg = RunConfig.model_validate({"sources": [{"name": "p", "images": str(d)}],
-                                    "dedup": {"embedding_min_cosine": None}, "flag": {"packs": ["quality"]}})
+                                    "dedup": {"embedding_min_cosine": None, "containment": False},
+                                    "flag": {"packs": ["quality"]}})
     cfg.base_dir = str(tmp_path)
     ws = tmp_path / "ws"
     api.run(ws, cfg, stages=["ingest", "hash"])

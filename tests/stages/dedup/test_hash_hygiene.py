@@ -62,3 +62,43 @@ def test_flat_images_never_merge_and_broken_files_are_never_duplicates(tmp_path)
     assert summary["input_rows"] == summary["kept"] + summary["removed"] + summary["rejected"] == 15
     dedup = [r for r in query(ws, "SELECT counters FROM runs WHERE stage = 'dedup' AND status = 'ok'")][-1][0]
     assert json.loads(dedup)["phash_low_information"] == 7
+
+
+def test_flat_images_get_no_embedding_edges_even_at_a_loose_cosine(tmp_path):
+    """Descriptors of flat pictures of different colours are alike (SSCD: cosine ≈ 0.9), so the
+    information score gates embedding edges as it gates pHash edges; with the gate off they merge."""
+    _folder(tmp_path / "imgs")
+
+    def flat_clusters(quality: int) -> list[set[str]]:
+        cfg = RunConfig.model_validate({
+            "sources": [{"name": "f", "images": "imgs"}], "flag": {"packs": []}, "embed": {"model": "sscd_distilled"},
+            "dedup": {"phash_max_distance": None, "embedding_min_cosine": 0.5, "embedding_min_quality": quality,
+                      "containment": False}})
+        cfg.base_dir = str(tmp_path)
+        ws = tmp_path / f"ws{quality}"
+        api.run(ws, cfg)
+        name = dict(query(ws, "SELECT sample_id, regexp_extract(image_ref, '[^/]+$') FROM samples"))
+        clusters: dict[int, set[str]] = {}
+        for sid, cid in query(ws, "SELECT sample_id, cluster_id FROM clusters"):
+            clusters.setdefault(cid, set()).add(name[sid])
+        return [c for c in clusters.values() if any(f.startswith(("flat_", "placeholder")) for f in c)]
+
+    assert flat_clusters(25) == []
+    assert flat_clusters(0), "the gate is what keeps flat images apart"
+
+
+def test_phash_is_taken_on_the_border_trimmed_picture(tmp_path):
+    """A thumbnail pasted on a plain background hashes like the same downscale without it
+    (14–34 bits apart when the pHash was taken on the untrimmed image: issue #16)."""
+    from curate.stages.hash.compute import hash_items
+
+    photo = Image.open(SAMPLE / "photos" / "skimage_coffee.png").convert("RGB")
+    thumb = photo.resize((160, 107), Image.LANCZOS)
+    canvas = Image.new("RGB", (400, 400), (245, 245, 245))
+    canvas.paste(thumb, (120, 146))
+    thumb.save(tmp_path / "thumb.png")
+    canvas.save(tmp_path / "canvas.png")
+    rows = hash_items([(0, str(tmp_path / "thumb.png")), (1, str(tmp_path / "canvas.png"))], max_pixels=10**8)
+    thumb_h, canvas_h = (int(r[5]) for r in rows)
+    assert bin(thumb_h ^ canvas_h).count("1") <= 2
+    assert rows[1][-1] > 0.3  # the border measure still sees the padding (keeper: no_border)

@@ -102,6 +102,12 @@ def test_dedup_with_ivfpq_gives_the_exact_clusters_on_the_sample(sample_ws, tmp_
     for name in ("catalog.duckdb", "config.json"):
         shutil.copy(local / name, ws / name)
     shutil.copytree(local / "embeddings", ws / "embeddings")
+    # the exact search on the same catalog, containment off (ivfpq skips it: it never loads the vectors)
+    exact = tmp_path / "exact"
+    shutil.copytree(ws, exact)
+    api.run_one(exact, "dedup", api.with_overrides(api.workspace_config(exact), "dedup", {"containment": False}),
+                force=True)
+    local = exact
     cfg = api.with_overrides(api.workspace_config(ws), "dedup", {"embedding_search": "ivfpq"})
     monkeypatch.setattr(dedup, "load_all", lambda *a, **k: pytest.fail("load_all on the ivfpq path"))
     out = api.run_one(ws, "dedup", cfg, force=True)["counters"]

@@ -22,7 +22,8 @@ UKBENCH = SAMPLE / "near-dup" / "imagededup" / "base_images" / "ukbench00120.jpg
 UKBENCH_COPIES = {"near-dup/imagededup/base_images/ukbench00120.jpg",
                   "near-dup/imagededup/mixed_images/ukbench00120_hflip.jpg",
                   "near-dup/imagededup/mixed_images/ukbench00120_resize.jpg",
-                  "near-dup/imagededup/ukbench00120_gray.jpg"}
+                  "near-dup/imagededup/ukbench00120_gray.jpg",
+                  "near-dup/imagededup/mixed_images/ukbench00120_rotation.jpg"}  # by containment
 
 
 
@@ -40,7 +41,7 @@ def claimed(sample_ws, tmp_path_factory):
                                      "reference_images: [refs]\n")
     (tmp / "cc.csv").write_text("field,value\nclaimant,Creative Commons\ncontact,legal@cc.example\n"
                                 "domain,https://i.creativecommons.org/\n")
-    (tmp / "do-not-train.txt").write_text("# registry export\nguaixe.eus\n")
+    (tmp / "do-not-train.txt").write_text("# registry export\nconkerwiki.com\n")
     cfg = api.workspace_config(ws, SAMPLE / "curate.yaml")
     cfg = api.with_overrides(cfg, "flag", {"claims": [str(tmp / "agency.yaml"), str(tmp / "cc.csv")],
                                            "opt_out": [str(tmp / "do-not-train.txt")]})
@@ -75,6 +76,8 @@ def test_reference_image_claim_gets_the_original_and_its_near_duplicate_copies(c
     assert set(direct) == {"near-dup/imagededup/base_images/ukbench00120.jpg"}  # byte-identical original
     flip = [r for r in rows if sample_file_of(r[0]).endswith("_hflip.jpg") and r[2] == "phash"]
     assert flip and "mirror image" in flip[0][4]
+    rot = [r for r in rows if sample_file_of(r[0]).endswith("_rotation.jpg") and r[2] == "containment"]
+    assert rot and "region [" in rot[0][4] and "inliers" in rot[0][4], rows
     assert counters["claimants"]["UKBench Photo Agency"]["samples"] == len(files)
     removed = _q(ws, "SELECT s.image_ref FROM decisions d JOIN samples s USING (sample_id) "
                      "WHERE list_contains(d.reasons, 'claim:ukbench-photo-agency')")
@@ -102,8 +105,9 @@ def test_domain_claim_gets_every_sample_of_the_domain_plus_copies_under_other_ur
 def test_opt_out_list_propagates_to_duplicates(claimed):
     ws, _, _ = claimed
     rows = _matches(ws, "do-not-train")
-    assert {r[1].split("/")[2] for r in rows if not r[3]} == {"guaixe.eus"}
-    assert any(r[3] and "guaixe.eus" not in r[1] for r in rows)  # a copy on another site
+    hosts = {r[1].split("/")[2] for r in rows if not r[3]}
+    assert hosts and all(h == "conkerwiki.com" or h.endswith(".conkerwiki.com") for h in hosts), hosts
+    assert any(r[3] and "conkerwiki.com" not in r[1] for r in rows)  # a copy on another site
     reasons = _q(ws, "SELECT count(*) FROM decisions WHERE list_contains(reasons, 'opt_out:do-not-train')")[0][0]
     assert reasons == len({r[6] for r in rows})
 
