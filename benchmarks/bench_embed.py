@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in chosen:
         d, im = open_image(p.read_bytes(), draft=pre.draft)
         if im is not None:
-            tensors.append(pre(im))
+            tensors.append(torch.from_numpy(pre.pixels_hwc(im)))  # uint8 (H, W, 3), as the feeder's workers give them
     # batches as the feeder collates them: one stacked tensor, or a list of sizes (presets without a crop)
     batches = [collate([(k, t, "ok") for k, t in enumerate(tensors[i : i + a.batch_size])])[1]
                for i in range(0, len(tensors), a.batch_size)]

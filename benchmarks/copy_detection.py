@@ -854,7 +854,7 @@ def render_docs(res: dict) -> str:
     ds = res["dataset"]
     lines = [SECTION, "",
              (f"`{res['command']}` — {ds['files']} files: {ds['originals']} real originals "
-             f"(short side ≥ 64 px, from `shared/data` via `dedup_quality.collect_items`), one copy each per "
+             f"(short side ≥ 64 px, from the `--data` folder via `dedup_quality.collect_items`), one copy each per "
              f"transform ({len(TRANSFORMS)} transforms, {ds['copies']} copies), {ds['distractors']} distractors "
              f"(smaller real images, no copies) and {ds['flat']} flat images (solid colours, solid + JPEG or pixel "
              f"noise, gradients, \"no longer available\" placeholders; none a copy of another). "
