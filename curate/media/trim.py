@@ -1,5 +1,6 @@
-"""Flat padding around a picture: :func:`some_edge_flat` (cheap test) and
-:func:`trim_uniform_border` (the crop). One trim for every consumer, so the descriptor
+"""Flat padding around a picture: :func:`some_edge_flat` (cheap test), :func:`trim_box` /
+:func:`trim_uniform_border` (the crop of an array) and :func:`picture_box` (both, on a Pillow
+image). One trim for every consumer, so the descriptor
 (:mod:`curate.models.preprocess`) and the pHash (:mod:`curate.stages.hash.compute`) see the
 same picture: a thumbnail pasted on a plain background, a letterboxed or
 img2dataset-``border``-padded copy matches its original."""
@@ -76,3 +77,24 @@ def some_edge_flat(im, tol: int = 10) -> bool:
         if (np.abs(line - c) <= tol).all():
             return True
     return False
+
+
+def picture_box(im, tol: int = 10, max_fraction: float = 0.45) -> tuple[int, int, int, int] | None:
+    """The picture inside flat padding of a decoded Pillow image ('RGB' or 'L'):
+    :func:`some_edge_flat` first (4 lines read), then :func:`trim_box` on its RGB pixels.
+
+    Args:
+        tol, max_fraction: as :func:`trim_box` (0–255 levels; fraction of a side per edge).
+
+    Returns:
+        (x0, y0, x1, y1) in the image's pixels, for ``im.crop``; None when nothing is trimmed.
+    """
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    if not some_edge_flat(rgb, tol):
+        return None
+    a = np.asarray(rgb)
+    h, w = a.shape[:2]
+    y0, y1, x0, x1 = trim_box(a, tol, max_fraction)
+    if (y0, y1, x0, x1) == (0, h, 0, w):
+        return None
+    return x0, y0, x1, y1

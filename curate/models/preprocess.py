@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from curate.errors import ConfigError
-from curate.media.trim import some_edge_flat, trim_uniform_border  # noqa: F401  (re-exported)
+from curate.media.trim import picture_box, trim_uniform_border  # noqa: F401  (trim_uniform_border: re-exported by curate.models)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,11 +90,9 @@ class Preprocess:
             im = Image.fromarray(np.ascontiguousarray(im))
         if im.mode != "RGB":
             im = im.convert("RGB")
-        if self.trim_border and some_edge_flat(im):
-            a = np.asarray(im)
-            t = trim_uniform_border(a)
-            if t.shape != a.shape:
-                im = Image.fromarray(np.ascontiguousarray(t))
+        box = picture_box(im) if self.trim_border else None
+        if box is not None:
+            im = im.crop(box)
         w, h = im.size
         filt = getattr(Image.Resampling, self.interpolation.upper())
         if self.resize_mode == "squash":

@@ -65,7 +65,7 @@ import numpy as np
 
 from curate.config import DedupConfig, RunConfig
 from curate.media.images import DEFAULT_MAX_PIXELS, open_image, read_ref
-from curate.media.trim import some_edge_flat, trim_box
+from curate.media.trim import picture_box
 from curate.stages.dedup.clusters import components
 from curate.store.catalog import Workspace
 from curate.store.embeddings import load_all
@@ -208,17 +208,13 @@ CONTENT_MAX_TRIM = 0.9
 
 
 def _content_box(im, full: tuple[int, int]) -> tuple[float, float, float, float] | None:
-    """The picture inside flat padding (:func:`curate.media.trim.trim_box`, up to
+    """The picture inside flat padding (:func:`curate.media.trim.picture_box`, up to
     :data:`CONTENT_MAX_TRIM` of a side per edge), in full decoded pixels (None: nothing to trim)."""
-    rgb = im if im.mode == "RGB" else im.convert("RGB")
-    if not some_edge_flat(rgb):
+    box = picture_box(im, max_fraction=CONTENT_MAX_TRIM)
+    if box is None:
         return None
-    a = np.asarray(rgb)
-    h, w = a.shape[:2]
-    y0, y1, x0, x1 = trim_box(a, max_fraction=CONTENT_MAX_TRIM)
-    if (y0, y1, x0, x1) == (0, h, 0, w):
-        return None
-    fx, fy = full[0] / w, full[1] / h
+    x0, y0, x1, y1 = box
+    fx, fy = full[0] / im.width, full[1] / im.height
     return (x0 * fx, y0 * fy, x1 * fx, y1 * fy)
 
 

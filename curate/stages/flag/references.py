@@ -117,24 +117,32 @@ def reference_matches(ws, cfg, refs: list[Path], phash_max: int | None, min_cosi
     if have_vectors and feats["vectors"] is not None:
         ok = np.flatnonzero(feats["ok"])
         R = np.ascontiguousarray(feats["vectors"][ok].T)
-        for sid, c, sim in vectors_above(ws.embeddings_dir(feats["key"]), R, min_cosine):
-            f = feats["files"][ok[c]]
-            rows.append((sid, "embedding", round(sim, 4), f"cosine {sim:.3f} to reference {Path(f).name} ≥ {min_cosine}", f))
-    if have_vectors and feats["vectors"] is not None and cfg.dedup.containment:
-        rows += containment_matches(ws, cfg, feats, rows)
+        contain = cfg.dedup.containment
+        floor = min(min_cosine, cfg.dedup.containment_min_cosine) if contain else min_cosine
+        near: dict[int, list[tuple[float, int]]] = {}  # one pass over the parts for both signals
+        for sid, c, sim in vectors_above(ws.embeddings_dir(feats["key"]), R, floor):
+            if sim >= min_cosine:
+                f = feats["files"][ok[c]]
+                rows.append((sid, "embedding", round(sim, 4), f"cosine {sim:.3f} to reference {Path(f).name} ≥ {min_cosine}", f))
+            if contain and sim >= cfg.dedup.containment_min_cosine:
+                near.setdefault(int(ok[c]), []).append((sim, sid))
+        if contain:
+            rows += containment_matches(ws, cfg, feats, near, rows)
     for _sid, sig, _s, _e, f in rows:
         c = counters.setdefault(Path(f).name, {})
         c[sig] = c.get(sig, 0) + 1
     return rows
 
 
-def containment_matches(ws, cfg, feats: dict[str, Any], found: list[tuple]) -> list[tuple]:
+def containment_matches(ws, cfg, feats: dict[str, Any], near: dict[int, list[tuple[float, int]]],
+                        found: list[tuple]) -> list[tuple]:
     """Samples that contain a copy of a reference image, or that a reference contains (a crop of
     it), verified by SIFT + RANSAC (:func:`curate.stages.dedup.containment.match`) — what the
     whole-image signals miss: crops, rotations, perspective, frames, collage tiles.
 
     Candidates per reference: the ``dedup.containment_neighbours`` × 5 samples of highest
-    cosine ≥ ``dedup.containment_min_cosine`` to it (same model as the catalog's embeddings),
+    cosine ≥ ``dedup.containment_min_cosine`` to it (``near``: reference index in ``feats`` →
+    [(cosine, sample id)], from :func:`reference_matches`' one pass over the embedding parts),
     minus those the other signals already matched to that reference. Cost: one SIFT run per
     reference and per candidate sample (≈ 0.1 s of CPU each) and one match per pair (≈ 2 ms).
 
@@ -143,23 +151,18 @@ def containment_matches(ws, cfg, feats: dict[str, Any], found: list[tuple]) -> l
         the direction, the region (bbox in the container's decoded pixels), inliers and coverage.
     """
     dc = cfg.dedup
-    ok = np.flatnonzero(feats["ok"])
-    if not len(ok):
-        return []
     k = dc.containment_neighbours * 5
-    R = np.ascontiguousarray(feats["vectors"][ok].T)
-    best: dict[int, list[tuple[float, int]]] = {}
-    for sid, c, sim in vectors_above(ws.embeddings_dir(feats["key"]), R, dc.containment_min_cosine):
-        best.setdefault(c, []).append((sim, sid))
     done = {(sid, f) for sid, _sig, _s, _e, f in found}
+    cand_ids = sorted({sid for v in near.values() for _, sid in v})
     info = {int(r[0]): (r[1], int(r[2]), int(r[3])) for r in ws.q(
         "SELECT s.sample_id, s.image_ref, i.width, i.height FROM samples s JOIN images i USING (sample_id) "
-        "WHERE i.status = 'ok' AND s.image_ref IS NOT NULL")}
+        "WHERE i.status = 'ok' AND s.image_ref IS NOT NULL AND s.sample_id IN (SELECT unnest(?::BIGINT[]))",
+        [cand_ids])} if cand_ids else {}
     p = params_of(dc)
     cache = FeatureCache(max_items=1024)
     rows: list[tuple] = []
-    for c, cands in best.items():
-        f = feats["files"][ok[c]]
+    for c, cands in near.items():
+        f = feats["files"][c]
         fr = ref_features(f, p, max_pixels=cfg.hash.max_pixels)
         if fr is None:
             continue

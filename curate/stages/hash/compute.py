@@ -10,7 +10,7 @@ import numpy as np
 
 from curate.media.images import open_image, read_ref
 from curate.media.phash import border_fraction, colourfulness, gray32_rgb, information, phash_with_mirror
-from curate.media.trim import some_edge_flat, trim_uniform_border
+from curate.media.trim import picture_box
 
 
 def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
@@ -62,16 +62,8 @@ def trimmed_gray32(im, gray: np.ndarray) -> np.ndarray:
     thumbnail pasted on a plain background or a letterboxed copy hashes like its original
     (14–34 bits apart untrimmed, 0–2 trimmed: issue #16). ``gray``: the untrimmed image's
     32×32 luma, returned as it is when no edge is flat (most images: 4 lines read)."""
-    if not some_edge_flat(im.convert("RGB") if im.mode != "RGB" else im):
-        return gray
-    a = np.asarray(im.convert("RGB") if im.mode != "RGB" else im)
-    t = trim_uniform_border(a)
-    if t.shape == a.shape:
-        return gray
-    from PIL import Image
-
-    small = Image.fromarray(np.ascontiguousarray(t))
-    return gray32_rgb(small if im.mode == "RGB" else small.convert("L"))[0]
+    box = picture_box(im)
+    return gray if box is None else gray32_rgb(im.crop(box))[0]
 
 
 def hash_one(item: tuple[int, str], max_pixels: int) -> tuple:
