@@ -101,6 +101,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CurateError as e:
             raise click.ClickException(str(e)) from None
+        except Exception as e:  # a full disk or a read-only folder, from any writer: one line, not a traceback
+            from curate import api
+
+            err = api.explain_error(e, (ctx.obj or {}).get("workspace"))
+            if err is None:
+                raise
+            raise click.ClickException(str(err)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,7 +143,7 @@ def _print_json(data) -> None:
 
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@click.option("--force", is_flag=True, help="Re-run every stage even if up to date.")
+@click.option("--force", is_flag=True, help="Re-run every stage even if up to date (hash reads every image again).")
 @click.pass_context
 def run(ctx, config, force):
     """Run every stage with CONFIG (a curate.yaml); prints the summary as JSON.
@@ -166,9 +173,18 @@ def status(ctx, as_json):
     for stage, info in st.items():
         counters = ", ".join(f"{k}={v}" for k, v in info.get("counters", {}).items() if not isinstance(v, (dict, list)))
         state = info["status"] + (" (out of date: an upstream stage ran since)" if info.get("out_of_date") else "")
+        if info.get("changed_images"):
+            state = (f"{info['status']} (out of date: {info['changed_images']} image file(s) changed since they were "
+                     "hashed; `curate run` hashes them again)")
         click.echo(f"{stage:8s} {state:10s} {counters}")
         if info.get("error"):
             click.echo(f"         error: {info['error'].splitlines()[0]}")
+        if info.get("run"):  # a run holds the catalog: what its status.json says
+            r, p = info["run"], info["run"].get("progress")
+            done = f", {p['desc']} {p['done']}/{p['total'] if p['total'] is not None else '?'} {p['unit']}" if p else ""
+            where = ", between stages" if r.get("between_stages") else ""
+            click.echo(f"         run in progress: pid {r['pid']}, started {r['started']}{where}{done} "
+                       f"(as of {r['written']})")
 
 
 @main.command()
@@ -193,15 +209,25 @@ def schemas(as_json):
             click.echo(f"    {canon:12s} <- {' | '.join(alts)}{req}")
 
 
+def _cwd_path(value: str, key: str) -> str:
+    """A path given on the command line, made absolute against the working directory (paths in a
+    config file resolve against the config's folder); a shipped pack name (no '/', no .yaml) as is."""
+    from pathlib import Path
+
+    if key == "packs" and not (value.endswith((".yaml", ".yml")) or "/" in value):
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
 def _make_stage_command(stage: str):
     def cmd(ctx, config, force, dry_run=False, **opts):
         from curate import api
 
         ws = _ws(ctx)
         cfg = api.workspace_config(ws, config)
-        for many in ("packs", "claims", "opt_out"):  # repeatable options: not given = as configured
+        for many in ("packs", "claims", "opt_out"):  # repeatable options: replace the configured list; not given = as configured
             if many in opts:
-                opts[many] = list(opts[many]) or None
+                opts[many] = [_cwd_path(v, many) for v in opts[many]] or None
         schema = opts.pop("schema", None)
         if schema:
             cfg = api.with_schema(cfg, schema)
@@ -216,7 +242,7 @@ def _make_stage_command(stage: str):
     params = [
         click.option("--config", "-c", type=click.Path(exists=True, dir_okay=False),
                      help="curate.yaml (default: the workspace's last config)."),
-        click.option("--force", is_flag=True, help="Run even if up to date."),
+        click.option("--force", is_flag=True, help="Run even if up to date (hash: read and hash every image again)."),
     ]
     for opt, key, typ, hlp in STAGE_OPTIONS[stage]:
         if typ is None:
@@ -328,6 +354,9 @@ def probe_import(ctx, folder, prompts, gen_set, config):
 @click.option("--replicated-similarity", type=float, help="top-1 similarity above which a generation is replicated")
 @click.option("--close-similarity", type=float, help="top-1 similarity above which a generation is close")
 @click.option("--background-sample", type=int, help="training images in the train-to-train background (default 2000)")
+@click.option("--containment/--no-containment", default=None,
+              help="verify each generation against its nearest training images with SIFT + RANSAC: a verified "
+              "containment is a partial replication (default: on)")
 @click.option("--name", "gen_set", help="score one generation set (default: all)")
 @click.pass_context
 def probe_score(ctx, config, sscd, gen_set, **opts):

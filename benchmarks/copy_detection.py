@@ -56,6 +56,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -655,12 +656,74 @@ def run_curate(work: Path, folder: Path, truth: list, overrides: dict, name: str
            "scores": score(g, truth, ignore)}
     if getattr(cfg.dedup, "containment", False):
         res["scores"]["containment"] = containment_scores(contained, truth, ignore)
+    res["scores"]["keeper"] = keeper_scores(ws, truth, cfg.dedup.keeper_rule)
     log(f"  {name}: {wall:.0f} s, {brief(res['scores'])}")
     if sweep and getattr(cfg.dedup, "containment", False):
         log("  sweeps skipped: containment is on (each dedup run verifies features again)")
     elif sweep:
         res["sweeps"] = curate_sweeps(ws, cfg, truth, index, ignore, cosine_sweep, phash_sweep)
     return res
+
+
+#: the keeper rule before issue #16's trainer criteria (colour and border only, then pixels): the control
+OLD_KEEPER_RULE = ["image_ok", "not_flagged", "has_caption", "colour", "no_border", "pixels", "aesthetic",
+                   "similarity", "smallest_id"]
+
+
+def keeper_scores(ws: Path, truth: list, rule: list[str], control: list[str] = OLD_KEEPER_RULE) -> dict:
+    """Which copy each cluster keeps, under the run's keeper rule and under ``control`` (ranked
+    read-only over the same clusters). Counted over clusters holding one original and only
+    copies of it: ``original_kept`` (share), and per transform the clusters that kept that copy
+    instead of the original (a mirror or a colour change is as good a picture; a crop, a meme, a
+    frame, a JPEG at q30 or a thumbnail is not)."""
+    import duckdb
+
+    from curate.stages.dedup.keeper import ranked_sql
+
+    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+    try:
+        key = dict(con.execute("SELECT sample_id, key FROM samples").fetchall())
+        members = con.execute("SELECT sample_id, cluster_id FROM clusters").fetchall()
+        ranked = {name: dict(con.execute(
+            f"SELECT cluster_id, sample_id FROM ({ranked_sql(r, 'clusters', None)}) WHERE keeper_rank = 1").fetchall())
+            for name, r in (("rule", rule), ("control", control))}
+    finally:
+        con.close()
+    by_file = {t.file: t for t in truth}
+    groups: dict[int, list] = {}
+    for sid, cid in members:
+        groups.setdefault(cid, []).append(by_file.get(key[sid]))
+    out: dict[str, Any] = {}
+    for name, keepers in ranked.items():
+        n = kept = 0
+        won: dict[str, int] = {}
+        for cid, ts in groups.items():
+            if None in ts or len({t.group for t in ts}) != 1 or sum(t.role == "original" for t in ts) != 1 \
+                    or any(t.role not in ("original", "copy") for t in ts):
+                continue
+            n += 1
+            k = by_file[key[keepers[cid]]]
+            if k.role == "original":
+                kept += 1
+            else:
+                won[k.transform] = won.get(k.transform, 0) + 1
+        out[name] = {"clusters": n, "original_kept": round(kept / max(n, 1), 4),
+                     "copy_kept": dict(sorted(won.items(), key=lambda kv: -kv[1]))}
+    out["rule"]["keeper_rule"], out["control"]["keeper_rule"] = list(rule), list(control)
+    return out
+
+
+def keeper_lines(name: str, k: dict) -> str:
+    """The keeper paragraph of the docs section: :func:`keeper_scores` under the run's rule and
+    the control, in one run."""
+    def won(d: dict) -> str:
+        return ", ".join(f"{t} {n}" for t, n in d["copy_kept"].items()) or "none"
+    return (f"{name}: keeper (which copy stays; over the {k['rule']['clusters']} clusters holding one original "
+            f"and only its copies): the original is kept in {k['rule']['original_kept']:.1%} of them with the "
+            f"default `keeper_rule` ({' > '.join(k['rule']['keeper_rule'])}); clusters keeping a copy instead, by "
+            f"transform: {won(k['rule'])}. Control, the same clusters ranked by the rule before the trainer "
+            f"criteria ({' > '.join(k['control']['keeper_rule'])}): {k['control']['original_kept']:.1%}; "
+            f"{won(k['control'])}.")
 
 
 def read_containment(ws: Path, index: dict[str, int]) -> list[tuple[int, int, dict]]:
@@ -893,6 +956,11 @@ def render_docs(res: dict) -> str:
                   "| transform | copies | recall | right direction | with region |", "|---|---|---|---|---|"]
         for t, x in c["transforms"].items():
             lines.append(f"| {t} | {x['copies']} | {_r(x['recall'])} | {_r(x['direction'])} | {_r(x['with_region'])} |")
+    for s in ok:
+        k = s["scores"].get("keeper")
+        if not k:
+            continue
+        lines += ["", keeper_lines(s["name"], k)]
     lines += ["", ("Recall of original–copy pairs per transform (each transform scored with only its own copies "
               "present; precision of the pairs involving those copies in brackets):"), "",
               "| transform | level(s) | group | " + " | ".join(s["name"] for s in ok) + " |",

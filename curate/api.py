@@ -8,6 +8,7 @@ Example::
 """
 from __future__ import annotations
 
+import difflib
 import json
 import time
 from pathlib import Path
@@ -17,11 +18,19 @@ from curate.config import RunConfig, load_config, with_overrides, with_schema  #
 from curate.errors import ConfigError, CurateError
 from curate.probes import PROBE_STAGES, generate, score, select
 from curate.progress import set_quiet  # noqa: F401  (part of the API: the CLI's --quiet)
-from curate.stages import check_upstream, never_run_upstream, out_of_date, record_run, run_stage
+from curate.stages import check_upstream, downstream, never_run_upstream, out_of_date, record_run, run_stage
+from curate.models.image import weights_file
+from curate.models.recipe import caption_key, image_key
 from curate.stages.flag.claims import run_claims
+from curate.stages.flag.retrieval import retrieval_fingerprint
+from curate.stages.flag.rules import Retrieval
+from curate.stages.hash.changes import count_changed
 from curate.stages.flag.stage import hit_counts, load_claims, load_packs
 from curate.stages.ingest.schemas import Layout, load_layouts
-from curate.store.catalog import STAGES, Workspace, digest_of
+from curate.store import fsio, runstate
+from curate.store.catalog import STAGES, CatalogLocked, Workspace, digest_of
+from curate.store.fsio import atomic_write_bytes
+from curate.yamlconf import near_files
 
 CONFIG_FILE = "config.json"
 
@@ -35,7 +44,8 @@ def open_workspace(root: str | Path, cfg: RunConfig | None = None) -> Workspace:
 def save_config(ws_root: Path, cfg: RunConfig) -> None:
     data = cfg.model_dump(mode="json", by_alias=True)
     data["__base_dir__"] = cfg.base_dir
-    (Path(ws_root) / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    # atomic: a killed or disk-full command never leaves a truncated config for the next one
+    atomic_write_bytes(Path(ws_root) / CONFIG_FILE, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def workspace_config(ws_root: str | Path, config_path: str | Path | None = None) -> RunConfig:
@@ -56,6 +66,49 @@ def workspace_config(ws_root: str | Path, config_path: str | Path | None = None)
     return cfg
 
 
+def check_config(cfg: RunConfig) -> None:
+    """Check every name and file ``cfg`` refers to, before any stage runs (so a typo in the flag
+    section never costs an ingest, a hash and an embedding pass): the metadata layouts
+    (``sources[].schema``), the image and caption models (``embed.model``,
+    ``embed.caption_model``; names only, no weights loaded), every rule pack (shipped name or
+    file, its rules and regular expressions, classifier names, retrieval reference files), every
+    claim file and opt-out list (read and validated, their URL lists and reference images
+    found). Paths are taken as the config holds them: relative ones against the config's folder.
+
+    Raises:
+        ConfigError: the first bad value, naming it, where it comes from, the closest valid
+            choice and the valid choices (or the closest file names beside a missing file).
+    """
+    layouts = load_layouts()
+    for src in cfg.sources:
+        if src.schema_ != "auto" and src.schema_ not in layouts:
+            near = difflib.get_close_matches(src.schema_, list(layouts), n=1, cutoff=0.6)
+            raise ConfigError(f"source {src.name!r}: unknown schema {src.schema_!r}"
+                              + (f"; did you mean {near[0]!r}?" if near else "")
+                              + f"; known: auto, {', '.join(sorted(layouts))}")
+    ec = cfg.embed
+    if ec.model.startswith("precomputed:"):
+        if not ec.precomputed:
+            raise ConfigError(f"embed.model {ec.model!r} imports vectors made elsewhere: list their files under "
+                              "embed.precomputed (vectors, metadata, key)")
+    else:
+        image_key(cfg)  # resolves the name and preprocessing (no weights loaded)
+        f = weights_file(ec.model)
+        if f is not None and not f.is_file():
+            raise ConfigError(f"embed.model {ec.model!r}: weights file {f} not found{near_files(f.absolute())}")
+    if ec.caption_model:
+        caption_key(cfg)
+    packs = load_packs(cfg)
+    retrieval_fingerprint(packs)  # every reference image of a retrieval rule exists
+    for rule in (r for p in packs for r in p.rules if isinstance(r, Retrieval) and r.text):
+        if not ec.model.startswith("open_clip:"):
+            raise ConfigError(f"retrieval rule {rule.id!r}: text concepts need an image model with a text tower in "
+                              f"the same space (embed.model: open_clip:<arch>/<pretrained>); {ec.model} has none")
+    for claim in load_claims(cfg):
+        claim.all_urls()
+        claim.reference_files()
+
+
 def run(workspace: str | Path, config: str | Path | RunConfig, *, stages: list[str] | None = None,
         force: bool = False) -> dict[str, Any]:
     """Run the pipeline (all stages, or ``stages`` in pipeline order). An upstream stage of one
@@ -65,8 +118,13 @@ def run(workspace: str | Path, config: str | Path | RunConfig, *, stages: list[s
     Returns:
         {'stages': [per-stage result, in the order they ran, each with its 'stage' name],
         'summary': out/summary.json contents or None}
+
+    Raises:
+        ConfigError: a bad name or missing file anywhere in the config (:func:`check_config`),
+            before any stage runs or the catalog is created.
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config)
+    check_config(cfg)  # a bad name fails here, before any stage (or the catalog) exists
     ws = open_workspace(workspace, cfg)
     try:
         save_config(ws.root, cfg)
@@ -93,8 +151,10 @@ def run_one(workspace: str | Path, stage: str, cfg: RunConfig, *, force: bool = 
         results of the upstream stages this call ran (empty when none was missing).
 
     Raises:
+        ConfigError: a bad name or missing file anywhere in ``cfg`` (:func:`check_config`), before anything runs.
         CurateError: an upstream stage's last run failed (re-run it first), or the stage's own errors.
     """
+    check_config(cfg)
     ws = open_workspace(workspace, cfg)
     try:
         save_config(ws.root, cfg)
@@ -104,17 +164,72 @@ def run_one(workspace: str | Path, stage: str, cfg: RunConfig, *, force: bool = 
         ws.close()
 
 
+def explain_error(e: BaseException, workspace: str | Path | None = None) -> CurateError | None:
+    """The user-facing error for an unexpected exception, or None when it has none: a full disk
+    (ENOSPC / EDQUOT / EFBIG, from Python or DuckDB) anywhere → :class:`curate.errors.DiskFullError`
+    naming the file; a write refused by permissions or a read-only filesystem inside ``workspace``
+    → :class:`curate.errors.NotWritableError`. The CLI prints it as one line instead of a traceback."""
+    err = fsio.disk_full_error(e)
+    path = fsio.error_path(e)
+    if err is None and workspace and path and Path(workspace).resolve() in Path(path).resolve().parents:
+        err = fsio.not_writable_error(e, Path(workspace).resolve())  # only for writes inside the workspace
+    return err
+
+
 def status(workspace: str | Path) -> dict[str, Any]:
-    """Per stage: last run status and counters. Raises CurateError if there is no catalog."""
+    """Per stage: last run status and counters; ``out_of_date`` on a stage whose outputs are
+    older than an upstream run, and on hash and every stage after it when image files changed
+    since they were hashed (``hash.changed_images``: how many, by size, mtime or presence —
+    :func:`curate.stages.hash.changes.count_changed`; one ``stat`` per image file).
+
+    The catalog is opened for writing when it can be (an older catalog gets its new columns), else
+    read-only, so status works while notebooks hold read-only connections. While a run holds the
+    catalog (DuckDB then lets no other process open it), the figures come from the
+    ``status.json`` the run keeps (:mod:`curate.store.runstate`): the stages as they stood when
+    the running stage started, and that stage's entry gains ``run``: ``{pid, host, started,
+    progress: {desc, done, total, unit, updated} or null, written, stage, source: 'status.json'}``.
+    Between two stages of a command (``stage`` null) the entry of the stage it finished last
+    gains ``run`` with ``between_stages: true`` and ``started``: when the command opened the workspace.
+
+    Raises:
+        CurateError: there is no catalog, or another process (not a curate run) holds it.
+    """
     if not (Path(workspace) / "catalog.duckdb").is_file():
         raise CurateError(f"{workspace} holds no curate catalog (run `curate --workspace {workspace} run CONFIG.yaml`)")
-    ws = open_workspace(workspace)
+    state = runstate.read(workspace)
+    try:
+        try:
+            ws = open_workspace(workspace)
+        except CurateError:  # held by another process (or not writable): read alongside it
+            ws = Workspace.read_only(workspace)
+    except CatalogLocked as e:
+        if not runstate.alive(state):
+            raise CurateError(f"{e}; no curate run is in progress there (a notebook with a read-write "
+                              "connection?): close that connection, or open it with read_only=True") from None
+        st = state["stages"]
+        run = {k: state.get(k) for k in ("pid", "host", "started", "progress", "written", "stage")} \
+            | {"source": "status.json"}
+        if state.get("stage"):
+            st[state["stage"]] = {**st.get(state["stage"], {}), "status": "running", "run_id": state["run_id"],
+                                  "started": state["started"], "run": run}
+        else:  # the command holds the workspace between two stages (or before its first)
+            at = state.get("last_stage") if state.get("last_stage") in st else next(iter(st))
+            st[at] = {**st[at], "run": run | {"started": state.get("opened"), "between_stages": True}}
+        for name in out_of_date(st):
+            st[name]["out_of_date"] = True
+        return st
     try:
         st = ws.status()
+        changed = count_changed(ws) if st["hash"].get("status") == "ok" else 0
     finally:
         ws.close()
     for name in out_of_date(st):
         st[name]["out_of_date"] = True
+    if changed:  # image files replaced, deleted or restored since they were hashed: `curate run` re-hashes them
+        st["hash"]["changed_images"] = changed
+        for name in ("hash", *downstream("hash")):
+            if st[name].get("status") == "ok":
+                st[name]["out_of_date"] = True
     return st
 
 

@@ -2,7 +2,9 @@
 
 A config names the inputs (``sources``) and one section per stage. Unknown keys are
 errors that name the file and line (see :mod:`curate.yamlconf`). Relative paths are
-resolved against the config file's folder. Example: ``examples/sample/curate.yaml``.
+resolved against the config file's folder (paths given on the command line are made absolute
+against the working directory by the CLI first). Every name and file a config refers to is
+checked before a run starts (:func:`curate.api.check_config`). Example: ``examples/sample/curate.yaml``.
 """
 from __future__ import annotations
 
@@ -79,6 +81,13 @@ class IngestConfig(_Closed):
     on_bad_file: Literal["error", "skip"] = Field(
         "error", description="a file that cannot be read at all (0-byte parquet, not a tar, no layout fits): "
         "stop with its error, or record it as a source with 0 rows and the error as its note and go on"
+    )
+    follow_symlinks: Literal["inside", "never", "always"] = Field(
+        "inside", description="symbolic links among input files (image folders, sidecars, img2dataset image "
+        "folders, a metadata file's relative image paths): 'inside' reads a link only when it resolves inside its "
+        "source folder, 'never' reads none, 'always' reads every one. A link not read makes its row a reject "
+        "(`symlink_outside_source` / `symlink_not_followed`) or a sidecar a per-row note; a path with '..' that "
+        "leaves the images folder is refused the same way"
     )
     duckdb_threads: int | None = Field(None, ge=1)
     duckdb_memory_limit: str | None = Field(
@@ -202,7 +211,9 @@ class DedupConfig(EngineConfig):
         "docs/BENCHMARKS.md; 8 chains distinct pictures there: precision 0.91 → 0.59; imagededup's default is 10)"
     )
     phash_min_side: int = Field(
-        32, ge=1, description="images smaller than this on either side get no pHash edges (too little signal)"
+        24, ge=1, description="images smaller than this on either side get no pHash edges (too little signal; 24: a "
+        "quarter-size copy of a 160 × 120 picture is 40 × 30 and matches its original — full-image recall 0.925 → "
+        "0.95 on the copy-detection benchmark, docs/BENCHMARKS.md)"
     )
     phash_min_quality: int = Field(
         25, ge=0, le=100, description="images whose pHash information score (images.phash_quality, 0 = flat, "
@@ -219,7 +230,9 @@ class DedupConfig(EngineConfig):
     )
     embedding_min_side: int = Field(
         32, ge=1, description="images smaller than this on either side get no embedding edges (icons and tiny "
-        "badges embed alike; measured in docs/BENCHMARKS.md, near-duplicate quality)"
+        "badges embed alike: with no floor efficientnet_lite0 merged 13 distinct images, docs/BENCHMARKS.md "
+        "near-duplicate quality; at 24 sscd_distilled joins the bundled sample's 88 × 31 'CC BY' and 'CC BY-SA' "
+        "badges at cosine 0.94)"
     )
     embedding_min_quality: int = Field(
         25, ge=0, le=100, description="images whose information score images.phash_quality is below this get no "
@@ -280,10 +293,10 @@ class DedupConfig(EngineConfig):
         "its original's cluster; off by default: a collage would chain unrelated pictures into one cluster"
     )
     keeper_rule: list[
-        Literal["image_ok", "not_flagged", "has_caption", "colour", "no_border", "pixels", "aesthetic", "similarity",
-                "smallest_id"]
-    ] = Field(["image_ok", "not_flagged", "has_caption", "colour", "no_border", "pixels", "aesthetic", "similarity",
-               "smallest_id"], description="the keeper of a cluster: first under these criteria, in order "
+        Literal["image_ok", "not_flagged", "has_caption", "colour", "whole_picture", "no_border", "no_additions",
+                "compression", "pixels", "aesthetic", "similarity", "smallest_id"]
+    ] = Field(["image_ok", "not_flagged", "has_caption", "no_additions", "colour", "whole_picture", "no_border",
+               "compression", "pixels", "aesthetic", "similarity", "smallest_id"], description="the keeper of a cluster: first under these criteria, in order "
               "(curate.stages.dedup.keeper, docs/ARCHITECTURE.md)")
 
     @field_validator("keeper_rule")
@@ -375,6 +388,10 @@ class ProbeConfig(_Closed):
     tiled_l2_max: float = Field(0.15, ge=0, description="score: tiled l2 at or below which a generation is "
                                 "replicated (Carlini et al. 2023, delta)")
     tiles: int = Field(4, ge=1, description="score: tiles per side for the tiled l2 (Carlini et al.: 4)")
+    containment: bool = Field(True, description="score: verify each generation against its nearest training images "
+                              "with SIFT + RANSAC (curate.stages.dedup.containment); a verified containment either way "
+                              "(the generation holds a copy of the training picture or of part of it, or the reverse) "
+                              "is a partial replication (Somepalli et al. 2023)")
     l2_px: int = Field(512, ge=16, description="score: both images resized (short side) and centre-cropped to this "
                        "square before the tiled l2 (Carlini et al.: 512)")
     background_sample: int = Field(2000, ge=1, description="score: training images whose nearest other training "

@@ -7,6 +7,7 @@ and the field path that is wrong.
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,13 +43,46 @@ def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def load_yaml(path: str | Path) -> tuple[Any, yaml.Node | None]:
-    """Parse ``path``; return (data, node tree). Raises ConfigError on syntax errors."""
+def read_text(path: str | Path) -> str:
+    """The text of a file the user writes (config, rule pack, claim file, opt-out or URL list):
+    UTF-8, a leading byte-order mark dropped. No fallback encoding: a Latin-1 list read as
+    something else would silently match other domains.
+
+    Raises:
+        ConfigError: the file cannot be read, or is not UTF-8 — naming the file, the line and
+            column, and the byte offset of the first byte that is not UTF-8, and how to fix it.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} (line {line}, "
+            f"column {col}); save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+
+
+def near_files(p: Path) -> str:
+    """'; did you mean X?' naming the files beside ``p`` whose names are closest to its own
+    (empty when none is close or its folder does not exist)."""
+    try:
+        names = [q.name for q in p.parent.iterdir()]
+    except OSError:
+        return f" (folder {p.parent} does not exist)" if not p.parent.exists() else ""
+    near = difflib.get_close_matches(p.name, names, n=3, cutoff=0.75)
+    return f"; did you mean {' or '.join(repr(str(p.parent / n)) for n in near)}?" if near else ""
+
+
+def load_yaml(path: str | Path) -> tuple[Any, yaml.Node | None]:
+    """Parse ``path``; return (data, node tree). Raises ConfigError on syntax errors and on a
+    file that is not UTF-8 (:func:`read_text`)."""
+    path = Path(path)
+    text = read_text(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -73,6 +107,8 @@ def validate(model: type[M], data: Any, path: str | Path, node: yaml.Node | None
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (not allowed here)" + _key_fix(model, loc)
+            elif err["type"] in ("literal_error", "enum"):  # name the bad value, and the nearest allowed one
+                msg += f", not {err['input']!r}" + _value_fix(err)
             lines.append(f"{where}: {field} → {msg}")
         raise ConfigError("invalid file:\n  " + "\n  ".join(lines)) from None
 
@@ -119,6 +155,15 @@ def _key_fix(model: Any, loc: tuple[Any, ...]) -> str:
     allowed = sorted(k for k in fields if k != "base")
     near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
     return (f"; did you mean {near[0]!r}?" if near else "") + f"; allowed here: {', '.join(allowed)}"
+
+
+def _value_fix(err: dict) -> str:
+    """'; did you mean X?' for a value outside a closed set of choices."""
+    choices = [str(c) for c in ((err.get("ctx") or {}).get("expected_choices") or [])]
+    if not choices:  # pydantic gives them as text: "'a', 'b' or 'c'"
+        choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+    near = difflib.get_close_matches(str(err.get("input")), choices, n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 def load_model(model: type[M], path: str | Path) -> M:

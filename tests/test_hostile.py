@@ -284,3 +284,169 @@ def test_deeply_nested_or_huge_json_sidecars_are_row_notes_never_a_crash(tmp_pat
             assert len(n) == 1 and n[0].startswith("bad_json(") and "nested deeper than" in n[0], n
         for n in notes[2::3]:
             assert len(n) == 1 and n[0].startswith("sidecar_too_large(") and str(MAX_SIDECAR_BYTES) in n[0], n
+
+
+# ----------------------------------------------------------------------------------------------
+# Symbolic links and paths leaving an input folder (ingest.follow_symlinks)
+
+SECRET = "SECRET-0xC0FFEE"
+FAST = {"dedup": {"sha256": False, "phash_max_distance": None, "embedding_min_cosine": None, "containment": False},
+        "flag": {"packs": []}}
+
+
+def _picture(i: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (12 + i, 9), (30 * i % 256, 200, 90)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _outside(tmp_path) -> Path:
+    """Files outside every input folder: a secret text and a secret picture."""
+    o = tmp_path / "elsewhere"
+    o.mkdir()
+    (o / "secret.txt").write_text(SECRET)
+    (o / "secret.png").write_bytes(_picture(9) + SECRET.encode())
+    return o
+
+
+def _linked_folder(tmp_path) -> Path:
+    o = _outside(tmp_path)
+    img = tmp_path / "img"
+    img.mkdir()
+    (img / "leak.png").write_bytes(_picture(1))
+    (img / "leak.txt").symlink_to(o / "secret.txt")  # a caption sidecar leading out
+    (img / "x.png").symlink_to(o / "secret.png")  # an image leading out
+    (img / "real.png").write_bytes(_picture(2))
+    (img / "alias.png").symlink_to("real.png")  # a link that stays inside
+    return img
+
+
+def _every_output_text(ws: Path) -> str:
+    out = [p.read_bytes().decode("utf-8", "replace") for p in (ws / "out").rglob("*") if p.is_file()]
+    out += [repr(_q(ws, "SELECT * FROM samples")), repr(_q(ws, "SELECT * FROM rejects"))]
+    return "\n".join(out)
+
+
+def test_symlinks_leaving_an_image_folder_are_never_read(tmp_path):
+    _linked_folder(tmp_path)
+    ws = tmp_path / "ws"
+    cfg = _cfg(tmp_path, [{"name": "f", "images": "img"}], **FAST)
+    api.run_one(ws, "export", cfg)
+    assert SECRET not in _every_output_text(ws)
+    rej = {r[0]: r[1] for r in _q(ws, "SELECT json_extract_string(raw, '$.file'), reason FROM rejects")}
+    assert set(rej) == {"x.png"} and rej["x.png"].startswith("symlink_outside_source: x.png → ")
+    rows = {r[0]: r[1:] for r in _q(ws, "SELECT key, caption, notes, image_ref FROM samples")}
+    assert rows["leak.png"][0] is None
+    assert rows["leak.png"][1] == [f"symlink_outside_source(txt): leak.txt → {tmp_path.resolve()}/elsewhere/secret.txt; "
+                                   "not read"]
+    assert rows["alias.png"][2] == str((tmp_path / "img" / "real.png").resolve())  # inside: followed, stored resolved
+    c = json.loads((ws / "out" / "summary.json").read_text())
+    c = c.get("counts", c)
+    assert c["input_rows"] == 4 == c["kept"] + c["removed"] + c["rejected"] and c["rejected"] == 1
+
+
+def test_follow_symlinks_never_and_always(tmp_path):
+    _linked_folder(tmp_path)
+    for policy, rejected in (("never", {"x.png", "alias.png"}), ("always", set())):
+        ws = tmp_path / f"ws-{policy}"
+        api.run_one(ws, "ingest", _cfg(tmp_path, [{"name": "f", "images": "img"}], ingest={"follow_symlinks": policy}))
+        rej = {r[0]: r[1] for r in _q(ws, "SELECT json_extract_string(raw, '$.file'), reason FROM rejects")}
+        assert set(rej) == rejected
+        assert all(v.startswith("symlink_not_followed: ") for v in rej.values())
+
+
+def test_metadata_file_paths_leaving_the_images_folder_are_never_read(tmp_path):
+    o = _outside(tmp_path)
+    img = tmp_path / "img"
+    img.mkdir()
+    (img / "ok.png").write_bytes(_picture(3))
+    (img / "out.png").symlink_to(o / "secret.png")
+    pq.write_table(pa.table({"url": [f"https://a.example/{i}.png" for i in range(4)], "caption": list("abcd"),
+                             "file": ["ok.png", "../elsewhere/secret.png", "out.png", "/../elsewhere/secret.png"]}),
+                   tmp_path / "m.parquet")
+    ws = tmp_path / "ws"
+    api.run_one(ws, "export", _cfg(tmp_path, [{"name": "m", "metadata": "m.parquet", "images": "img"}], **FAST))
+    rows = _q(ws, "SELECT s.source_row, i.status, i.detail, i.n_bytes, s.notes FROM samples s "
+                  "JOIN images i USING (sample_id) ORDER BY s.source_row")
+    assert rows[0][1] == "ok"
+    for r in rows[1:]:
+        assert r[1] == "missing" and r[3] is None, r
+        assert r[2].startswith(("path_outside_source: ", "symlink_outside_source: ")), r
+        assert r[4] and r[4][0].startswith(("path_outside_source(image_ref)", "symlink_outside_source(image_ref)")), r
+
+
+def test_a_file_swapped_for_a_symlink_after_ingest_is_not_read(tmp_path):
+    o = _outside(tmp_path)
+    img = tmp_path / "img"
+    img.mkdir()
+    (img / "a.png").write_bytes(_picture(4))
+    (img / "b.png").write_bytes(_picture(5))
+    ws = tmp_path / "ws"
+    cfg = _cfg(tmp_path, [{"name": "f", "images": "img"}])
+    api.run_one(ws, "ingest", cfg)
+    (img / "a.png").unlink()
+    (img / "a.png").symlink_to(o / "secret.png")
+    api.run_one(ws, "hash", cfg)
+    rows = dict((k, r) for k, *r in _q(ws, "SELECT s.key, i.status, i.detail, i.n_bytes FROM samples s "
+                                           "JOIN images i USING (sample_id)"))
+    assert rows["b.png"][0] == "ok"
+    assert rows["a.png"][0] == "missing" and rows["a.png"][2] is None and rows["a.png"][1].startswith("symlink: ")
+
+
+def test_claim_paths_outside_the_claim_folder_are_config_errors(tmp_path):
+    from curate.stages.flag.claims import load_all
+
+    o = _outside(tmp_path)
+    d = tmp_path / "claims"
+    (d / "refs").mkdir(parents=True)
+    (d / "refs" / "ok.png").write_bytes(_picture(6))
+    (d / "refs" / "link.png").symlink_to(o / "secret.png")
+    (d / "urls.txt").symlink_to(o / "secret.txt")
+    cases = {"up.yaml": "reference_images: [../elsewhere/secret.png]",
+             "abs.yaml": f"reference_images: [{o / 'secret.png'}]",
+             "list.yaml": "url_lists: [../elsewhere/secret.txt]",
+             "linked-list.yaml": "url_lists: [urls.txt]"}
+    for name, body in cases.items():
+        (d / name).write_text(f"claimant: C {name}\n{body}\n")
+        with pytest.raises(ConfigError, match=r"outside the claim file's folder"):
+            load_all([str(d / name)], [])
+    (d / "folder.yaml").write_text("claimant: F\nreference_images: [refs]\n")
+    [claim] = load_all([str(d / "folder.yaml")], [])
+    with pytest.raises(ConfigError, match=r"link.png .*outside the claim file's folder"):
+        claim.reference_files()
+    (d / "refs" / "link.png").unlink()
+    assert [p.name for p in claim.reference_files()] == ["ok.png"]
+
+
+def test_struct_image_paths_in_a_table_never_leave_its_folder(tmp_path):
+    """A Hugging Face ``Image`` cell (``struct<bytes, path>``) with no bytes names a file by path:
+    only a regular file inside the table's own folder is read (a relative path, or an absolute
+    one inside it); an absolute path, ``..``, a link or a URI leading out, and a FIFO are refused
+    with a reason, never read, never a crash."""
+    import os
+
+    o = _outside(tmp_path)
+    d = tmp_path / "tbl"
+    (d / "pics").mkdir(parents=True)
+    (d / "pics" / "ok.png").write_bytes(_picture(7))
+    (d / "pics" / "out.png").symlink_to(o / "secret.png")
+    (d / "pics" / "in.png").symlink_to("ok.png")  # a link that stays inside the folder
+    os.mkfifo(d / "pics" / "pipe.png")
+    paths = ["pics/ok.png", str(d / "pics" / "ok.png"), str(o / "secret.png"), "../elsewhere/secret.png",
+             "pics/../../elsewhere/secret.png", "pics/out.png", "pics/pipe.png", (o / "secret.png").as_uri(),
+             "pics/in.png", "pics"]
+    t = pa.table({"image": pa.array([{"bytes": None, "path": p} for p in paths],
+                                    pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                  "text": [f"c{i}" for i in range(len(paths))]})
+    pq.write_table(t, d / "hf.parquet")
+    ws = tmp_path / "ws"
+    api.run_one(ws, "export", _cfg(tmp_path, [{"name": "hf", "metadata": "tbl/hf.parquet"}], **FAST))
+    assert SECRET not in _every_output_text(ws)
+    rows = _q(ws, "SELECT s.source_row, i.status, i.detail, i.n_bytes FROM samples s JOIN images i USING (sample_id) "
+                  "ORDER BY s.source_row")
+    assert [r[1] for r in rows] == ["ok", "ok"] + ["missing"] * 6 + ["ok", "missing"], rows
+    for r in rows[2:8]:
+        assert r[3] is None and "not read" in r[2] and "image_path_" in r[2], r
+    assert "not_a_regular_file" in rows[6][2] and "not_a_regular_file" in rows[9][2], rows

@@ -114,6 +114,18 @@ def test_former_misses_join_through_verified_local_features(by_file, sample_db):
         assert signal in signals, (copy, signals)
 
 
+def test_small_badges_join_only_when_they_show_the_same_picture(by_file):
+    """88 × 31 badges: two byte groups of the "Powered by MediaWiki" badge (one picture, encoded
+    twice) join through the pHash (from 24 px); "CC BY" and "CC BY-SA" (different pictures,
+    cosine 0.94 with sscd_distilled) stay apart — embedding edges start at 32 px."""
+    def cluster(name):
+        (row,) = by_file[f"fondant-cc25m/images/{name}"][:1]
+        return row["cluster_id"]
+
+    assert cluster("0_57.jpg") is not None and cluster("0_57.jpg") == cluster("0_260.jpg")  # MediaWiki
+    assert cluster("0_46.jpg") != cluster("0_55.jpg")  # CC BY, CC BY-SA
+
+
 def test_no_cluster_mixes_two_scikit_image_photos(by_file):
     clusters = collections.defaultdict(set)
     for f, rows in by_file.items():

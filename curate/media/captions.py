@@ -21,6 +21,15 @@ Definitions (SQL over ``samples`` in :func:`compute`):
   ``template_count`` = samples with the template; ``template_variants`` = distinct normalised
   captions among them (≥ 2 means captions that differ only in numbers or names).
 
+- **long captions** (over :data:`KEY_CHARS` characters, e.g. a 100 MB caption): compared by an
+  md5 of the whole caption lower-cased (no NFC, whitespace as is), never by their text, and
+  each is its own template; so the statistics' memory and time are bounded by the number of
+  captions, not by their length. ``long_captions`` counts them.
+
+Groups are formed on :data:`KEY_SQL` (a 128-bit md5 of the normalised caption), never on the
+text itself; the counters show at most :data:`SHOWN_CHARS` characters of a caption, with its
+full length in ``caption_chars``.
+
 Columns of ``caption_stats``: sample_id BIGINT, caption_group BIGINT (smallest sample_id of the
 group), caption_count INTEGER ≥ 1, caption_images INTEGER ≥ 1, template_group BIGINT,
 template_count INTEGER ≥ 1, template_variants INTEGER ≥ 1. Samples without a caption have no row.
@@ -38,6 +47,15 @@ TEMPLATE_SQL = (
     "'\\s+', ' ', 'g')))"
 )
 
+#: captions longer than this (characters) are compared by a hash of the whole text, not normalised
+KEY_CHARS = 4096
+#: characters of a caption shown in counters (``top_captions``)
+SHOWN_CHARS = 200
+#: the caption's group key, UHUGEINT: md5 of :data:`NORM_SQL` (md5 of the lower-cased text for long captions)
+KEY_SQL = f"(CASE WHEN length(caption) <= {KEY_CHARS} THEN md5_number({NORM_SQL}) ELSE md5_number(lower(caption)) END)"
+#: the caption's template key, UHUGEINT (a long caption is its own template)
+TEMPLATE_KEY_SQL = f"(CASE WHEN length(caption) <= {KEY_CHARS} THEN md5_number({TEMPLATE_SQL}) ELSE {KEY_SQL} END)"
+
 
 def compute(ws) -> dict[str, Any]:
     """Rebuild ``caption_stats`` from ``samples`` (and ``images`` for image identity).
@@ -45,15 +63,19 @@ def compute(ws) -> dict[str, Any]:
     Returns counters: captioned, caption_groups_repeated (groups of ≥ 2 samples),
     samples_with_repeated_caption, caption_groups_many_images (one caption over ≥ 2 different
     images), templates_with_variants (templates with ≥ 2 distinct captions),
-    samples_in_template_groups, top_captions (10 largest groups: caption, samples, images).
+    samples_in_template_groups, long_captions (compared by hash, see the module doc),
+    top_captions (10 largest groups: caption (normalised, at most SHOWN_CHARS characters and
+    '…' when cut), caption_chars (its full length), samples, images).
     """
     con = ws.con
     con.execute("DELETE FROM caption_stats")
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cap AS
-        SELECT s.sample_id, {NORM_SQL.replace('caption', 's.caption')} AS norm,
-               {TEMPLATE_SQL.replace('caption', 's.caption')} AS tmpl,
-               coalesce(i.sha256, s.url, CAST(s.sample_id AS VARCHAR)) AS img
+        SELECT s.sample_id, {KEY_SQL.replace('caption', 's.caption')} AS norm,
+               {TEMPLATE_KEY_SQL.replace('caption', 's.caption')} AS tmpl,
+               md5_number(coalesce(i.sha256, s.url, CAST(s.sample_id AS VARCHAR))) AS img,
+               {NORM_SQL.replace('caption', f'left(s.caption, {2 * SHOWN_CHARS})')} AS shown,
+               length(s.caption) AS chars
         FROM samples s LEFT JOIN images i USING (sample_id)
         WHERE s.caption IS NOT NULL AND trim(s.caption) <> ''"""
     )
@@ -67,9 +89,11 @@ def compute(ws) -> dict[str, Any]:
         FROM _cap"""
     )
     top = ws.q(
-        """SELECT any_value(c.norm), count(*) AS n, count(DISTINCT c.img) FROM _cap c
-           GROUP BY c.norm HAVING n > 1 ORDER BY n DESC, any_value(c.norm) LIMIT 10"""
+        """SELECT arg_min(c.shown, c.sample_id), arg_min(c.chars, c.sample_id), count(*) AS n, count(DISTINCT c.img)
+           FROM _cap c GROUP BY c.norm HAVING n > 1 ORDER BY n DESC, arg_min(c.shown, c.sample_id), min(c.sample_id)
+           LIMIT 10"""
     )
+    long = int(ws.scalar(f"SELECT count(*) FROM _cap WHERE chars > {KEY_CHARS}"))
     con.execute("DROP TABLE _cap")
     r = ws.q(
         """SELECT count(*),
@@ -83,5 +107,7 @@ def compute(ws) -> dict[str, Any]:
     keys = ["captioned", "caption_groups_repeated", "samples_with_repeated_caption", "caption_groups_many_images",
             "templates_with_variants", "samples_in_template_groups"]
     out: dict[str, Any] = {k: int(v or 0) for k, v in zip(keys, r)}
-    out["top_captions"] = [{"caption": c, "samples": int(n), "images": int(m)} for c, n, m in top]
+    out["long_captions"] = long
+    out["top_captions"] = [{"caption": c[:SHOWN_CHARS] + ("…" if len(c) > SHOWN_CHARS or k > 2 * SHOWN_CHARS else ""),
+                            "caption_chars": int(k), "samples": int(n), "images": int(m)} for c, k, n, m in top]
     return out

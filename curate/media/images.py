@@ -36,21 +36,27 @@ docs/IMAGES.md):
 - JPEG draft mode (``draft=``) decodes at 1/2, 1/4 or 1/8 scale when the consumer needs
   fewer pixels (embedding); recorded sizes stay the full ones.
 
-Status values: ``ok``, ``missing`` (no file), ``zero_size`` (0 bytes, or a header size of 0),
-``not_an_image`` (no decoder recognises the bytes), ``truncated``, ``too_large``,
-``decode_error`` (a recognised image that fails to decode), ``unsupported_mode``. Other
+Status values: ``ok``, ``missing`` (no file; also a local file that is not read because its
+path now passes through a symbolic link, :func:`link_refusal`; a table cell's ``path`` outside the
+table's folder or not a regular file, :func:`curate.media.refs.cell_path_refusal`), ``zero_size`` (0 bytes, or a
+header size of 0), ``not_an_image`` (no decoder recognises the bytes), ``unsupported_format``
+(an image format curate has no decoder for, told by its magic bytes: SVG text, HEIC/HEIF and
+AVIF ``ftyp`` brands; detail ``unsupported_format(svg): …``), ``truncated``, ``too_large``,
+``decode_error`` (a recognised image that fails to decode), ``unsupported_mode``; the hash stage
+also records ``unreadable`` (:func:`read_ref` raised OSError: the OS refused the file). Other
 observations are ``notes`` on an ``ok`` image.
 """
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from curate.media.refs import read_table_ref
+from curate.media.refs import parse_ref, read_table_ref, table_missing_reason
 from curate.store.fsio import is_uri, read_bytes, read_range
 
 BACKGROUND = (255, 255, 255)  # fixed compositing background for transparent pixels
@@ -96,27 +102,91 @@ def read_ref(image_ref: str) -> bytes | None:
 
     Raises:
         ValueError: malformed reference.
+        OSError: the file is there but cannot be read (PermissionError, an I/O error); the hash
+            stage records it as status ``unreadable``.
     """
-    if image_ref.startswith(("parquet:", "arrow:", "missing:")):
+    ref = parse_ref(image_ref)
+    if ref.kind in ("parquet", "arrow", "missing"):
         return read_table_ref(image_ref)
-    if image_ref.startswith("tar:"):
-        _, off, size, rest = image_ref.split(":", 3)
-        shard = rest.rsplit("#", 1)[0]
+    if ref.kind == "tar":
+        shard, off, size = ref.file, ref.row, ref.size
         if is_uri(shard):  # a shard on object storage (s3://, gs://, …): a ranged read
-            return read_range(shard, int(off), int(size))
+            return read_range(shard, off, size)
         try:
-            with open(shard, "rb") as f:
-                f.seek(int(off))
-                data = f.read(int(size))
-        except FileNotFoundError:
+            with _open_local(shard) as f:
+                f.seek(off)
+                data = f.read(size)
+        except (FileNotFoundError, _Refused):
             return None
         return data
-    if is_uri(image_ref):  # s3://, gs://, … through pyarrow / fsspec (curate.store.fsio)
+    if ref.kind == "uri":  # s3://, gs://, … through pyarrow / fsspec (curate.store.fsio)
         return read_bytes(image_ref)
     try:
-        return Path(image_ref).read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        with _open_local(image_ref) as f:
+            return f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, _Refused):
         return None
+
+
+class _Refused(OSError):
+    """A local path :func:`link_refusal` refuses."""
+
+
+def link_refusal(path: str | Path) -> str | None:
+    """Why the local file ``path`` must not be read, or None.
+
+    Ingest stores every local image reference (file, tar shard) resolved — no symbolic link
+    and no ``..`` left in it, links leaving their source folder refused by
+    ``ingest.follow_symlinks``. A path that resolves elsewhere now (the file or a folder on
+    its way swapped for a link after ingest) is not read."""
+    p = os.path.abspath(path)
+    real = os.path.realpath(p)
+    if real != os.path.normpath(p):
+        return f"symlink: {path} now resolves to {real}; not read (ingest stored it resolved)"
+    return None
+
+
+def _open_local(path: str):
+    """A local file opened for binary reading, refused when :func:`link_refusal` says so (and,
+    against a swap between the check and the open, never through a link as its last part).
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, NotADirectoryError: as ``open``.
+        _Refused: see :func:`link_refusal`.
+    """
+    why = link_refusal(path)
+    if why is not None:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(path)
+        raise _Refused(why)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        if os.path.islink(path):
+            raise _Refused(f"symlink: {path}; not read") from None
+        if os.path.isdir(path):
+            raise IsADirectoryError(path) from None
+        raise FileNotFoundError(path) if not os.path.exists(path) else e
+    return os.fdopen(fd, "rb")
+
+
+def missing_reason(image_ref: str) -> str:
+    """Why :func:`read_ref` gave no bytes for ``image_ref``: the reason a ``missing:`` reference
+    carries (e.g. ``img2dataset failed_to_download: HTTP Error 404``), a refused link
+    (:func:`link_refusal`), or ``image file not found``."""
+    ref = parse_ref(image_ref)
+    if ref.kind == "missing":
+        return ref.part or "image file not found"
+    if ref.kind in ("parquet", "arrow"):
+        return table_missing_reason(image_ref) or "image file not found"
+    path = ref.file if ref.kind in ("tar", "path") else None
+    if path is not None and not is_uri(path) and os.path.lexists(path):
+        why = link_refusal(path)
+        if why is None and os.path.islink(path):
+            why = f"symlink: {path}; not read"
+        if why is not None:
+            return why
+    return "image file not found"
 
 
 def tar_ref(shard: str | Path, member: str, offset: int, size: int) -> str:
@@ -131,10 +201,31 @@ _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
 
 
+#: ISO-BMFF ``ftyp`` brands of HEIC/HEIF (HEVC-coded) and AVIF (AV1-coded) images
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+#: formats told by their magic bytes that curate has no decoder for → ``unsupported_format``
+UNSUPPORTED_FORMATS = {
+    "SVG": "SVG is a vector drawing, not a raster image; curate decodes raster images only",
+    "HEIC": "HEIC/HEIF needs a decoder Pillow does not ship (e.g. pillow-heif)",
+    "AVIF": "AVIF could not be decoded by this Pillow (its AVIF plugin is missing or refused the file)",
+}
+
+
 def _sniff(data: bytes) -> str | None:
     """Format named by the file's magic bytes (None when unknown)."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
+    if data[4:8] == b"ftyp" and len(data) >= 12:
+        size = int.from_bytes(data[:4], "big")
+        brands = {data[8:12]} | {data[i:i + 4] for i in range(16, min(max(size, 16), 256, len(data)) - 3, 4)}
+        if data[8:12] in _AVIF_BRANDS or (brands & _AVIF_BRANDS and not brands & (_HEIF_BRANDS - {b"mif1", b"msf1"})):
+            return "AVIF"
+        if brands & _HEIF_BRANDS:
+            return "HEIC"
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<svg") or (head.startswith((b"<?xml", b"<!doctype svg", b"<!--")) and b"<svg" in head):
+        return "SVG"
     for magic, name in _SIGNATURES:
         if data.startswith(magic):
             return name
@@ -315,6 +406,15 @@ def open_image(data: bytes | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, draf
     return res, im
 
 
+def _unsupported(data: bytes, why: str | None = None) -> Decoded | None:
+    """``unsupported_format`` for bytes of a format in :data:`UNSUPPORTED_FORMATS` (by magic bytes)."""
+    fmt = _sniff(data)
+    if fmt not in UNSUPPORTED_FORMATS:
+        return None
+    detail = f"unsupported_format({fmt.lower()}): {UNSUPPORTED_FORMATS[fmt]}" + (f" ({why})" if why else "")
+    return Decoded("unsupported_format", detail, format=fmt)
+
+
 def _open_checked(data: bytes, max_pixels: int, draft: int | None, notes: list[str]):
     from PIL import Image, UnidentifiedImageError
 
@@ -323,6 +423,9 @@ def _open_checked(data: bytes, max_pixels: int, draft: int | None, notes: list[s
     except Image.DecompressionBombError as e:
         return Decoded("too_large", str(e)), None
     except UnidentifiedImageError:
+        unsupported = _unsupported(data)
+        if unsupported is not None:
+            return unsupported, None
         short = _declared_short(data)
         if short:
             return Decoded("truncated", short, format=_sniff(data)), None
@@ -337,6 +440,9 @@ def _open_checked(data: bytes, max_pixels: int, draft: int | None, notes: list[s
             return Decoded("too_large", f"ValueError: {e}", format=_sniff(data)), None
         return Decoded("not_an_image", f"ValueError: {e}", format=_sniff(data)), None
     except Exception as e:  # noqa: BLE001 - header parsing of hostile files raises anything
+        unsupported = _unsupported(data, f"{type(e).__name__}: {e}")
+        if unsupported is not None:
+            return unsupported, None
         short = _declared_short(data)
         if short:
             return Decoded("truncated", short, format=_sniff(data)), None

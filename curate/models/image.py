@@ -40,6 +40,8 @@ changing the preprocessing never mixes old and new vectors.
 """
 from __future__ import annotations
 
+import difflib
+
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -72,6 +74,19 @@ def _is_local_path(pre: str) -> bool:
     return "/" in pre or pre.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
+def weights_file(name: str) -> Path | None:
+    """The local weights file an image model name points at — ``sscd:<path>``,
+    ``open_clip:<arch>/<path>`` — or None (a packaged model, an open_clip tag or ``none``)."""
+    kind, _, rest = name.partition(":")
+    if kind == "sscd" and rest:
+        return Path(rest).expanduser()
+    if kind == "open_clip" and "/" in rest:
+        pre = rest.split("/", 1)[1]
+        if pre != "none" and _is_local_path(pre):
+            return Path(pre).expanduser()
+    return None
+
+
 def _open_clip_preprocess(arch: str, pre: str | None, trim_border: bool, jpeg_draft: bool) -> Preprocess:
     """open_clip's own image preprocessing for (arch, pretrained), resolved without weights
     (the same merge open_clip.create_model does: PreprocessCfg defaults, the pretrained tag's
@@ -83,7 +98,9 @@ def _open_clip_preprocess(arch: str, pre: str | None, trim_border: bool, jpeg_dr
         raise ConfigError("open_clip models need the package open_clip_torch (pip install open_clip_torch)") from None
     mcfg = open_clip.get_model_config(arch)
     if mcfg is None:
-        raise ConfigError(f"unknown open_clip architecture {arch!r}; known: {', '.join(open_clip.list_models()[:20])}, …")
+        near = difflib.get_close_matches(arch, open_clip.list_models(), n=3, cutoff=0.6)
+        raise ConfigError(f"unknown open_clip architecture {arch!r}" + (f"; did you mean {', '.join(map(repr, near))}?"
+                          if near else "") + f"; known: {', '.join(open_clip.list_models()[:20])}, … (open_clip.list_models())")
     cfg = asdict(PreprocessCfg())
     if pre is not None and not _is_local_path(pre):
         tag = open_clip.get_pretrained_cfg(arch, pre)
@@ -127,7 +144,9 @@ def resolve_image_model(name: str, *, preset: str = "model", trim_border: bool =
     family = IMAGE_MODELS.get(name.split(":", 1)[0])
     if family is None or not family.accepts(name):
         usage = dict.fromkeys(f.usage for f in IMAGE_MODELS.values())
-        raise ConfigError(f"unknown model {name!r}; use {', '.join(usage)}")
+        near = difflib.get_close_matches(name.split(":", 1)[0], list(IMAGE_MODELS), n=1, cutoff=0.6)
+        raise ConfigError(f"unknown model {name!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                          + f"; use {', '.join(usage)} (or precomputed:<name> with embed.precomputed)")
     return family.resolve(name, preset, trim_border, jpeg_draft)
 
 

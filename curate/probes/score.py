@@ -18,11 +18,20 @@
 4. **Background** (Somepalli et al.): the top-1 similarity of each of ``probe.background_sample``
    training images to another training image (cached in ``index/``, recomputed when the parts
    change).
-5. **Verdict** per generation (:func:`curate.probes.stats.verdict`): *replicated* when the top-1
+5. **Partial copies** (``probe.containment``, on by default): the generation and each of its
+   nearest training images are verified with SIFT + RANSAC
+   (:func:`curate.stages.dedup.containment.verify_pairs`, the dedup stage's containment check):
+   a verified containment either way — the generation holds a copy of the training picture or of
+   a crop of it, or the training picture holds the generation's — is a *partial replication*
+   (Somepalli et al. count a copied object or background as replication, not only whole
+   images). Its region, inliers and direction go into ``gen_scores.evidence.containment``.
+   Cost: ≈ 90 ms of features per image, ≈ 15 ms per pair (``probe.matches`` pairs per generation).
+6. **Verdict** per generation (:func:`curate.probes.stats.verdict`): *replicated* when the top-1
    similarity > ``replicated_similarity`` (default: 0.5 for SSCD — Somepalli et al.'s threshold;
    for another descriptor ``dedup.embedding_min_cosine``, the similarity at which curate calls two
    training images duplicates with that model, since 0.5 means nothing outside SSCD's scale), or
-   the tiled ℓ2 to one of the matches ≤ ``tiled_l2_max`` (0.15, Carlini et al.'s δ); *close* when
+   the tiled ℓ2 to one of the matches ≤ ``tiled_l2_max`` (0.15, Carlini et al.'s δ), or a verified
+   containment (5.); *close* when
    not replicated and the top-1 similarity > ``close_similarity`` — by default (curate's choice,
    not the papers') the training set's own *dataset similarity*: the 95th percentile of the
    background over training images outside duplicate clusters, i.e. the generation is closer to a
@@ -31,10 +40,11 @@
    otherwise. Per prompt and set: the most severe verdict of its generations, with the generation
    that decided it as evidence (seed, matched sample, similarity, tiled ℓ2, whether the match is
    one of the probe's reference samples or in their clusters) and Wen et al.'s noise magnitude.
-6. **Statistics** per set (:func:`curate.probes.stats.replication_stats`): fraction of generations
+7. **Statistics** per set (:func:`curate.probes.stats.replication_stats`): fraction of generations
    with top-1 > 0.5, mean, 75/90/95th percentiles (95th = dataset similarity), 0.005-bin histogram,
    against the background histogram. The fraction above 0.5 is Somepalli et al.'s statistic and is
-   only meaningful with SSCD; ``fraction_replicated`` uses the descriptor's own threshold.
+   only meaningful with SSCD; ``fraction_replicated`` uses the descriptor's own threshold;
+   ``fraction_partial`` counts generations replicated by a containment alone.
 
 Tables ``gen_matches``, ``gen_scores``, ``probe_verdicts``, ``probe_stats`` are rewritten for the
 generations scored; ``out/probe_scores.json`` holds the statistics and verdicts.
@@ -58,6 +68,7 @@ from curate.models.feeder import ImageDataset, collate, forward, normalise, vect
 from curate.models.onnx import PACKAGED
 from curate.models.recipe import image_spec
 from curate.probes import search
+from curate.stages.dedup.containment import FeatureCache, verify_pairs
 from curate.probes.stats import (
     CARLINI_DELTA,
     EQUIVALENT_THRESHOLDS,
@@ -273,6 +284,7 @@ def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[st
     image_ref = dict(ws.q("SELECT s.sample_id, s.image_ref FROM samples s WHERE s.sample_id IN "
                           "(SELECT unnest(?::BIGINT[]))", [matched]))
     pixels = _Pixels(pc.l2_px, cfg.hash.max_pixels)
+    features = FeatureCache() if pc.containment else None
     match_rows, score_rows = [], []
     per_gen: dict[int, dict[str, Any]] = {}
     row_of = np.cumsum(ok) - 1
@@ -298,15 +310,18 @@ def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[st
         top_sid, top_sim, top_l2 = matches[0]
         l2s = [(m[2], m[0]) for m in matches if m[2] is not None]
         min_l2, min_l2_sid = min(l2s) if l2s else (None, None)
-        v, why = verdict(top_sim, min_l2, th["replicated_similarity"], th["close_similarity"], pc.tiled_l2_max)
+        contained = _containment(path, [(m[0], image_ref.get(m[0])) for m in matches], features) if features else None
+        v, why = verdict(top_sim, min_l2, th["replicated_similarity"], th["close_similarity"], pc.tiled_l2_max,
+                         contained["criterion"] if contained else None)
         in_refs = top_sid in refs or cluster_of.get(top_sid, -1) in ref_clusters
         ev = {"criteria": why, "top1_in_references": bool(in_refs), "top1_cluster_id": cluster_of.get(top_sid),
-              "min_tiled_l2_sample_id": min_l2_sid}
+              "min_tiled_l2_sample_id": min_l2_sid, "containment": contained}
         score_rows.append((gen_id, key, "ok", top_sid, top_sim, top_l2, min_l2, min_l2_sid, v, json.dumps(ev)))
         per_gen[gen_id] = {"gen_id": gen_id, "set": gset, "probe_id": pid, "prompt": prompt, "seed": g[5], "path": path,
                            "sample_id": top_sid, "similarity": top_sim, "tiled_l2": top_l2, "min_tiled_l2": min_l2,
                            "min_tiled_l2_sample_id": min_l2_sid, "verdict": v, "criteria": why,
-                           "in_references": bool(in_refs), "noise_magnitude": g[6]}
+                           "in_references": bool(in_refs), "noise_magnitude": g[6], "containment": contained,
+                           "partial_only": v == "replicated" and bool(contained) and len(why) == 1}
 
     sets = sorted({g[1] for g in gens})
     verdict_rows, stats_rows, out_sets = [], [], {}
@@ -321,6 +336,7 @@ def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[st
         stats["fraction_replicated"] = float(np.mean([p["verdict"] == "replicated" for p in pg])) if pg else None
         stats["fraction_extracted_l2"] = (float(np.mean([p["min_tiled_l2"] is not None and p["min_tiled_l2"] <= pc.tiled_l2_max
                                                          for p in pg])) if pg else None)
+        stats["fraction_partial"] = float(np.mean([p["partial_only"] for p in pg])) if pg else None
         stats["verdicts"] = {v: sum(p["verdict"] == v for p in pg) for v in VERDICTS}
         stats["failed"] = sum(1 for g, st in zip(gens, status) if g[1] == s and st != "ok")
         stats["thresholds"] = th
@@ -335,7 +351,8 @@ def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[st
             noise = [p["noise_magnitude"] for p in lst if p["noise_magnitude"] is not None]
             l2s = [p["min_tiled_l2"] for p in lst if p["min_tiled_l2"] is not None]
             ev = {"generation": {k2: deciding[k2] for k2 in ("gen_id", "seed", "path", "sample_id", "similarity",
-                                                              "tiled_l2", "min_tiled_l2", "criteria", "in_references")},
+                                                              "tiled_l2", "min_tiled_l2", "criteria", "in_references",
+                                                              "containment")},
                   "thresholds": {k2: th[k2] for k2 in ("replicated_similarity", "close_similarity", "tiled_l2_max")}}
             row = {"set": s, "probe_id": pid, "prompt": lst[0]["prompt"], "verdict": VERDICTS[sev], "n_generations": len(lst),
                    "n_replicated": sum(p["verdict"] == "replicated" for p in lst),
@@ -371,6 +388,28 @@ def run(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None) -> dict[st
         sets={s: {k2: out_sets[s]["stats"][k2] for k2 in ("n", "fraction_above", "mean", "p95", "fraction_replicated",
                                                            "verdicts", "prompt_verdicts")} for s in sets})
     return counters
+
+
+def _containment(gen_ref: str, training: list[tuple[int, str | None]], cache: FeatureCache) -> dict[str, Any] | None:
+    """The strongest verified containment between a generation and its nearest training images
+    (``training``: (sample_id, image reference) by rank), or None. Returns {sample_id, direction
+    ('generation_contains' | 'training_contains'), region (the containment region JSON in the
+    container's pixels), inliers, coverage, score, criterion (the verdict's text)}."""
+    pairs = [(gen_ref, ref) for _, ref in training if ref]
+    sids = [sid for sid, ref in training if ref]
+    best = None
+    for sid, m in zip(sids, verify_pairs(pairs, cache=cache)):
+        if m is not None and (best is None or m.score > best[1].score):
+            best = (sid, m)
+    if best is None:
+        return None
+    sid, m = best
+    direction = "generation_contains" if m.container == 0 else "training_contains"
+    what = ("holds a copy of" if m.container == 0 else "is contained in")
+    return {"sample_id": sid, "direction": direction, "region": m.region(), "inliers": m.inliers,
+            "coverage": round(m.coverage, 4), "score": round(m.score, 4),
+            "criterion": f"containment: generation {what} sample {sid} ({m.inliers} inliers, "
+                         f"{m.container_fraction:.0%} of the container's picture)"}
 
 
 def _jsonable(o: Any) -> Any:

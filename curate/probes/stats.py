@@ -151,12 +151,15 @@ VERDICTS = ("replicated", "close", "novel")  # most to least severe
 
 
 def verdict(top1_similarity: float, min_tiled_l2: float | None, replicated_similarity: float,
-            close_similarity: float, delta: float = CARLINI_DELTA) -> tuple[str, list[str]]:
+            close_similarity: float, delta: float = CARLINI_DELTA,
+            containment: str | None = None) -> tuple[str, list[str]]:
     """A generation's verdict and the criteria that gave it.
 
     - ``replicated``: top-1 similarity > ``replicated_similarity`` (Somepalli et al.: 0.5 with
       SSCD), or the tiled ℓ2 to one of its nearest training images ≤ ``delta`` (Carlini et al.:
-      (ℓ2, 0.15)-extracted);
+      (ℓ2, 0.15)-extracted), or ``containment`` — a verified geometric containment between the
+      generation and one of its nearest training images, described by the caller (a partial
+      replication: Somepalli et al. count copied parts as replication);
     - ``close``: not replicated, top-1 similarity > ``close_similarity`` (curate's: by default the
       training set's own dataset similarity, see :mod:`curate.probes.score`);
     - ``novel``: neither.
@@ -169,6 +172,8 @@ def verdict(top1_similarity: float, min_tiled_l2: float | None, replicated_simil
         why.append(f"similarity {top1_similarity:.4f} > {replicated_similarity:.4f}")
     if min_tiled_l2 is not None and min_tiled_l2 <= delta:
         why.append(f"tiled_l2 {min_tiled_l2:.4f} <= {delta:.4f}")
+    if containment:
+        why.append(containment)
     if why:
         return "replicated", why
     if top1_similarity > close_similarity:

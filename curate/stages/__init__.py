@@ -17,6 +17,7 @@ bookkeeping path, also used by the ``curate probe`` commands.
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 import traceback
 from functools import lru_cache
@@ -24,7 +25,8 @@ from typing import Any, Callable
 
 from curate.config import ENGINE_KEYS, RunConfig
 from curate.errors import CurateError
-from curate.progress import info
+from curate.progress import info, set_listener
+from curate.store import runstate
 from curate.store.catalog import STAGES, Workspace, digest_of
 
 #: the memorization-probe commands (``curate probe …``): their tables, for the same derivation
@@ -70,7 +72,9 @@ def stage_digest(ws: Workspace, cfg: RunConfig, name: str) -> str:
     ups = []
     for u in upstream(name):
         r = ws.last_run(u)
-        ups.append(r["digest"] if r else None)
+        out = (r.get("counters") or {}).get("output_digest") if r else None
+        # a stage may say what it wrote (hash: a digest of `images`): a forced run that changed it changes its readers' digests
+        ups.append(r["digest"] if not out else [r["digest"], out])
     own = mod.inputs(ws, cfg)
     section = cfg.model_dump(mode="json", by_alias=True).get(name)
     if isinstance(section, dict):  # where a stage runs (local / ray, actors, GPUs) never changes its results
@@ -82,19 +86,47 @@ def record_run(ws: Workspace, name: str, config: dict, digest: str, fn: Callable
     """Run ``fn`` as one ``runs`` row named ``name``: status ``running`` while it works, then
     ``ok`` with its counters, or ``failed`` with the error (re-raised).
 
+    While it runs, ``<workspace>/status.json`` (:mod:`curate.store.runstate`) says so, with the
+    progress of the stage's bars, for ``curate status`` while this process holds the catalog; when
+    it ends, status.json still says ``running`` (``stage`` null) until the workspace is closed.
+
     Returns:
         (counters, seconds).
     """
     run_id = ws.start_run(name, config, digest)
     t0 = time.perf_counter()
     info(f"[{name}] running")
+    base = getattr(ws, "run_state", None) or {"opened": runstate.now_iso(), "last_stage": None}
+    state: dict[str, Any] = {**base, "running": True, "stage": name, "run_id": run_id, "started": runstate.now_iso(),
+                             "progress": None, "stages": ws.status()}
+    runstate.write(ws.root, state)
+
+    def ended() -> None:  # the command still holds the workspace: running, between stages
+        after = {**state, "running": True, "stage": None, "last_stage": name, "run_id": None, "started": None,
+                 "progress": None, "stages": ws.status()}
+        if getattr(ws, "run_state", None) is not None:
+            ws.run_state = after
+        runstate.write(ws.root, after)
+
+    def progressed(p: dict) -> None:
+        state["progress"] = {**p, "updated": runstate.now_iso()}
+        runstate.write(ws.root, state)
+
+    set_listener(progressed)
     try:
         counters = fn()
     except BaseException as e:
-        ws.finish_run(run_id, {}, status="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+        set_listener(None)
+        try:
+            ws.finish_run(run_id, {}, status="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+            ended()
+        except Exception:  # noqa: BLE001 - e.g. the disk is full: the stage's own error is the one to report
+            pass  # the run stays 'running', which check_upstream treats as not finished
         raise
+    set_listener(None)
     dt = time.perf_counter() - t0
     ws.finish_run(run_id, counters)
+    ended()
     info(f"[{name}] done in {dt:.1f}s: {_short(counters)}")
     return counters, dt
 
@@ -116,8 +148,11 @@ def run_stage(ws: Workspace, cfg: RunConfig, name: str, *, force: bool = False) 
         info(f"[{name}] up to date (run {last['run_id']}), skipped")
         return {"stage": name, "skipped": True, "counters": last["counters"], "seconds": 0.0}
     section = cfg.model_dump(mode="json", by_alias=True).get(name)
+    run = stage_module(name).run
+    # `force` reaches a stage that takes it (hash: read every file again); the others recompute when they run
+    kw = {"force": True} if force and "force" in inspect.signature(run).parameters else {}
     counters, dt = record_run(ws, name, {"section": section, "base_dir": cfg.base_dir}, digest,
-                              lambda: stage_module(name).run(ws, cfg))
+                              lambda: run(ws, cfg, **kw))
     return {"stage": name, "skipped": False, "counters": counters, "seconds": dt}
 
 
@@ -153,6 +188,15 @@ def check_upstream(ws: Workspace, name: str) -> None:
                 f"{name} needs {u}, whose last run ({r['run_id']}) {r['status']}: {why}; fix that and re-run "
                 f"`curate {u}` (or `curate run CONFIG.yaml`)"
             )
+
+
+def downstream(name: str) -> tuple[str, ...]:
+    """The stages (in pipeline order) that read, directly or through others, a table ``name`` writes."""
+    below = {name}
+    for s in STAGES:  # pipeline order: a stage's upstream comes before it
+        if s not in below and set(upstream(s)) & below:
+            below.add(s)
+    return tuple(s for s in STAGES if s in below and s != name)
 
 
 def out_of_date(status: dict[str, Any]) -> list[str]:

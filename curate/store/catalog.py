@@ -6,7 +6,8 @@ Layout of a workspace (one per dataset)::
     config.json         the last run config (stage commands reuse it)
     embeddings/<model>/ part-00000.npy float16 (n, d) + part-00000.ids.npy int64 (n,)
     index/              faiss caches (always rebuildable)
-    out/                manifest.parquet, removals/, summary.json, report/
+    out/                manifest.parquet, removals/, summary.json, report/ (a symlink to the
+                        current generation .out/<n>/, switched whole: curate.store.outdir)
 
 ``sample_id`` (BIGINT) is the only join key: ``source_id * 2**40 + source_row``, so it is
 stable across re-runs and independent of processing order. It is unique by construction
@@ -18,7 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import duckdb
 
 from curate.errors import CurateError
-from curate.store import fsio, hosts
+from curate.store import fsio, hosts, outdir, runstate
 
 ROW_BITS = 40  # sample_id = source_id << ROW_BITS | source_row
 
@@ -50,10 +50,11 @@ CREATE TABLE IF NOT EXISTS images (
     sample_id BIGINT PRIMARY KEY, status VARCHAR NOT NULL, detail VARCHAR, n_bytes BIGINT,
     sha256 VARCHAR, phash UBIGINT, width INTEGER, height INTEGER, raw_width INTEGER,
     raw_height INTEGER, mode VARCHAR, format VARCHAR, orientation INTEGER, notes VARCHAR[],
-    phash_mirror UBIGINT, phash_quality SMALLINT, colourfulness SMALLINT, border REAL
+    phash_mirror UBIGINT, phash_quality SMALLINT, colourfulness SMALLINT, border REAL, jpeg_quality SMALLINT,
+    file_size BIGINT, file_mtime_ns BIGINT
 );
 CREATE TABLE IF NOT EXISTS embeddings (
-    sample_id BIGINT NOT NULL, model VARCHAR NOT NULL, part INTEGER, status VARCHAR NOT NULL,
+    sample_id BIGINT NOT NULL, model VARCHAR NOT NULL, part INTEGER, status VARCHAR NOT NULL, sha256 VARCHAR,
     PRIMARY KEY (sample_id, model)
 );
 CREATE TABLE IF NOT EXISTS image_text (
@@ -148,15 +149,31 @@ CREATE TABLE IF NOT EXISTS containment (
 # Columns added after a catalog layout was in use: appended (as in DDL) to older catalogs
 # when they are opened. The stage that fills a new column re-computes what older runs lack
 # (hash: rows without ``phash_mirror`` are hashed again, see curate.stages.hash.stage).
+# ``embeddings.sha256`` (the image bytes a vector was computed from) of rows embedded before it
+# existed is the image's sha256 in the catalog when it is first opened by this version.
 MIGRATIONS = """
 ALTER TABLE images ADD COLUMN IF NOT EXISTS phash_mirror UBIGINT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS phash_quality SMALLINT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS colourfulness SMALLINT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS border REAL;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS jpeg_quality SMALLINT;
 ALTER TABLE cluster_stats ADD COLUMN IF NOT EXISTS edges_phash_mirror BIGINT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS file_size BIGINT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS file_mtime_ns BIGINT;
+ALTER TABLE embeddings ADD COLUMN IF NOT EXISTS sha256 VARCHAR;
+UPDATE embeddings SET sha256 = images.sha256 FROM images
+    WHERE embeddings.sha256 IS NULL AND images.sample_id = embeddings.sample_id AND images.sha256 IS NOT NULL
+    AND embeddings.model NOT LIKE 'text:%' AND embeddings.model NOT LIKE 'precomputed:%';
 """
 
 STAGES = ("ingest", "hash", "embed", "dedup", "flag", "export", "report")
+
+#: DuckDB storage format of a new catalog: readable by DuckDB ≥ 1.0 (CLI, notebooks), not only by the 2.x that writes it
+STORAGE_VERSION = "v1.0.0"
+
+
+class CatalogLocked(CurateError):
+    """Another process holds the catalog for writing (a running ``curate`` command)."""
 
 
 def sample_id(source_id: int, source_row: int) -> int:
@@ -173,19 +190,43 @@ class Workspace:
 
     Raises:
         CurateError: if the catalog is locked by another process or unreadable.
+        NotWritableError: the workspace is read-only or not writable by this user.
+        DiskFullError: no space left to open the catalog.
     """
 
     def __init__(self, root: str | Path, *, threads: int | None = None, memory_limit: str | None = None,
                  embeddings_root: str | Path | None = None):
         self.root = Path(root).resolve()
         self.embeddings_root = embeddings_root  # None: <root>/embeddings (RunConfig.embeddings_root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        for sub in ("embeddings", "index", "out", "logs"):
-            (self.root / sub).mkdir(exist_ok=True)
         try:
-            self.con = duckdb.connect(str(self.root / "catalog.duckdb"))
-        except duckdb.IOException as e:
-            raise CurateError(f"cannot open catalog in {self.root}: {e} (is another curate running here?)") from None
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub in ("embeddings", "index", "logs"):
+                (self.root / sub).mkdir(exist_ok=True)
+            fsio.check_writable(self.root)
+        except OSError as e:
+            raise (fsio.not_writable_error(e, self.root) or fsio.disk_full_error(e) or e) from None
+        try:
+            # a new catalog is written in DuckDB's v1.0.0 storage format, which DuckDB 1.0 and later (its CLI
+            # too) open; DuckDB 2's default format opens in 2.x only. An existing catalog keeps its format.
+            self.con = duckdb.connect(str(self.root / "catalog.duckdb"),
+                                      config={"storage_compatibility_version": STORAGE_VERSION})
+        except duckdb.Error as e:
+            err = fsio.not_writable_error(e, self.root) or fsio.disk_full_error(e)
+            if err is not None:
+                raise err from None
+            if "lock" in str(e).lower():
+                raise CatalogLocked(f"cannot open catalog in {self.root}: another curate process is using this "
+                                  f"workspace ({e}); wait for it to finish, or use another workspace") from None
+            raise CurateError(f"cannot open catalog in {self.root}: {e}") from None
+        try:
+            # under the catalog's lock: out/ is a whole generation, staging of killed runs removed
+            outdir.recover(self.root)
+        except CurateError:  # e.g. out is a symlink made outside curate to a folder that holds files
+            self.con.close()
+            raise
+        except OSError as e:
+            self.con.close()
+            raise (fsio.not_writable_error(e, self.root) or fsio.disk_full_error(e) or e) from None
         self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar prints to stdout, which carries JSON
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
@@ -194,6 +235,11 @@ class Workspace:
         self.con.execute(DDL)
         self.con.execute(MIGRATIONS)
         hosts.register(self.con)  # curate_host(): IDNA-normalised hosts for every host comparison
+        # status.json says a command holds the workspace from now until close() (curate.store.runstate)
+        self.run_state: dict[str, Any] | None = {
+            "running": True, "opened": runstate.now_iso(), "stage": None, "last_stage": None, "run_id": None,
+            "started": None, "progress": None, "stages": self.status()}
+        runstate.write(self.root, self.run_state)
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -211,7 +257,41 @@ class Workspace:
             d.mkdir(parents=True, exist_ok=True)
         return d
 
+    @classmethod
+    def read_only(cls, root: str | Path) -> "Workspace":
+        """The workspace's catalog opened read-only, for reading while others read too (a
+        notebook's read-only connection, another ``curate status``): no folder is made, no table
+        created; only queries work.
+
+        Raises:
+            CatalogLocked: a process holds the catalog for writing (a run in progress).
+            CurateError: there is no catalog, or it cannot be opened.
+        """
+        ws = cls.__new__(cls)
+        ws.root, ws.embeddings_root = Path(root).resolve(), None
+        path = ws.root / "catalog.duckdb"
+        if not path.is_file():
+            raise CurateError(f"{root} holds no curate catalog (run `curate --workspace {root} run CONFIG.yaml`)")
+        try:
+            ws.con = duckdb.connect(str(path), read_only=True)
+        except duckdb.Error as e:
+            if "lock" in str(e).lower():
+                raise CatalogLocked(f"the catalog in {ws.root} is held by another process: {e}") from None
+            raise CurateError(f"cannot open catalog in {ws.root}: {e}") from None
+        ws.con.execute("SET enable_progress_bar = false")
+        hosts.register(ws.con)
+        return ws
+
     def close(self) -> None:
+        """Close the catalog; status.json then says no command holds the workspace."""
+        state = getattr(self, "run_state", None)
+        if state is not None:
+            try:
+                stages = self.status()
+            except Exception:  # noqa: BLE001 - a view: the catalog's own error is the one to report
+                stages = state.get("stages")
+            runstate.write(self.root, {**state, "running": False, "stage": None, "progress": None, "stages": stages})
+            self.run_state = None
         self.con.close()
 
     # -- queries ---------------------------------------------------------------------------

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from curate.store.fsio import atomic_write_bytes
+from curate.store.fsio import atomic_write_bytes, copy_query
 
 #: the first characters that make a spreadsheet read a cell as a formula (OWASP CSV injection)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -59,10 +58,7 @@ def copy_csv(con, sql: str, dest: Path) -> None:
         (f"{safe_sql('CAST(_q.' + _quote(name) + ' AS VARCHAR)')} AS {_quote(name)}"
          if str(typ).upper() in _TEXT_TYPES else f"_q.{_quote(name)}")
         for name, typ, *_ in cols)
-    tmp = dest.with_name(dest.name + ".tmp")
-    con.execute(f"COPY (SELECT {sel} FROM ({sql}) _q) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' "
-                "(FORMAT csv, HEADER true)")
-    os.replace(tmp, dest)
+    copy_query(con, f"SELECT {sel} FROM ({sql}) _q", dest, "FORMAT csv, HEADER true")
 
 
 def write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> None:

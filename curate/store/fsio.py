@@ -16,13 +16,19 @@ half-written file in either case. A missing file reads as ``None``, never an err
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
+import posixpath
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from curate.errors import CurateError, DiskFullError, NotWritableError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _FS: dict[tuple[str, str], Any] = {}
@@ -34,6 +40,27 @@ def is_uri(p: str | Path) -> bool:
         return False
     m = _SCHEME.match(p)
     return bool(m) and m.group(1).lower() != "file"
+
+
+def is_within(root: str | Path, path: str | Path) -> bool:
+    """True when ``path`` is ``root`` or lies under it, compared as given (both absolute local paths,
+    or both URIs; normalise or resolve them first: ``..`` and links are not interpreted here).
+    The one containment test of every confinement rule (input folders, table image paths, claim
+    files)."""
+    r, p = str(root), str(path)
+    sep = "/" if is_uri(r) else os.sep
+    return p == r or p.startswith(r.rstrip(sep) + sep)
+
+
+def normalise_uri(uri: str) -> str:
+    """``scheme://a/b/../c`` → ``scheme://a/c``: ``.`` and ``..`` segments of a URI's path resolved
+    lexically (object stores have no links), so :func:`is_within` can compare URIs."""
+    m = _SCHEME.match(uri)
+    if not m:
+        return uri
+    rest = uri[m.end():]
+    norm = posixpath.normpath("/" + rest).lstrip("/") if rest else rest
+    return uri[:m.end()] + norm
 
 
 def local_path(p: str | Path) -> Path | None:
@@ -347,15 +374,20 @@ def open_input_stream(uri: str | Path):
 
 def copy_to_local(uri: str | Path, dest: Path, chunk: int = 8 << 20) -> int:
     """Stream a file into the local file ``dest`` in ``chunk``-byte reads (memory stays bounded);
-    returns the bytes copied."""
+    returns the bytes copied. A failed copy removes ``dest`` (no half file is left).
+
+    Raises:
+        curate.errors.DiskFullError: no space left for ``dest``.
+    """
     n = 0
-    with open_input_stream(uri) as src, open(dest, "wb") as out:
-        while True:
-            buf = src.read(chunk)
-            if not buf:
-                break
-            out.write(buf)
-            n += len(buf)
+    with removed_on_failure(dest, dest):
+        with open_input_stream(uri) as src, open(dest, "wb") as out:
+            while True:
+                buf = src.read(chunk)
+                if not buf:
+                    break
+                out.write(buf)
+                n += len(buf)
     return n
 
 
@@ -370,8 +402,7 @@ def fingerprint(st: FileStat) -> str:
     local files: the same form as :func:`curate.store.catalog.file_fingerprint`). Without one (fsspec's
     ``memory://``, some HTTP servers): ``<size>:sha256:<hex>`` of the whole file up to 2 MiB,
     else ``<size>:sha256-ends:<hex>`` of its first and last MiB. A file whose bytes cannot be
-    read gives ``<size>:unreadable`` (ingest then reports it when it reads the file).
-    """
+    read gives ``<size>:unreadable`` (ingest then reports it when it reads the file)."""
     if st.mtime_ns is not None:
         return f"{st.size}:{st.mtime_ns}"
     size = int(st.size or 0)
@@ -387,11 +418,182 @@ def fingerprint(st: FileStat) -> str:
         return f"{size}:unreadable"
 
 
+@contextmanager
+def removed_on_failure(tmp: str | Path, dest: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Run the block that writes ``tmp`` (then moves it to ``dest``); when it fails, remove
+    ``tmp`` and re-raise — a full disk as :class:`curate.errors.DiskFullError` naming ``dest`` and
+    the ``needed`` bytes (:func:`disk_full_error`), anything else as it was."""
+    try:
+        yield
+    except BaseException as e:
+        try:
+            Path(tmp).unlink()
+        except OSError:
+            pass
+        err = disk_full_error(e, dest, needed)
+        if err is not None and err is not e:
+            raise err from e
+        raise
+
+
+def write_to(f, data: bytes) -> None:
+    """Write ``data`` to the open binary file ``f``, flushed and fsynced (a full disk may only show
+    at the flush or the fsync, so both happen before the file is renamed into place)."""
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + rename (never a half-written file)."""
+    """Write ``data`` to ``path`` via a temp file (``<name>.tmp<pid>``) + rename: never a
+    half-written file, and no temp file left behind when the write fails.
+
+    Raises:
+        curate.errors.DiskFullError: no space left (ENOSPC, EDQUOT, EFBIG), naming ``path`` and
+            the bytes needed.
+        OSError: any other failure of the filesystem.
+    """
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with removed_on_failure(tmp, path, len(data)):
+        with open(tmp, "wb") as f:
+            write_to(f, data)
+        os.replace(tmp, path)
+
+
+def copy_query(con, sql: str, dest: Path, options: str) -> None:
+    """DuckDB ``COPY (sql) TO dest (options)`` through a temp file (``<name>.tmp``) renamed into
+    place; the temp file is removed when the copy fails.
+
+    Raises:
+        curate.errors.DiskFullError: the disk filled while DuckDB wrote ``dest``.
+        duckdb.Error: any other failure of the query or the write.
+    """
+    tmp = dest.with_name(dest.name + ".tmp")
+    with removed_on_failure(tmp, dest):
+        con.execute(f"COPY ({sql}) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' ({options})")
+        os.replace(tmp, dest)
+
+
+# ----------------------------------------------------------------------------------------------
+# full disks and read-only workspaces: one clear message instead of a traceback
+
+#: errno values that mean "no room": no space on the device, quota exceeded, file-size limit
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "file too large")
+#: errno values that mean "not writable here"
+NOT_WRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NOT_WRITABLE_TEXT = ("read-only file system", "permission denied", "operation not permitted")
+_DUCKDB_PATH = re.compile(r'(?:file|directory) "([^"]+)"', re.I)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """True when ``e`` (or an exception it was raised from) is a write refused for lack of space:
+    an OSError with errno ENOSPC / EDQUOT / EFBIG, or a DuckDB error saying so (a CurateError's
+    own text is never read as one)."""
+    return _refused(e, DISK_FULL_ERRNOS, _DISK_FULL_TEXT)
+
+
+def is_not_writable(e: BaseException) -> bool:
+    """True when ``e`` (or an exception it was raised from) is a write refused by permissions or
+    a read-only filesystem (EROFS / EACCES / EPERM, or a DuckDB error saying so)."""
+    return _refused(e, NOT_WRITABLE_ERRNOS, _NOT_WRITABLE_TEXT)
+
+
+def _refused(e: BaseException, errnos: tuple[int, ...], texts: tuple[str, ...]) -> bool:
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.errno in errnos:
+            return True
+        if not isinstance(x, (OSError, CurateError)) and any(t in str(x).lower() for t in texts):
+            return True
+    return False
+
+
+def error_path(e: BaseException) -> str | None:
+    """The file an OSError (``filename``) or a DuckDB error message (``file "…"``) names, or None."""
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.filename:
+            return str(x.filename)
+        m = _DUCKDB_PATH.search(str(x))
+        if m:
+            return m.group(1)
+    return None
+
+
+def _size(n: int) -> str:
+    if n < 1e6:
+        return f"{max(1, round(n / 1e3))} kB"
+    return f"{n / 1e6:.1f} MB" if n < 10e6 else (f"{n / 1e6:.0f} MB" if n < 10e9 else f"{n / 1e9:.0f} GB")
+
+
+def disk_full_error(e: BaseException, path: str | Path | None = None, needed: int | None = None):
+    """The :class:`curate.errors.DiskFullError` for ``e`` when it is a full disk
+    (:func:`is_disk_full`), ``e`` itself when it already is one, else None.
+
+    The message names the file (``path``, else the one in the OSError or DuckDB message), the
+    bytes needed when known and the space left on its filesystem, and says to free space and rerun.
+    """
+    if isinstance(e, DiskFullError):
+        return e
+    if not is_disk_full(e):
+        return None
+    if path is None:
+        path = error_path(e)
+    where = f" while writing {path}" if path else ""
+    need = [f"needs about {_size(needed)}"] if needed else []
+    too_large = any(isinstance(x, OSError) and x.errno == errno.EFBIG or "file too large" in str(x).lower()
+                    for x in _chain(e))
+    if path and not too_large:
+        p = Path(path)
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        try:
+            need.append(f"{_size(shutil.disk_usage(p).free)} free there")
+        except OSError:
+            pass
+    quota = any(isinstance(x, OSError) and x.errno == errno.EDQUOT or "disk quota exceeded" in str(x).lower()
+                for x in _chain(e))
+    what = ("the file-size limit was reached" if too_large else "the disk quota is exceeded" if quota
+            else "no space left on device")
+    extra = f" ({', '.join(need)})" if need else ""
+    return DiskFullError(f"{what}{where}{extra}; free space (or raise the limit) and rerun — "
+                         "nothing half-written was kept")
+
+
+def not_writable_error(e: BaseException, where: str | Path):
+    """The :class:`curate.errors.NotWritableError` for ``e`` when it is a permission or read-only
+    refusal (:func:`is_not_writable`), else None; the message names ``where``."""
+    if isinstance(e, NotWritableError):
+        return e
+    if not is_not_writable(e):
+        return None
+    detail = next((x.strerror for x in _chain(e) if isinstance(x, OSError) and x.strerror), None) or \
+        next((t for x in _chain(e) for t in _NOT_WRITABLE_TEXT if t in str(x).lower()), "not writable")
+    return NotWritableError(f"the workspace {where} is not writable ({detail.lower()}): curate writes its catalog "
+                            "and outputs there; make it writable, or copy it to a writable place and use that copy")
+
+
+def check_writable(folder: Path) -> None:
+    """Create and remove a probe file in ``folder``.
+
+    Raises:
+        curate.errors.NotWritableError: the folder is read-only or not writable by this user.
+        curate.errors.DiskFullError: no room even for an empty file's entry.
+    """
+    probe = folder / f".write-probe.tmp{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        probe.unlink(missing_ok=True)  # a concurrent cleanup may have removed it (never a lock error's stand-in)
+    except OSError as e:
+        err = not_writable_error(e, folder) or disk_full_error(e, probe)
+        if err is not None:
+            raise err from None
+        raise

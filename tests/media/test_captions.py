@@ -34,4 +34,4 @@ def test_caption_groups_and_templates_counted_per_sample(tmp_path):
     assert by_row[6] == (1, 1, 1, 1)
     assert c["caption_groups_repeated"] == 2 and c["caption_groups_many_images"] == 2
     assert c["templates_with_variants"] == 1 and c["samples_in_template_groups"] == 3
-    assert c["top_captions"][0] == {"caption": "a red dress", "samples": 3, "images": 3}
+    assert c["top_captions"][0] == {"caption": "a red dress", "caption_chars": 11, "samples": 3, "images": 3}

@@ -455,3 +455,47 @@ def test_score_with_the_offline_distilled_descriptor_uses_its_measured_threshold
     assert saved["descriptor"]["name"] == "sscd_distilled" and saved["thresholds"]["replicated_source"] == source
     with pytest.raises(AssertionError):  # a name that is neither a packaged descriptor nor a file
         cli("-w", str(ws), "probe", "score", "--sscd", "sscd_large")
+
+
+def _collage_with(im: Image.Image, seed: int = 3) -> Image.Image:
+    """A 2×2 collage, 512 px: ``im`` in the top-left cell, seeded smooth noise in the others
+    (Somepalli et al.'s partial replication: a training picture reproduced as part of a scene)."""
+    rng = np.random.default_rng(seed)
+    out = Image.new("RGB", (512, 512))
+    out.paste(im.resize((256, 256), Image.LANCZOS), (0, 0))
+    for x, y in ((256, 0), (0, 256), (256, 256)):
+        small = (rng.random((8, 8, 3)) * 255).astype(np.uint8)
+        out.paste(Image.fromarray(small).resize((256, 256), Image.BICUBIC), (x, y))
+    return out
+
+
+@pytest.mark.parametrize("containment", [True, False])
+def test_a_generation_holding_part_of_a_training_image_is_a_partial_replication(sample_ws, tmp_path, containment):
+    """A collage cell copy sits below every similarity threshold; the SIFT + RANSAC check finds it
+    (replicated, criterion containment, with its region); without the check it is missed."""
+    ws = copy_ws(sample_ws, tmp_path)
+    gens = tmp_path / "gens"
+    gens.mkdir()
+    _collage_with(_load(SAMPLE / "photos" / "skimage_rocket.jpg")).save(gens / "rocket_collage.png")
+    _collage_with(Image.new("RGB", (64, 64), (90, 120, 200)), seed=4).save(gens / "no_copy.png")
+    (gens / "prompts.csv").write_text("file,prompt,seed\nrocket_collage.png,a rocket launch,0\nno_copy.png,blue,1\n")
+    cli("-w", str(ws), "probe", "import", str(gens), "--prompts", str(gens / "prompts.csv"), "--name", "parts")
+    out = cli("-w", str(ws), "probe", "score", "--name", "parts", "--containment" if containment else "--no-containment")
+    rows = {Path(p).name: (sim, v, json.loads(ev)) for p, sim, v, ev in q(
+        ws, "SELECT g.path, sc.top1_similarity, sc.verdict, sc.evidence FROM gen_scores sc JOIN generations g USING (gen_id)")}
+    rocket = q(ws, "SELECT sample_id FROM samples WHERE image_ref LIKE '%skimage_rocket.jpg'")[0][0]
+    sim, verdict, ev = rows["rocket_collage.png"]
+    assert sim <= out["thresholds"]["replicated_similarity"]  # the whole-image descriptor alone misses it
+    assert rows["no_copy.png"][1] != "replicated" and rows["no_copy.png"][2].get("containment") is None
+    if containment:
+        assert verdict == "replicated", (sim, ev)
+        c = ev["containment"]
+        assert c["sample_id"] == rocket and c["direction"] == "generation_contains"
+        x0, y0, x1, y1 = c["region"]["bbox"]  # the top-left cell, within a few pixels
+        assert max(abs(x0), abs(y0), abs(x1 - 256), abs(y1 - 256)) <= 8, c["region"]["bbox"]
+        assert ev["criteria"] == [c["criterion"]] and c["criterion"].startswith("containment: ")
+        assert out["sets"]["parts"]["verdicts"]["replicated"] == 1
+        stats = json.loads(q(ws, "SELECT stats FROM probe_stats WHERE gen_set = 'parts'")[0][0])
+        assert stats["fraction_partial"] == 0.5
+    else:
+        assert verdict != "replicated" and ev.get("containment") is None

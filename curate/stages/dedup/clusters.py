@@ -63,7 +63,7 @@ def cluster_statistics(ws: Workspace) -> None:
             SELECT c.cluster_id, any_value(c.cluster_size) AS size,
                    min(c.sample_id) FILTER (c.is_keeper) AS keeper,
                    count(DISTINCT s.url) AS urls,
-                   count(DISTINCT {captions.NORM_SQL.replace('caption', 's.caption')}) AS caps,
+                   count(DISTINCT {captions.KEY_SQL.replace('caption', 's.caption')}) AS caps,
                    count(DISTINCT o.name) AS sources
             FROM clusters c JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
             GROUP BY c.cluster_id

@@ -13,22 +13,39 @@ so the choice never depends on iteration or batch order:
                    there is one) before undecodable, missing or mismatched images
 - ``not_flagged``  no ``remove`` flag before flagged
 - ``has_caption``  non-empty caption first
+- ``no_additions`` no text bars, caption strip, screenshot frame or collage around the picture: a
+                   member that contains another member of its cluster inside an *addition*
+                   (surround judged ``'addition'``: flat drawn surroundings, or a seam at the pasted
+                   picture's edge) ranks after (flat padding is
+                   ``no_border``'s; a text watermark drawn *over* the picture is not measured).
+                   Before ``colour``: a collage of a gray picture gains colour from its other tiles
 - ``colour``       full colour before grayscale before 1-bit: a 1-bit original mode ranks 0, a
                    colourfulness (Hasler & Süsstrunk 2003, on the pHash's 32×32 colour pixels,
                    :func:`curate.media.phash.colourfulness`) under :data:`GRAY_COLOURFULNESS`
                    ranks 1 (gray pixels score 0; JPEG chroma noise on a gray picture 0–2), the
                    rest 2. A grayscale or black-and-white copy is never kept over the colour picture.
+- ``whole_picture`` the whole picture before a crop of it: a member that a member of its own
+                   cluster contains (a ``containment`` row covering under
+                   :data:`~curate.stages.dedup.surround.FULL_FRACTION` of the container's picture)
+                   with *more of the picture* around it (surround judged ``'picture'`` by
+                   :func:`curate.stages.dedup.surround.measure_surrounds`) ranks after
 - ``no_border``    no added border: a member whose uniform edge bands (letterbox, padding,
                    frame; :func:`curate.media.phash.border_fraction`, 0–1 of the area) exceed
                    the cluster's smallest by more than :data:`BORDER_MARGIN` ranks after the
                    others (the margin absorbs the 1/32-px quantisation; copies without an added
                    border tie and fall through to ``pixels``)
+- ``compression``  no visible JPEG compression: a JPEG whose estimated quality
+                   (:func:`curate.media.jpeg.jpeg_quality`, ``images.jpeg_quality``) is under
+                   :data:`COMPRESSED_BELOW` and more than :data:`QUALITY_MARGIN` under the
+                   cluster's best ranks after; other formats count as 100 (lossless or not measured)
 - ``pixels``       more decoded pixels (metadata width×height when not decoded)
 - ``aesthetic``    higher LAION aesthetic score (unknown last)
 - ``similarity``   higher CLIP image–text similarity (unknown last)
 - ``smallest_id``  smaller sample_id
 """
 from __future__ import annotations
+
+from curate.stages.dedup.surround import in_cluster_sql
 
 # the metadata's sha256 (img2dataset --verify_hash, DataComp, fondant) disagrees with the bytes;
 # over ``samples s LEFT JOIN images i``
@@ -42,6 +59,15 @@ GRAY_COLOURFULNESS = 4
 #: border fraction above the cluster's smallest by more than this is an added border (1/32 of a
 #: side on one edge is ≈ 0.031 of the area)
 BORDER_MARGIN = 0.05
+#: JPEG qualities within this of the cluster's best tie (estimates move by a few points between
+#: encoders' tables)
+QUALITY_MARGIN = 10
+#: an estimated JPEG quality under this is visibly compressed (blocking, ringing: libjpeg's default
+#: is 75, web images are mostly 75–95). Above it, a higher figure is no evidence of a better copy:
+#: re-encoding a q75 original at q95 gives the copy the higher figure and no detail back (measured on
+#: the copy-detection benchmark, whose copies are saved at q95: ranking by the figure alone kept a
+#: blurred copy over its q75 original in 28 of 119 clusters)
+COMPRESSED_BELOW = 60
 
 CRITERIA: dict[str, str] = {
     "image_ok": f"CAST(coalesce(i.status = 'ok', false) AND NOT {SHA_MISMATCH} AS INTEGER) DESC",
@@ -50,11 +76,24 @@ CRITERIA: dict[str, str] = {
     "colour": (f"CASE WHEN i.mode = '1' THEN 0 WHEN coalesce(i.colourfulness, 0) < {GRAY_COLOURFULNESS} THEN 1 "
                "ELSE 2 END DESC"),
     "no_border": f"CAST(coalesce(i.border, 0) <= b.border_min + {BORDER_MARGIN} AS INTEGER) DESC",
+    "whole_picture": "CAST(kc.sample_id IS NULL AS INTEGER) DESC",
+    "no_additions": "CAST(ka.sample_id IS NULL AS INTEGER) DESC",
+    "compression": (f"CAST(NOT (coalesce(i.jpeg_quality, 100) < {COMPRESSED_BELOW} "
+                    f"AND coalesce(i.jpeg_quality, 100) < b.quality_max - {QUALITY_MARGIN}) AS INTEGER) DESC"),
     "pixels": "coalesce(CAST(i.width AS BIGINT) * i.height, CAST(s.width AS BIGINT) * s.height, 0) DESC",
     "aesthetic": "coalesce(s.aesthetic, -1e308) DESC",
     "similarity": "coalesce(s.similarity, -1e308) DESC",
     "smallest_id": "s.sample_id ASC",
 }
+
+
+def _inside_sql(members_table: str, side: str, surround: str) -> str:
+    """The distinct ``side`` ids (``container_id`` or ``contained_id``) of the containment rows inside
+    one cluster (:func:`curate.stages.dedup.surround.in_cluster_sql`) whose surround was judged
+    ``surround`` ('picture' | 'addition', :func:`~curate.stages.dedup.surround.measure_surrounds`;
+    rows never judged match neither)."""
+    return f"""SELECT DISTINCT x.{side} AS sample_id FROM ({in_cluster_sql(members_table)}) x
+        WHERE json_extract_string(x.region, '$.surround') = '{surround}'"""
 
 
 def _value(expr: str) -> str:
@@ -82,9 +121,12 @@ def ranked_sql(rule: list[str], members_table: str, removal_flags: str | None) -
         JOIN samples s ON s.sample_id = c.sample_id
         LEFT JOIN images i ON i.sample_id = c.sample_id
         LEFT JOIN (SELECT DISTINCT sample_id FROM {flags}) f ON f.sample_id = c.sample_id
-        LEFT JOIN (SELECT c2.cluster_id, min(coalesce(i2.border, 0)) AS border_min FROM {members_table} c2
+        LEFT JOIN (SELECT c2.cluster_id, min(coalesce(i2.border, 0)) AS border_min,
+                          max(coalesce(i2.jpeg_quality, 100)) AS quality_max FROM {members_table} c2
                    LEFT JOIN images i2 ON i2.sample_id = c2.sample_id GROUP BY c2.cluster_id) b
                ON b.cluster_id = c.cluster_id
+        LEFT JOIN ({_inside_sql(members_table, "contained_id", "picture")}) kc ON kc.sample_id = c.sample_id
+        LEFT JOIN ({_inside_sql(members_table, "container_id", "addition")}) ka ON ka.sample_id = c.sample_id
     )
     SELECT m.sample_id, m.cluster_id, m.keeper_rank,
            CASE WHEN m.keeper_rank = 1 THEN (

@@ -24,7 +24,9 @@ Signals and their edge ``distance`` column:
                 :func:`_embedding_edges_from_parts`): the same rules applied part by part, the
                 vectors never loaded here, faiss IVF-PQ search in Ray tasks with
                 ``dedup.engine: ray``
-- ``caption``   equal normalised caption (lower-case, collapsed spaces), if enabled; star
+- ``caption``   equal normalised caption (NFC, lower-case, collapsed spaces; captions over
+                ``curate.media.captions.KEY_CHARS`` characters compared by a hash of the whole
+                lower-cased text: :data:`curate.media.captions.KEY_SQL`), if enabled; star
                 edges; distance 0
 - ``verified``  (``containment: true`` and ``verified_min_fraction`` set, the default) a containment
                 whose region covers at least ``verified_min_fraction`` of the container's picture
@@ -59,6 +61,7 @@ from curate.stages.dedup import ivfpq
 from curate.stages.dedup.clusters import cluster_statistics, components
 from curate.stages.dedup.containment import containment_rows
 from curate.stages.dedup.keeper import ranked_sql
+from curate.stages.dedup.surround import measure_surrounds
 from curate.stages.dedup.phash_search import phash_edges
 from curate.stages.dedup.rows import row_norms
 from curate.stages.dedup.sources import PartsSource, survey
@@ -137,7 +140,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         if dc.caption_exact:
             counters["edges"]["caption"] = _star_edges(
                 ws, "caption",
-                "SELECT sample_id, lower(trim(regexp_replace(caption, '\\s+', ' ', 'g'))) AS g FROM samples "
+                f"SELECT sample_id, {captions.KEY_SQL} AS g FROM samples "  # a hash: huge captions stay cheap
                 "WHERE caption IS NOT NULL AND trim(caption) <> ''",
             )
         if dc.phash_max_distance is not None:
@@ -201,6 +204,8 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             con.execute("CREATE OR REPLACE TEMP TABLE _m AS SELECT * FROM _members")
         finally:
             con.unregister("_members")
+        if dc.containment:  # what surrounds a copy inside its cluster: a crop's whole picture, or bars (keeper)
+            counters["surrounds_measured"] = measure_surrounds(ws, "_m", cfg.hash.max_pixels)
         con.execute(
             f"""INSERT INTO clusters
             SELECT r.sample_id, r.cluster_id, count(*) OVER (PARTITION BY r.cluster_id), r.keeper_rank,

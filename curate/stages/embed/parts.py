@@ -7,8 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.store import fsio
 from curate.store.catalog import Workspace
-from curate.store.embeddings import clean_temp, list_parts, read_part_ids, read_part_meta, write_part
+from curate.store.embeddings import (
+    clean_temp,
+    list_parts,
+    load_npy,
+    part_files,
+    read_part_ids,
+    read_part_meta,
+    write_part,
+)
 
 
 def commit_rows(ws: Workspace, rows, sims: list[tuple] | None = None) -> None:
@@ -43,8 +52,11 @@ def insert_rows(con, rows, sims: list[tuple] | None = None) -> None:
                 "sample_id": pa.array(cols[0], pa.int64()), "model": pa.array(cols[1], pa.string()),
                 "part": pa.array(cols[2], pa.int32()), "status": pa.array(cols[3], pa.string()),
             })
-        insert_arrow(con, t, "INSERT INTO embeddings (sample_id, model, part, status) "
-                              "SELECT sample_id, model, part, status FROM _rows ON CONFLICT DO NOTHING")
+        # sha256: the image bytes the vector was computed from (images.sha256 now; not for caption or imported keys)
+        insert_arrow(con, t, "INSERT INTO embeddings (sample_id, model, part, status, sha256) "
+                              "SELECT r.sample_id, r.model, r.part, r.status, CASE WHEN r.model LIKE 'text:%' "
+                              "OR r.model LIKE 'precomputed:%' THEN NULL ELSE i.sha256 END "
+                              "FROM _rows r LEFT JOIN images i USING (sample_id) ON CONFLICT DO NOTHING")
     if sims:
         cols = list(zip(*sims))
         t = pa.table({
@@ -77,6 +89,64 @@ def reconcile(ws: Workspace, key: str, folder: Path) -> dict[str, int]:
         recovered += len(rows)
     return {"recovered_rows": recovered, "forgotten_parts": len(gone), "temp_files_removed": removed_tmp}
 
+
+
+def forget_stale_vectors(ws: Workspace, key: str, folder) -> dict[str, int]:
+    """Forget the vectors of image key ``key`` whose image changed since they were computed
+    (``embeddings.sha256`` is not the sample's ``images.sha256`` any more: the hash stage found
+    the file replaced, deleted or restored), so this run embeds those samples again: their rows
+    leave the parts (:func:`drop_samples`) and the catalog, with the caption vectors that carry an
+    image–caption similarity for them (computed again with the caption).
+
+    Returns:
+        ``{'forgotten_changed_images': n}``.
+    """
+    stale = [sid for sid, in ws.q(
+        "SELECT e.sample_id FROM embeddings e LEFT JOIN images i USING (sample_id) WHERE e.model = ? "
+        "AND e.sha256 IS NOT NULL AND e.sha256 IS DISTINCT FROM i.sha256 ORDER BY 1", [key])]
+    if stale:
+        for ck, in ws.q("SELECT DISTINCT caption_model FROM image_text WHERE image_model = ? "
+                        "AND sample_id IN (SELECT unnest(?)) ORDER BY 1", [key, stale]):
+            drop_samples(ws, ck, ws.embeddings_dir(ck), stale)
+        drop_samples(ws, key, folder, stale)
+    return {"forgotten_changed_images": len(stale)}
+
+
+def drop_samples(ws: Workspace, key: str, folder, ids: list[int]) -> None:
+    """Remove samples ``ids`` from key ``key``'s parts and catalog rows (and their
+    ``image_text`` rows), every other stored vector kept bit for bit.
+
+    Each part holding one of them is written again, without them, as a new part (next number;
+    ids, float16 vectors, meta with its failures and similarities filtered alike), then the old
+    part's files are deleted, then the catalog rows are moved to the new part in one transaction.
+    A run killed in between leaves nothing wrong: before the delete, the new part only repeats
+    vectors the old one holds (readers take the first copy, the same bytes); after it, the next
+    run's :func:`reconcile` forgets the rows of the gone part and records the new one, and the
+    dropped samples, having no row, are embedded again.
+    """
+    drop = set(int(i) for i in ids)
+    parts = [p for p, in ws.q("SELECT DISTINCT part FROM embeddings WHERE model = ? AND part IS NOT NULL "
+                              "AND sample_id IN (SELECT unnest(?)) ORDER BY 1", [key, sorted(drop)])]
+    for p in parts:
+        pids = read_part_ids(folder, p)
+        vecs = load_npy(folder, f"part-{p:05d}.npy")
+        meta = read_part_meta(folder, p)
+        keep = np.array([int(i) not in drop for i in pids.tolist()], bool)
+        if meta is not None:
+            meta = {**meta, "failed": [f for f in meta.get("failed", []) if int(f[0]) not in drop]}
+            if meta.get("similarity"):
+                meta["similarity"] = [meta["similarity"][0], [x for x, k in zip(meta["similarity"][1], keep) if k]]
+        q = next_part(folder)
+        write_part(folder, q, pids[keep], vecs[keep], meta=meta)
+        for f in part_files(folder, p):  # vectors first: a part without its vector file is not listed
+            fsio.delete(f)
+        with ws.transaction() as con:
+            con.execute("UPDATE embeddings SET part = ? WHERE model = ? AND part = ? "
+                        "AND sample_id NOT IN (SELECT unnest(?))", [q, key, p, sorted(drop)])
+    with ws.transaction() as con:
+        con.execute("DELETE FROM embeddings WHERE model = ? AND sample_id IN (SELECT unnest(?))", [key, sorted(drop)])
+        con.execute("DELETE FROM image_text WHERE (image_model = ? OR caption_model = ?) "
+                    "AND sample_id IN (SELECT unnest(?))", [key, key, sorted(drop)])
 
 
 def next_part(folder: Path) -> int:

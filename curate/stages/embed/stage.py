@@ -29,6 +29,12 @@ and runs the model (bf16/fp16 autocast on GPU), while 2–4 batches per worker a
 prefetched. Counters report the time spent waiting for data (``data_wait_s``) against the
 model's time.
 
+**Changed images.** Each ``embeddings`` row of an image key keeps the sha256 of the image it
+was computed from (``images.sha256`` when it was committed). When the hash stage re-hashed a
+sample with other bytes (its file replaced, deleted or restored), the next run takes its vector
+out of its part (the part is written again without it, under a new number) and embeds it again
+(:func:`curate.stages.embed.parts.forget_stale_vectors`); every other vector is kept, bit for bit.
+
 **Engines.** ``embed.engine: ray`` (:mod:`curate.engine.ray_engine`) embeds the same chunks
 in a Ray actor pool (GPU actors with ``num_gpus``): each actor runs the chunk's batches through
 the same feeder and model code, writes the chunk's part itself (same number, same bytes) and
@@ -70,7 +76,7 @@ from curate.models.recipe import caption_key, image_key, image_spec, load_model 
 from curate.progress import bar
 from curate.stages.embed import distributed
 from curate.stages.embed import precomputed as embimport
-from curate.stages.embed.parts import commit_rows, next_part, reconcile, write_chunk
+from curate.stages.embed.parts import commit_rows, forget_stale_vectors, next_part, reconcile, write_chunk
 from curate.stages.embed.precomputed import pairs
 from curate.store.catalog import Workspace, file_fingerprint
 from curate.store.embeddings import (
@@ -146,6 +152,7 @@ def embed_images(ws: Workspace, cfg: RunConfig, spec=None, counters: dict[str, A
     key = spec.key
     folder = ws.embeddings_dir(key)
     counters.update(reconcile(ws, key, folder))
+    counters.update(forget_stale_vectors(ws, key, folder))  # images re-hashed with other bytes: embedded again
     todo_sql = ("SELECT s.sample_id, s.image_ref FROM samples s JOIN images i USING (sample_id) "
                 "WHERE i.status = 'ok' AND s.image_ref IS NOT NULL "
                 "AND s.sample_id NOT IN (SELECT sample_id FROM embeddings WHERE model = ?) ORDER BY s.sample_id")

@@ -14,24 +14,36 @@ unflagged copy exists. ``review`` and ``tag`` hits are columns of the manifest, 
 Rows rejected at ingest are counted as ``rejected``; ``input_rows == kept + removed + rejected``
 is checked before anything is written. Rejected rows, with their reason and the original row,
 go to ``out/rejects.csv``.
+
+Atomic: the outputs are written into a staging folder that replaces ``out/`` whole
+(:func:`curate.store.outdir.publish`); a killed or failed export leaves the previous export as
+it was, and the next command removes the staging folder. A full disk ends the command with one
+:class:`curate.errors.DiskFullError` and nothing half-written.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from curate.config import RunConfig
 from curate.errors import CurateError
+from curate.progress import info
 from curate.stages.dedup.keeper import SHA_MISMATCH, ranked_sql
 from curate.stages.export.webdataset import write_webdataset
 from curate.stages.flag.claims import RESERVED_SLUGS, assign_slugs, match_counts
+from curate.stages.ingest.normalise import SIZE_MISMATCH_SQL
 from curate.stages.ingest.stage import caption_and_note_counts, notes_by_code, rejected_by_reason
 from curate.store.catalog import Workspace
 from curate.store.csvsafe import copy_csv
-from curate.store.fsio import atomic_write_bytes
+from curate.store.fsio import atomic_write_bytes, copy_query
+from curate.store.outdir import publish
+
+#: what an export owns in ``out/``: these names are replaced whole, ``webdataset/`` too in every format
+#: (an earlier export's shards never sit beside a newer manifest: a ``--format manifest`` export
+#: removes them, and its summary.json's ``export.stale_webdataset_removed`` says so); every other entry
+#: of ``out/`` (``report/``, the probe files) is carried over unchanged (:func:`curate.store.outdir.publish`)
+EXPORT_NAMES: tuple[str, ...] = ("manifest.parquet", "removals", "rejects.csv", "summary.json", "webdataset")
 
 REMOVE_FLAGS = "(SELECT sample_id FROM flags WHERE action = 'remove')"
 # how a flag is named in reasons / review / tags: rule-pack hits ``pack/rule``, claims and
@@ -85,16 +97,15 @@ def _copy_query(ws: Workspace, sql: str, dest: Path, fmt: str) -> None:
     if fmt == "csv":  # formula cells neutralised (curate.store.csvsafe)
         copy_csv(ws.con, sql, dest)
         return
-    tmp = dest.with_name(dest.name + ".tmp")
-    ws.con.execute(f"COPY ({sql}) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' (FORMAT parquet, COMPRESSION zstd)")
-    os.replace(tmp, dest)
+    copy_query(ws.con, sql, dest, "FORMAT parquet, COMPRESSION zstd")
 
 
 MANIFEST_SQL = """
 SELECT s.sample_id, s.url, s.caption,
        coalesce(i.width, s.width) AS width, coalesce(i.height, s.height) AS height,
        o.name AS source, o.uri AS source_uri, s.source_row, s.key, s.image_ref, s.license,
-       i.sha256, d.cluster_id, c.cluster_size, d.review, d.tags, s.notes
+       i.sha256, d.cluster_id, c.cluster_size, d.review, d.tags,
+       list_concat(s.notes, """ + SIZE_MISMATCH_SQL + """) AS notes
 FROM decisions d JOIN samples s USING (sample_id) JOIN sources o USING (source_id)
 LEFT JOIN images i USING (sample_id) LEFT JOIN clusters c USING (sample_id)
 WHERE d.keep ORDER BY s.sample_id
@@ -278,17 +289,22 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             f"accounting mismatch: input_rows {s['input_rows']} != kept {s['kept']} + removed {s['removed']} "
             f"+ rejected {s['rejected']} — please report this as a bug"
         )
-    out = ws.out
-    rem = out / "removals"
-    if rem.exists():
-        shutil.rmtree(rem)
-    rem.mkdir(parents=True)
-    _copy_query(ws, MANIFEST_SQL, out / "manifest.parquet", "parquet")
-    _copy_query(ws, REMOVALS_SQL, rem / "all.csv", "csv")
-    _copy_query(ws, REJECTS_SQL, out / "rejects.csv", "csv")
-    write_claimant_lists(ws, rem, s["claimants"])
-    atomic_write_bytes(out / "summary.json", (json.dumps(s, indent=2, sort_keys=True) + "\n").encode())
     counters = {k: s[k] for k in ("input_rows", "kept", "removed", "rejected")} | {"reasons": s["reasons"]}
-    if cfg.export.format == "webdataset":  # shards of the kept samples (curate.stages.export.webdataset)
-        counters["webdataset"] = write_webdataset(ws, cfg)
+    # every output is written into a staging folder and out/ switches to it whole (curate.store.outdir):
+    # a reader sees this export or the previous one, never a mix, even if this process is killed
+    wds = cfg.export.format == "webdataset"
+    s["export"] = {"format": cfg.export.format, "stale_webdataset_removed": not wds and (ws.out / "webdataset").exists()}
+    if s["export"]["stale_webdataset_removed"]:
+        info("[export] removed out/webdataset/ of an earlier export: its shards went with an earlier manifest "
+             "(export with --format webdataset to write them for this one)")
+    with publish(ws.root, EXPORT_NAMES) as out:
+        rem = out / "removals"
+        rem.mkdir()
+        _copy_query(ws, MANIFEST_SQL, out / "manifest.parquet", "parquet")
+        _copy_query(ws, REMOVALS_SQL, rem / "all.csv", "csv")
+        _copy_query(ws, REJECTS_SQL, out / "rejects.csv", "csv")
+        write_claimant_lists(ws, rem, s["claimants"])
+        atomic_write_bytes(out / "summary.json", (json.dumps(s, indent=2, sort_keys=True) + "\n").encode())
+        if wds:  # shards of the kept samples (curate.stages.export.webdataset)
+            counters["webdataset"] = write_webdataset(ws, cfg, out)
     return counters

@@ -41,11 +41,11 @@ NULL caption is an empty ``.txt`` and ``"caption": null`` in the JSON (an empty 
 Shards: at most ``export.shard_size`` samples and, when ``export.shard_max_bytes`` is set, at
 most that many bytes of tar file (a single sample larger than that gets a shard of its own).
 
-Atomic and deterministic: the shards are written into ``out/.webdataset.partial/`` (each shard
-as ``NNNNNN.tar.partial``, fsynced, renamed), then that folder replaces ``out/webdataset`` —
-an interrupted export leaves the previous complete export (or none), never a truncated shard
-under a shard's name, and never old and new shards mixed. This needs free disk for a second
-copy while it runs. Tar headers carry mtime 0, uid/gid 0, user/group ``curate``, mode 0644,
+Atomic and deterministic: the shards are written into ``webdataset/`` of the export's staging
+folder (each shard as ``NNNNNN.tar.partial``, fsynced, renamed), which replaces ``out/`` whole
+with the manifest it goes with (:func:`curate.store.outdir.publish`) — an interrupted export
+leaves the previous complete export (or none), never a truncated shard under a shard's name,
+and never old and new shards mixed. This needs free disk for a second copy while it runs. Tar headers carry mtime 0, uid/gid 0, user/group ``curate``, mode 0644,
 and no timestamps are written anywhere, so re-running on the same catalog gives the same bytes.
 
 The tar writing is webdataset's :class:`webdataset.TarWriter` (member naming, sorted member
@@ -62,7 +62,6 @@ import io
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -72,10 +71,9 @@ from curate.progress import bar, info
 from curate.store.catalog import Workspace
 from curate.store.csvsafe import write_csv
 from curate.store.fsio import atomic_write_bytes
+from curate.store.outdir import publish
 
 DIR_NAME = "webdataset"
-PARTIAL_NAME = ".webdataset.partial"
-OLD_NAME = ".webdataset.old"
 INDEX_NAME = "index.json"
 SKIPPED_NAME = "skipped.csv"
 KEY_DIGITS = 19  # int64 sample ids
@@ -227,13 +225,16 @@ class _Shards:
         self._writer = self._file = self._hf = None
 
 
-def write_webdataset(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
-    """Write ``out/webdataset/`` from the current ``decisions`` (call after they are computed).
+def write_webdataset(ws: Workspace, cfg: RunConfig, out: Path | None = None) -> dict[str, Any]:
+    """Write ``webdataset/`` from the current ``decisions`` (call after they are computed).
 
     Args:
         ws: the workspace; ``decisions`` must be filled (export computes them first).
         cfg: ``cfg.export.shard_size`` (samples per shard, ≥ 1), ``cfg.export.shard_max_bytes``
             (bytes per shard file, or None for no limit), ``cfg.hash.max_pixels`` (re-encode decode cap).
+        out: the export's staging folder (:func:`curate.store.outdir.publish`), which holds the
+            manifest the shards go with; None: a staging folder of its own, published over
+            ``out/`` with only ``webdataset/`` replaced.
 
     Returns:
         counters: ``samples``, ``shards``, ``bytes`` (ints; bytes = sum of shard file sizes),
@@ -243,15 +244,15 @@ def write_webdataset(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
 
     Raises:
         OSError: the output folder cannot be written (the previous export is left in place).
+        curate.errors.DiskFullError: the disk filled (the previous export is left in place).
     """
-    out = ws.out
-    final, partial, old = out / DIR_NAME, out / PARTIAL_NAME, out / OLD_NAME
-    for leftover in (partial, old):  # from an interrupted export
-        if leftover.exists():
-            shutil.rmtree(leftover)
-    partial.mkdir(parents=True)
+    if out is None:
+        with publish(ws.root, (DIR_NAME,)) as staging:
+            return write_webdataset(ws, cfg, staging)
+    final = out / DIR_NAME
+    final.mkdir()
     ec = cfg.export
-    shards = _Shards(partial, ec.shard_size, ec.shard_max_bytes)
+    shards = _Shards(final, ec.shard_size, ec.shard_max_bytes)
     exts: dict[str, int] = {}
     reenc: dict[str, int] = {}
     skipped: list[tuple[int, str, str]] = []
@@ -298,7 +299,7 @@ def write_webdataset(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     by_reason: dict[str, int] = {}
     for _, reason, _ in skipped:
         by_reason[reason] = by_reason.get(reason, 0) + 1
-    write_csv(partial / SKIPPED_NAME, ["sample_id", "reason", "detail"], skipped)  # formula cells neutralised
+    write_csv(final / SKIPPED_NAME, ["sample_id", "reason", "detail"], skipped)  # formula cells neutralised
     n = sum(s["count"] for s in shards.shards)
     counters = {
         "samples": n,
@@ -308,7 +309,9 @@ def write_webdataset(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         "reencoded": dict(sorted(reenc.items())),
         "skipped": dict(sorted(by_reason.items())),
     }
-    manifest = out / "manifest.parquet"
+    manifest = out / "manifest.parquet"  # the one published with the shards
+    if not manifest.is_file():  # shards written alone: they go with the current manifest
+        manifest = ws.out / "manifest.parquet"
     index = {
         "format": "webdataset",
         "version": 1,
@@ -323,14 +326,8 @@ def write_webdataset(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     }
     index["n_shards"] = index.pop("shards")
     index["shards"] = shards.shards
-    atomic_write_bytes(partial / INDEX_NAME, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
-    # swap: the previous export stays whole until the new one is complete
-    if final.exists():
-        os.replace(final, old)
-    os.replace(partial, final)
-    if old.exists():
-        shutil.rmtree(old)
+    atomic_write_bytes(final / INDEX_NAME, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
     if skipped:
         info(f"[export] webdataset: {len(skipped)} kept samples not written ({counters['skipped']}); "
-             f"see {final / SKIPPED_NAME}")
+             f"see {ws.out / DIR_NAME / SKIPPED_NAME}")
     return counters

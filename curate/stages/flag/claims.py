@@ -19,7 +19,10 @@ matching sample, extended to every near-duplicate copy of it.
 
 or CSV with a header ``field,value`` and one row per entry (``claimant``, ``contact``,
 ``category``, ``action``, ``domain``, ``url``, ``keyword``, ``reference_image``). Relative
-paths are relative to the claim file. Unknown keys and bad values fail with file:line.
+paths are relative to the claim file. Unknown keys and bad values fail with file:line. A claim
+comes from a third party: its ``reference_images`` and ``url_lists`` must lie in the claim
+file's folder (or below it) — a path that resolves outside it (``../``, an absolute path, a
+symbolic link leading out) is a ConfigError, so a claim can never make curate read other files.
 
 **Opt-out lists** (``flag.opt_out``; ``--opt-out FILE``): a text file, one URL or domain per
 line (a line with ``://`` is a URL), ``#`` comments. It becomes the claim of
@@ -59,6 +62,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import io
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -69,8 +74,9 @@ from curate.errors import ConfigError
 from curate.stages.flag.patterns import lit, words_pattern
 from curate.stages.flag.references import reference_matches
 from curate.stages.flag.urls import canonical_url_sql, domain_hits_sql, normalise_domain
+from curate.store import fsio
 from curate.store.catalog import file_fingerprint
-from curate.yamlconf import load_yaml, validate
+from curate.yamlconf import load_yaml, near_files, read_text, validate
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -111,6 +117,9 @@ class Claim(BaseModel):
     def _something(self):
         if not (self.domains or self.urls or self.url_lists or self.keywords or self.reference_images):
             raise ValueError("a claim needs at least one of domains, urls, url_lists, keywords, reference_images")
+        for field, paths in (("reference_images", self.reference_images), ("url_lists", self.url_lists)):
+            for f in paths:
+                outside_base(self.path(f), self.base, ValueError, f"{field} entry {f!r}:")
         return self
 
     @property
@@ -131,14 +140,15 @@ class Claim(BaseModel):
         """``urls`` plus every line of ``url_lists`` files.
 
         Raises:
-            ConfigError: a URL list file is missing.
+            ConfigError: a URL list file is missing or not UTF-8.
         """
         out = list(self.urls)
         for f in self.url_lists:
             p = self.path(f)
+            outside_base(p, self.base, ConfigError, f"claim {self.claimant!r}: url list")
             if not p.is_file():
                 raise ConfigError(f"claim {self.claimant!r}: url list {p} not found")
-            out += [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()
+            out += [ln.strip() for ln in read_text(p).splitlines()
                     if ln.strip() and not ln.lstrip().startswith("#")]
         return out
 
@@ -148,7 +158,10 @@ class Claim(BaseModel):
         Raises:
             ConfigError: a listed path does not exist, or a folder holds no image.
         """
-        return image_files(self.reference_images, self.base, f"claim {self.claimant!r}")
+        files = image_files(self.reference_images, self.base, f"claim {self.claimant!r}")
+        for f in files:  # a file under a listed folder may be a link leading out
+            outside_base(f, self.base, ConfigError, f"claim {self.claimant!r}: reference image")
+        return files
 
 
 #: slugs a claimant never gets: export's own files in ``out/removals/`` (``all.csv``) and the
@@ -199,6 +212,14 @@ def assign_slugs(names: list[str]) -> dict[str, str]:
     return out
 
 
+def outside_base(p: Path, base: str | Path, error: type[Exception] = ValueError, what: str = "path") -> None:
+    """Raise ``error`` when ``p`` (symbolic links and ``..`` resolved) is not inside ``base``."""
+    root, real = os.path.realpath(base), os.path.realpath(p)
+    if not fsio.is_within(root, real):
+        raise error(f"{what} {p} resolves to {real}, outside the claim file's folder {root}; a claim may "
+                    "only name files in its own folder (copy the file there)")
+
+
 def image_files(paths: list[str], base: str | Path, who: str) -> list[Path]:
     """Image files from files and folders (recursively, by suffix), relative to ``base``, sorted.
 
@@ -229,8 +250,7 @@ _CSV_FIELDS = {"claimant": "claimant", "contact": "contact", "category": "catego
 def _load_csv(path: Path) -> Claim:
     data: dict[str, Any] = {}
     lines: dict[str, int] = {}
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        rows = list(csv.reader(fh))
+    rows = list(csv.reader(io.StringIO(read_text(path), newline="")))
     if not rows or [c.strip().lower() for c in rows[0][:2]] != ["field", "value"]:
         raise ConfigError(f"{path}:1: a claims CSV starts with the header 'field,value'")
     for n, row in enumerate(rows[1:], start=2):
@@ -259,7 +279,7 @@ def _load_csv(path: Path) -> Claim:
 
 def _load_optout(path: Path) -> Claim:
     domains, urls = [], []
-    for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, ln in enumerate(read_text(path).splitlines(), start=1):
         v = ln.split("#", 1)[0].strip() if not ln.lstrip().startswith("#") else ""
         if not v:
             continue
@@ -294,11 +314,12 @@ def load_claim(path: str | Path) -> Claim:
     return claim
 
 
-def expand_claim_paths(paths: list[str], base_dir: str | Path = ".") -> list[Path]:
+def expand_claim_paths(paths: list[str], base_dir: str | Path = ".", what: str = "claims path") -> list[Path]:
     """Claim files from files and folders (a folder: its ``*.yaml``, ``*.yml``, ``*.csv``, sorted).
+    Relative paths are relative to ``base_dir``.
 
     Raises:
-        ConfigError: a path does not exist.
+        ConfigError: a path does not exist (naming it, ``what`` it is, and the closest names beside it).
     """
     out: list[Path] = []
     for s in paths:
@@ -309,7 +330,7 @@ def expand_claim_paths(paths: list[str], base_dir: str | Path = ".") -> list[Pat
         elif p.is_file():
             out.append(p)
         else:
-            raise ConfigError(f"claims path {p} not found")
+            raise ConfigError(f"{what} {p} not found{near_files(p)}")
     return out
 
 
@@ -323,7 +344,7 @@ def load_all(claims: list[str], opt_out: list[str], base_dir: str | Path = ".") 
         ConfigError: bad file, or two claims of the same claimant name.
     """
     out = [load_claim(p) for p in expand_claim_paths(claims, base_dir)]
-    out += [_load_optout(p) for p in expand_claim_paths(opt_out, base_dir)]
+    out += [_load_optout(p) for p in expand_claim_paths(opt_out, base_dir, "opt-out list")]
     seen: set[str] = set()
     for c in out:
         if c.claimant in seen:

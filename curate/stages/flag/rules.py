@@ -32,6 +32,7 @@ Every rule yields rows (sample_id, score, evidence): the evidence says what matc
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -41,7 +42,7 @@ from curate.errors import ConfigError
 from curate.resources import shipped_dir
 from curate.stages.flag.patterns import any_pattern, words_pattern
 from curate.stages.flag.urls import normalise_domain
-from curate.yamlconf import line_of, load_yaml, validate
+from curate.yamlconf import line_of, load_yaml, near_files, validate
 
 Category = Literal["copyright", "watermark", "nsfw", "sensitive", "opt_out", "quality"]
 Action = Literal["remove", "review", "tag"]
@@ -223,14 +224,25 @@ class Pack(BaseModel):
 
 
 def pack_path(name_or_path: str, base_dir: str | Path = ".") -> Path:
-    """A shipped pack name (``laion-safety``) or a YAML path (relative to ``base_dir``)."""
+    """A shipped pack name (``laion-safety``) or a YAML path (relative to ``base_dir``).
+
+    Raises:
+        ConfigError: no shipped pack of that name, or no file at that path — naming the value,
+            the closest shipped names or file names, and the shipped packs.
+    """
+    known = sorted(x.stem for x in shipped_dir("rules").glob("*.yaml"))
     if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
-        p = Path(name_or_path)
-        return p if p.is_absolute() else (Path(base_dir) / p).resolve()
+        p = Path(name_or_path).expanduser()
+        p = p if p.is_absolute() else (Path(base_dir) / p).resolve()
+        if not p.is_file():
+            raise ConfigError(f"rule pack {name_or_path!r}: {p} not found{near_files(p)}; "
+                              f"shipped packs (by name): {', '.join(known)}")
+        return p
     p = shipped_dir("rules") / f"{name_or_path}.yaml"
     if not p.is_file():
-        known = sorted(x.stem for x in shipped_dir("rules").glob("*.yaml"))
-        raise ConfigError(f"unknown rule pack {name_or_path!r}; shipped packs: {', '.join(known)}")
+        near = difflib.get_close_matches(name_or_path, known, n=1, cutoff=0.6)
+        raise ConfigError(f"unknown rule pack {name_or_path!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                          + f"; shipped packs: {', '.join(known)} (or a path to a .yaml pack)")
     return p
 
 

@@ -8,7 +8,8 @@ import hashlib
 
 import numpy as np
 
-from curate.media.images import open_image, read_ref
+from curate.media.images import missing_reason, open_image, read_ref
+from curate.media.jpeg import jpeg_quality
 from curate.media.phash import border_fraction, colourfulness, gray32_rgb, information, phash_with_mirror
 from curate.media.trim import picture_box
 
@@ -23,15 +24,26 @@ def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
         at index 5, …, ``phash_mirror`` uint64, ``phash_quality`` int16 0–100
         (:func:`curate.media.phash.information`), ``colourfulness`` int16 ≥ 0
         (:func:`~curate.media.phash.colourfulness`), ``border`` float32 0–1
-        (:func:`~curate.media.phash.border_fraction`); all None without a decoded image); never
+        (:func:`~curate.media.phash.border_fraction`), ``jpeg_quality`` int16 1–100 (estimated
+        libjpeg quality, :func:`curate.media.jpeg.jpeg_quality`; None when not a JPEG); all None
+        without a decoded image); never
         raises for a bad image (its status says why).
     """
     rows: list[list] = []
     grays: list[np.ndarray] = []
     with_gray: list[int] = []
     for sid, ref in items:
-        data = read_ref(ref)
+        try:
+            data = read_ref(ref)
+        except OSError as e:  # the file is there but the OS refuses it (permissions, I/O error)
+            data, unreadable = None, f"{type(e).__name__}: {e}"
+        else:
+            unreadable = None
         d, im = open_image(data, max_pixels=max_pixels)
+        if unreadable is not None:  # read again on the next run (curate.stages.hash.changes)
+            d.status, d.detail = "unreadable", unreadable
+        elif data is None:  # why: a failed download, a shard gone, a refused symlink, … (missing: references)
+            d.detail = missing_reason(ref)
         sha = hashlib.sha256(data).hexdigest() if data is not None else None
         if im is not None:
             try:
@@ -45,14 +57,15 @@ def hash_items(items: list[tuple[int, str]], max_pixels: int) -> list[tuple]:
         else:
             colour = border = None
         rows.append([sid, d.status, d.detail, None if data is None else len(data), sha, None, d.width, d.height,
-                     d.raw_width, d.raw_height, d.mode, d.format, d.orientation, d.notes, None, None, colour, border])
+                     d.raw_width, d.raw_height, d.mode, d.format, d.orientation, d.notes, None, None, colour, border,
+                     jpeg_quality(data) if im is not None else None])
     if grays:
         g = np.stack(grays)
         hashes, mirrors = phash_with_mirror(g)
         for k, h, m, q in zip(with_gray, hashes.tolist(), mirrors.tolist(), information(g).tolist()):
             rows[k][5] = int(h)
-            rows[k][-4] = int(m)
-            rows[k][-3] = int(q)
+            rows[k][14] = int(m)
+            rows[k][15] = int(q)
     return [tuple(r) for r in rows]
 
 
@@ -120,6 +133,7 @@ def images_schema():
             ("phash", pa.uint64()), ("width", i32), ("height", i32), ("raw_width", i32), ("raw_height", i32),
             ("mode", s), ("format", s), ("orientation", i32), ("notes", pa.list_(s)), ("phash_mirror", pa.uint64()),
             ("phash_quality", pa.int16()), ("colourfulness", pa.int16()), ("border", pa.float32()),
+            ("jpeg_quality", pa.int16()),
         ])
     return _SCHEMA
 

@@ -15,6 +15,13 @@ date by the next hash run: the stage's digest includes :data:`HASH_VERSION`, so 
 and the decoded rows that lack a mirror hash are forgotten and hashed again (the same rows
 come back, now with their mirror hash; nothing else changes).
 
+Changed image files (:mod:`curate.stages.hash.changes`): every row records the size and mtime
+of the file its bytes came from; the stage's input fingerprint is the digest of the current
+ones, so a file replaced, deleted or restored makes it run, and it forgets (to hash again) the
+rows whose file's bytes changed, went or came back. ``force`` (``curate hash --force``) forgets
+every row: every file is read and hashed again. The counter ``output_digest`` (a digest of the
+``images`` table) reaches the digests of the stages that read it (:func:`curate.stages.stage_digest`).
+
 Decoding runs in ``hash.workers`` processes; each takes a run of samples, decodes them one by
 one inside the loader's guard, and hashes the run in one vectorised DCT. Rows are committed
 in batches of ``hash.batch_size``; a killed run resumes with the samples that have no
@@ -27,13 +34,24 @@ as above (the catalog has one writer), so both engines store the same rows.
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from typing import Any
 
 from curate.config import RunConfig
 from curate.engine import get_engine
 from curate.media import lanczos
+from curate.media.refs import clear_caches
 from curate.progress import bar
 from curate.stages.hash.compute import hash_items, images_schema, rows_table, run_size, work, worker_init  # noqa: F401
+from curate.stages.hash.changes import (
+    CURRENT_TABLE,
+    content_digest,
+    ensure_current,
+    file_sql,
+    files_digest,
+    forget_changed,
+    load_current,
+)
 from curate.stages.hash.distributed import hash_runs
 from curate.store.catalog import Workspace
 
@@ -46,28 +64,47 @@ def _insert(ws: Workspace, rows) -> None:
         con.register("_img_batch", t)
         try:
             cols = ", ".join(images_schema().names)  # by name: older catalogs have phash_mirror appended last too
-            con.execute(f"INSERT INTO images ({cols}) SELECT {cols} FROM _img_batch")
+            ensure_current(con)  # the file's size and mtime, taken before its bytes were read (hash.changes)
+            con.execute(f"INSERT INTO images ({cols}, file_size, file_mtime_ns) "
+                        f"SELECT {', '.join('b.' + c for c in images_schema().names)}, f.size, f.mtime_ns "
+                        f"FROM _img_batch b JOIN samples s USING (sample_id) "
+                        f"LEFT JOIN {CURRENT_TABLE} f ON f.present AND f.file = {file_sql('s.image_ref')}")
         finally:
             con.unregister("_img_batch")
 
 
-HASH_VERSION = 5  # bump when the stage stores something new: 2 = phash_mirror, 3 = phash_quality, 4 = colourfulness, border,
-#                 5 = pHash of the border-trimmed picture (compute.trimmed_gray32)
+HASH_VERSION = 6  # bump when the stage stores something new: 2 = phash_mirror, 3 = phash_quality, 4 = colourfulness, border,
+#                 5 = pHash of the border-trimmed picture (compute.trimmed_gray32), 6 = jpeg_quality
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
-    # depends on ingest (upstream digest), its config section, and what the stage stores
-    return {"hash_version": HASH_VERSION}
+    """What the stage stores (:data:`HASH_VERSION`) and the size and mtime of every image file
+    now (:func:`curate.stages.hash.changes.files_digest`), so a file replaced, deleted or
+    restored since the last run makes the stage run again (it also depends on ingest's digest
+    and its config section, through the runner). While some image is ``unreadable`` (the OS
+    refused to open its file), the stage runs on every run, so the file is tried again."""
+    load_current(ws)
+    out = {"hash_version": HASH_VERSION, "files": files_digest(ws)}
+    if ws.scalar("SELECT count(*) FROM images WHERE status = 'unreadable'"):
+        out["retry_unreadable"] = time.time_ns()
+    return out
+
+
+def _forget_all(ws: Workspace) -> int:
+    """Forget every ``images`` row (``curate hash --force``), so this run reads and hashes every
+    file again. Returns how many were forgotten."""
+    with ws.transaction() as con:
+        return int(con.execute("DELETE FROM images").fetchall()[0][0])
 
 
 def _forget_incomplete_rows(ws: Workspace) -> int:
     """Forget decoded rows hashed before mirror hashes (or the information, colourfulness and
-    border measures) existed (a pHash but no ``phash_mirror``, ``phash_quality``,
-    ``colourfulness`` or ``border``), so this run hashes them again. Returns how many were
+    border measures, or a JPEG's quality) existed (a pHash but no ``phash_mirror``, ``phash_quality``,
+    ``colourfulness`` or ``border``, a JPEG without ``jpeg_quality``), so this run hashes them again. Returns how many were
     forgotten."""
     with ws.transaction() as con:
         n = con.execute("DELETE FROM images WHERE phash IS NOT NULL AND (phash_mirror IS NULL OR phash_quality IS NULL "
-                        "OR colourfulness IS NULL OR border IS NULL)"
+                        "OR colourfulness IS NULL OR border IS NULL OR (format = 'JPEG' AND jpeg_quality IS NULL))"
                         ).fetchall()[0][0]
     return int(n)
 
@@ -127,7 +164,20 @@ def _commit(ws: Workspace, results, bs: int, total: int) -> int:
     return hashed
 
 
-def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
+def run(ws: Workspace, cfg: RunConfig, force: bool = False) -> dict[str, Any]:
+    """Hash every sample's image that has no ``images`` row, after forgetting the rows that
+    must be computed again: images whose file changed since they were hashed
+    (:func:`curate.stages.hash.changes.forget_changed`), or every row with ``force`` (``curate
+    hash --force``: every file is read and hashed again).
+
+    Returns:
+        counters: ``hashed``, ``rehashed_changed``, ``rechecked_unchanged``, ``rehashed_forced``,
+        ``rehashed_for_…``, ``by_status``, ``output_digest`` (:func:`~curate.stages.hash.changes.content_digest`), ….
+    """
+    clear_caches()  # no reader of a table opened by an earlier run of this process (a notebook)
+    load_current(ws)  # sizes and mtimes before any byte is read: recorded with the rows inserted
+    changed = forget_changed(ws)
+    forced = _forget_all(ws) if force else 0
     rehash = _forget_for_new_limit(ws, cfg.hash.max_pixels)
     rehash_mirror = _forget_incomplete_rows(ws)
     rehash_version = _forget_older_hashes(ws)
@@ -157,6 +207,8 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     by_status = dict(ws.q("SELECT status, count(*) FROM images GROUP BY status ORDER BY status"))
     out = {
         "hashed": hashed,
+        **changed,
+        "rehashed_forced": forced,
         "rehashed_for_new_max_pixels": rehash,
         "rehashed_for_mirror_phash": rehash_mirror,
         "rehashed_for_hash_version": rehash_version,
@@ -165,6 +217,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
         "by_status": by_status,
         "metadata_only": int(ws.scalar("SELECT count(*) FROM samples WHERE image_ref IS NULL")),
         "notes": int(ws.scalar("SELECT count(*) FROM images WHERE len(notes) > 0")),
+        "output_digest": content_digest(ws),
     }
     if get_engine(cfg.hash.engine).distributed:
         out[cfg.hash.engine] = ray_stats  # cluster, actors, units, shards, worker processes

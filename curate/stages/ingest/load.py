@@ -8,6 +8,8 @@ it with :mod:`curate.stages.ingest.normalise`. Local parquet goes straight throu
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
 from curate.config import RunConfig
@@ -18,6 +20,7 @@ from curate.stages.ingest.normalise import (
     Plan,
     insert_from,
     insert_table,
+    mark_duplicate_keys,
     quote_name,
     quote_str,
     unregister,
@@ -34,7 +37,7 @@ from curate.stages.ingest.readers import (
     webdataset_table,
 )
 from curate.stages.ingest.schemas import Mapping, resolve
-from curate.stages.ingest.units import Unit
+from curate.stages.ingest.units import RealPaths, Unit
 from curate.store import fsio
 from curate.store.catalog import Workspace
 
@@ -53,6 +56,9 @@ def _table_plan(unit: Unit, schema: pa.Schema, ws: Workspace, kind: str) -> tupl
     readable = [n for n in names if n not in bytes_cols]
     mapping = resolve(names, unit.source.schema_, str(unit.path))
     unit_notes: list[str] = []
+    if unit.img2dataset and "sha256_meta" in mapping.columns:  # the original download's hash (readers.stored_sha256_field)
+        mapping = Mapping(mapping.layout, {k: v for k, v in mapping.columns.items() if k != "sha256_meta"},
+                          mapping.unmapped + [mapping.columns["sha256_meta"]])
     plan = Plan(mapping, readable)
     img_col = mapping.columns.get("image_ref")
     if bytes_cols:
@@ -72,12 +78,9 @@ def _table_plan(unit: Unit, schema: pa.Schema, ws: Workspace, kind: str) -> tupl
         unit_notes.append(f"images: bytes in column {chosen!r} (referenced, not copied)"
                           + (f"; other bytes columns not read: {others}" if others else ""))
     elif unit.img2dataset and unit.images is not None and "key" in mapping.columns:
-        status = "b.status" if "status" in names else "NULL"
-        err = "b.error_message" if "error_message" in names else "NULL"
-        plan.image_sql = (
-            f"coalesce(r.__ref, 'missing:img2dataset ' || coalesce(CAST({status} AS VARCHAR), 'no image') "
-            f"|| coalesce(': ' || CAST({err} AS VARCHAR), ''))"
-        )
+        key = f"CAST(b.{quote_name(mapping.columns['key'])} AS VARCHAR)"
+        plan.image_sql = (f"coalesce(r.__ref, 'missing:no image for key ' || coalesce({key}, 'NULL') || "
+                          f"{quote_str(' in ' + fsio.name_of(unit.images))})")
         unit_notes.append(f"images: {fsio.name_of(unit.images)} matched by key")
     elif img_col is not None and unit.images is not None:
         plan.images_root = unit.images
@@ -86,11 +89,19 @@ def _table_plan(unit: Unit, schema: pa.Schema, ws: Workspace, kind: str) -> tupl
         plan.mapping = Mapping(mapping.layout, {k: v for k, v in mapping.columns.items() if k != "image_ref"},
                                mapping.unmapped + [img_col])
     elif unit.img2dataset:
-        unit_notes.append("no images beside this parquet: metadata only")
+        stem = fsio.name_of(unit.path).removesuffix(".parquet")
+        why = f"missing_shard: neither {stem}.tar nor {stem}/ is beside {stem}.parquet (images gone?)"
+        plan.image_sql = quote_str("missing:" + why)
+        unit_notes.append(why)
+        info(f"[ingest] warning: {unit.uri}: {why}; its rows have no image")
+    if unit.img2dataset and "status" in names and plan.image_sql:  # a failed download says why (its error_message)
+        err = "coalesce(': ' || CAST(b.error_message AS VARCHAR), '')" if "error_message" in names else "''"
+        plan.image_sql = (f"(CASE WHEN b.status IS NOT NULL AND CAST(b.status AS VARCHAR) <> 'success' THEN "
+                          f"'missing:img2dataset ' || CAST(b.status AS VARCHAR) || {err} ELSE {plan.image_sql} END)")
     return plan, unit_notes
 
 
-def _companion_join(ws: Workspace, unit: Unit, plan: Plan, row_sql: str) -> str:
+def _companion_join(ws: Workspace, unit: Unit, plan: Plan, row_sql: str, follow_symlinks: str = "inside") -> str:
     """Finish ``plan.image_sql`` for rows numbered by ``row_sql``; for an img2dataset shard whose
     images are in a companion tar/folder, register its key → reference table as ``_refs`` (the
     caller unregisters it) and return the JOIN clause that brings it in ("" otherwise)."""
@@ -99,7 +110,7 @@ def _companion_join(ws: Workspace, unit: Unit, plan: Plan, row_sql: str) -> str:
     plan.image_sql = plan.image_sql.replace("__ROW__", row_sql)
     if "r.__ref" not in plan.image_sql:
         return ""
-    ws.con.register("_refs", companion_refs(unit.images, ws))
+    ws.con.register("_refs", companion_refs(unit.images, ws, follow_symlinks))
     return f" LEFT JOIN _refs r ON r.__k = CAST(b.{quote_name(plan.mapping.columns['key'])} AS VARCHAR)"
 
 
@@ -125,7 +136,7 @@ def _ingest_parquet(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int) -
     if isinstance(unit.path, str):
         return ingest_parquet_batches(ws, cfg, unit, source_id)
     _, schema, plan, unit_notes = _parquet_plan(ws, unit)
-    join = _companion_join(ws, unit, plan, "file_row_number")
+    join = _companion_join(ws, unit, plan, "file_row_number", cfg.ingest.follow_symlinks)
     try:
         plan.row_expr = "b.file_row_number"
         proj = ", ".join(quote_name(c) for c in plan.columns)
@@ -150,7 +161,7 @@ def ingest_parquet_batches(ws: Workspace, cfg: RunConfig, unit: Unit, source_id:
     :mod:`curate.store.fsio`; DuckDB's httpfs is not used) and for a local file DuckDB refuses for
     its encoding."""
     pf, schema, plan, unit_notes = _parquet_plan(ws, unit)
-    join = _companion_join(ws, unit, plan, "b.__row")
+    join = _companion_join(ws, unit, plan, "b.__row", cfg.ingest.follow_symlinks)
     n_ok = n_rej = 0
     repaired = False
     try:
@@ -166,6 +177,7 @@ def ingest_parquet_batches(ws: Workspace, cfg: RunConfig, unit: Unit, source_id:
             unregister(ws.con, "_refs")
     if repaired:  # as the local path notes it when DuckDB refuses the file
         unit_notes.append("invalid UTF-8 repaired per row (read through pyarrow)")
+    _finish_unit(ws, cfg, unit, source_id)  # also here: the stage calls this for its UTF-8 fallback
     return plan.mapping, n_ok, n_rej, unit_notes, list(schema.names)
 
 
@@ -178,6 +190,7 @@ def _ingest_hf_arrow(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
         reader = pa.ipc.open_file(src)
     schema = reader.schema
     plan, unit_notes = _table_plan(unit, schema, ws, "arrow")
+    plan.types = {f.name: f.type for f in schema}
     _companion_join(ws, unit, plan, "b.__row")  # an Arrow file has no companion images: only the row refs
     info(f"[ingest] {unit.path.name}: {plan.mapping.describe()}")
     batches = reader if isinstance(reader, pa.ipc.RecordBatchStreamReader) else (
@@ -208,10 +221,57 @@ def ingest_unit(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
     n_rejected, unit notes, file columns)."""
     if isinstance(unit.path, str) or isinstance(unit.images, str):
         try:
-            return _ingest_unit_local_or_uri(ws, cfg, unit, source_id)
+            res = _ingest_unit_local_or_uri(ws, cfg, unit, source_id)
         except (OSError, pa.ArrowException) as e:  # an object store refused a read mid-file
             raise InputError(f"{unit.uri}: cannot read: {e}") from None
-    return _ingest_unit_local_or_uri(ws, cfg, unit, source_id)
+    else:
+        res = _ingest_unit_local_or_uri(ws, cfg, unit, source_id)
+    _finish_unit(ws, cfg, unit, source_id)
+    return res
+
+
+def _finish_unit(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int) -> None:
+    """The passes over a whole unit's inserted rows (idempotent): keys repeated inside the unit,
+    and the image paths of a metadata unit's local ``images`` folder."""
+    mark_duplicate_keys(ws, source_id, unit.img2dataset and unit.images is not None)
+    if unit.fmt in ("parquet", "tsv", "hf_arrow") and unit.images is not None and not unit.img2dataset \
+            and not isinstance(unit.images, str):
+        check_image_paths(ws, source_id, unit.images, cfg.ingest.follow_symlinks)
+
+
+def check_image_paths(ws: Workspace, source_id: int, images: Path, follow_symlinks: str) -> int:
+    """The image files a metadata unit names relative to its ``images`` folder, checked like a
+    folder's files (:class:`curate.stages.ingest.units.RealPaths`): a path that leaves the folder
+    (``../``, or a symbolic link under ``follow_symlinks``) is never read — its reference becomes
+    ``missing:<why>`` (the sample is removed as ``image:missing`` with that detail) and the row
+    gets a note ``<why code>(image_ref): …``; an allowed link is stored resolved (what
+    :func:`curate.media.images.read_ref` expects). Returns the number of refused paths."""
+    prefix = str(images.resolve()).rstrip("/") + "/"
+    cur = ws.con.execute("SELECT source_row, image_ref FROM samples WHERE source_id = ? AND starts_with(image_ref, ?)",
+                         [source_id, prefix])
+    paths = RealPaths(images, follow_symlinks)
+    fixed, refused = [], []
+    while batch := cur.fetchmany(65536):  # streamed: only the paths to change are kept
+        for row, ref in batch:
+            real, why = paths.check(ref[len(prefix):])
+            if why is not None:
+                code, _, detail = why.partition(": ")
+                refused.append((row, f"missing:{why}", f"{code}(image_ref): {detail}; not read"))
+            elif real != ref:
+                fixed.append((row, real))
+    changes = [(row, ref, None) for row, ref in fixed] + refused
+    if changes:
+        rows, refs, notes = zip(*changes)
+        ws.con.register("_paths", pa.table({"source_row": pa.array(rows, pa.int64()), "ref": pa.array(refs, pa.string()),
+                                            "note": pa.array(notes, pa.string())}))
+        try:
+            ws.con.execute(
+                "UPDATE samples SET image_ref = p.ref, notes = CASE WHEN p.note IS NULL THEN samples.notes ELSE "
+                "list_append(samples.notes, p.note) END FROM _paths p WHERE samples.source_id = ? AND "
+                "samples.source_row = p.source_row", [source_id])
+        finally:
+            unregister(ws.con, "_paths")
+    return len(refused)
 
 
 def _ingest_unit_local_or_uri(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int):
@@ -227,7 +287,7 @@ def _ingest_unit_local_or_uri(ws: Workspace, cfg: RunConfig, unit: Unit, source_
             table, unit_notes = webdataset_table(local, unit.path if isinstance(unit.path, str) else None)
         mapping = Mapping("webdataset", IDENTITY.columns, [])
     else:
-        table = folder_table(unit.path, ws)
+        table = folder_table(unit.path, ws, cfg.ingest.follow_symlinks)
         mapping = Mapping("folder", IDENTITY.columns, [])
     n_ok, n_rej = insert_table(ws, table, Plan(mapping, table.column_names), source_id)
     return mapping, n_ok, n_rej, unit_notes, []

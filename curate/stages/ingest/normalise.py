@@ -25,6 +25,17 @@ URL_RE = r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#]+([/?#]|$)"
 # a host (user info and port included) holding an invisible character (curate.store.hosts.INVISIBLE):
 # ``bü\u200bcher.de`` looks like ``bücher.de`` but is not; group 1 is the first such character
 INVISIBLE_HOST_RE = r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*?(" + INVISIBLE_SQL_CLASS + ")"
+#: SQL (aliases ``s`` samples, ``i`` images): a one-note list ``size_mismatch(width,height): metadata
+#: WxH, decoded WxH`` when the metadata's size is neither the decoded image's (EXIF-oriented) size
+#: nor its stored size (swapped sides, a thumbnail, a resized download), else ``[]``. Readers of
+#: ``samples.notes`` for the manifest add it: ingest cannot know it, the hash stage decodes.
+SIZE_MISMATCH_SQL = (
+    "(CASE WHEN i.status = 'ok' AND s.width IS NOT NULL AND s.height IS NOT NULL AND i.width IS NOT NULL "
+    "AND NOT (s.width = i.width AND s.height = i.height) "
+    "AND NOT (s.width = coalesce(i.raw_width, i.width) AND s.height = coalesce(i.raw_height, i.height)) "
+    "THEN [printf('size_mismatch(width,height): metadata %dx%d, decoded %dx%d', s.width, s.height, i.width, i.height)] "
+    "ELSE CAST([] AS VARCHAR[]) END)"
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,7 +80,16 @@ def _select_sql(plan: Plan, source_id: int, from_sql: str) -> str:
         col = "b." + quote_name(src)
         t = plan.types.get(src)
         is_str = t is not None and (pa.types.is_string(t) or pa.types.is_large_string(t))
-        if typ == "VARCHAR":
+        if typ == "VARCHAR" and t is not None and (pa.types.is_list(t) or pa.types.is_large_list(t)):
+            # a list of alternatives (e.g. several captions per image): the first non-empty one,
+            # '' for an empty list, a note when there were several (never the list's text)
+            first = f"list_filter({col}, lambda x: x IS NOT NULL AND trim(CAST(x AS VARCHAR)) <> '')[1]"
+            v = f"(CASE WHEN {col} IS NOT NULL THEN coalesce(CAST({first} AS VARCHAR), '') END)"
+            e = f"NULLIF(trim({v}), '')" if canon in ("url", "image_ref") else v
+            code, what = ("caption_list", "captions") if canon == "caption" else ("list_value", "values")
+            notes.append((f"len({col}) > 1",
+                          f"'{code}({canon}): ' || len({col}) || ' {what}; kept the first non-empty'"))
+        elif typ == "VARCHAR":
             v = col if is_str else f"CAST({col} AS VARCHAR)"
             e = f"NULLIF(trim({v}), '')" if canon in ("url", "image_ref") else v
         elif t is not None and pa.types.is_integer(t) and _fits(t, typ):
@@ -212,6 +232,39 @@ def _reject_pass(ws: Workspace, plan: Plan, source_id: int, from_sql: str, rows:
         return int(n_rej)
     finally:
         con.execute("DROP TABLE IF EXISTS _bad")
+
+
+def mark_duplicate_keys(ws: Workspace, source_id: int, images_by_key: bool) -> int:
+    """Rows of one unit whose ``key`` an earlier row of the unit already has. Each is kept (its own
+    sample id) with a note ``duplicate_key(key): '<key>' also at source row <n>``. With
+    ``images_by_key`` (an img2dataset shard, whose images are matched to rows by key) such a row
+    does not share the earlier row's image: its reference becomes ``missing:duplicate key …``
+    (a failed download keeps its own reason). Idempotent. Returns the number of such rows."""
+    con = ws.con
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _dup AS SELECT s.source_row, s.key, k.first FROM samples s JOIN "
+        "(SELECT key, min(source_row) AS first FROM samples WHERE source_id = ? AND key IS NOT NULL "
+        "GROUP BY key HAVING count(*) > 1) k USING (key) WHERE s.source_id = ? AND s.source_row > k.first",
+        [source_id, source_id],
+    )
+    try:
+        n = int(con.execute("SELECT count(*) FROM _dup").fetchall()[0][0])
+        if not n:
+            return 0
+        con.execute(
+            "UPDATE samples SET notes = list_append(notes, 'duplicate_key(key): ''' || _dup.key || ''' also at "
+            "source row ' || _dup.first) FROM _dup WHERE samples.source_id = ? AND samples.source_row = "
+            "_dup.source_row AND len(list_filter(samples.notes, lambda x: starts_with(x, 'duplicate_key(key)'))) = 0",
+            [source_id])
+        if images_by_key:
+            con.execute(
+                "UPDATE samples SET image_ref = 'missing:duplicate key ''' || _dup.key || ''' in the metadata: the "
+                "image of that key goes to source row ' || _dup.first FROM _dup WHERE samples.source_id = ? AND "
+                "samples.source_row = _dup.source_row AND NOT starts_with(coalesce(samples.image_ref, ''), 'missing:')",
+                [source_id])
+        return n
+    finally:
+        con.execute("DROP TABLE IF EXISTS _dup")
 
 
 def insert_table(ws: Workspace, table: pa.Table, plan: Plan, source_id: int, join: str = "") -> tuple[int, int]:

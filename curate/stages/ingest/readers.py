@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import io
 import json
+import os
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -29,7 +30,7 @@ from curate.stages.ingest.schemas import (
     match,
     resolve,
 )
-from curate.stages.ingest.units import IMAGE_EXTS, folder_files, uri_image_files
+from curate.stages.ingest.units import IMAGE_EXTS, RealPaths, folder_files, uri_image_files
 from curate.store import fsio
 from curate.store.catalog import Workspace
 
@@ -179,41 +180,67 @@ def tsv_layout(path: Path | str, schema: str) -> tuple[list[str] | None, Mapping
     return list(lay.names or []), m
 
 
-def folder_table(root: Path | str, ws: Workspace) -> pa.Table:
+def folder_table(root: Path | str, ws: Workspace, follow_symlinks: str = "inside") -> pa.Table:
     """One row per image file under ``root`` (a local folder or a URI), caption from the
-    ``<stem>.txt`` sidecar, url / sha256 / other fields from ``<stem>.json``."""
+    ``<stem>.txt`` sidecar, url / sha256 / other fields from ``<stem>.json``.
+
+    Symbolic links (``follow_symlinks``, :class:`curate.stages.ingest.units.RealPaths`): an image
+    file that may not be read is a rejected row (``symlink_outside_source: …``,
+    ``symlink_not_followed: …``), a sidecar that may not be read a per-row note and not read."""
+    rejects: list[str | None] = []
     if isinstance(root, str):
         base = root.rstrip("/")
         listing = fsio.walk(root)
         present = {st.uri[len(base) + 1:]: st.size for st in listing}  # every file, for the sidecars
 
-        def sidecar(rel: str, ext: str):
+        def sidecar(rel: str, ext: str, notes: list[str]):
             r = PurePosixPath(rel).with_suffix(ext).as_posix()
             return (present[r], lambda: fsio.read_bytes(f"{base}/{r}")) if r in present else None
 
         entries = [(rel, f"{base}/{rel}") for rel, _ in uri_image_files(root, listing)]
+        rejects = [None] * len(entries)
     else:
-        def sidecar(rel: str, ext: str):
-            q = (root / rel).with_suffix(ext)
-            return (q.stat().st_size, q.read_bytes) if q.is_file() else None
+        paths = RealPaths(root, follow_symlinks)
 
-        entries = [(p.relative_to(root).as_posix(), str(p.resolve())) for p in folder_files(root, ws.root)]
+        def sidecar(rel: str, ext: str, notes: list[str]):
+            r = PurePosixPath(rel).with_suffix(ext).as_posix()
+            q = root / r
+            if not (q.is_file() or q.is_symlink()):
+                return None
+            real, why = paths.check(r)
+            if why is not None:
+                code, _, detail = why.partition(": ")
+                notes.append(f"{code}({ext[1:]}): {detail}; not read")
+                return None
+            return (os.stat(real).st_size, Path(real).read_bytes) if os.path.isfile(real) else None
+
+        entries = []
+        for p in folder_files(root, ws.root):
+            rel = p.relative_to(root).as_posix()
+            real, why = paths.check(rel)
+            entries.append((rel, real))
+            rejects.append(why)
     rows: dict[str, list[Any]] = {k: [] for k in _WDS_SCHEMA.names}
     for i, (rel, ref) in enumerate(entries):
         notes: list[str] = []
         caption = url = sha = extra = None
-        side = sidecar(rel, ".txt")
+        if rejects[i] is not None:  # never read, not even its sidecars
+            _wds_row(rows, rel, None, None, None, None, i, notes, None)
+            continue
+        side = sidecar(rel, ".txt", notes)
         if side and _fits(side[0], PurePosixPath(rel).with_suffix(".txt").name, notes):
             data = side[1]()
             caption = _text(data, "txt", notes) if data is not None else None
-        js = sidecar(rel, ".json")
+        js = sidecar(rel, ".json", notes)
         name = PurePosixPath(rel).with_suffix(".json").name
         meta = _sidecar_json(js[1](), name, notes) if js and _fits(js[0], name, notes) else None
         if meta is not None:
-            url, sha, extra = meta.get("url"), meta.get("sha256"), _json_rest(meta)
-            caption = caption if caption is not None else meta.get("caption")
+            cap, url, sha, extra = _sidecar_fields(meta, notes)
+            caption = caption if caption is not None else cap
         _wds_row(rows, rel, caption, url, ref, sha, i, notes, extra)
-    return pa.table(rows, schema=_WDS_SCHEMA)
+    table = pa.table(rows, schema=_WDS_SCHEMA)
+    raw = [json.dumps({"file": rel}, ensure_ascii=False) if why else None for (rel, _), why in zip(entries, rejects)]
+    return table.append_column("__reject", pa.array(rejects, pa.string())).append_column("__raw", pa.array(raw, pa.string()))
 
 
 #: a sidecar (``.txt`` caption, ``.json`` metadata) larger than this is not read: a per-row note
@@ -269,13 +296,46 @@ _WDS_SCHEMA = pa.schema([
     ("sha256", pa.string()), ("__row", pa.int64()), ("__fix_notes", pa.list_(pa.string())),
     ("__extra_json", pa.string()),  # the sidecar .json's other fields (img2dataset status, sizes, LAION scores…)
 ])
-_JSON_MAPPED = ("caption", "url", "sha256", "key")
+#: the fields img2dataset writes into every sample's metadata (its ``.json`` sidecar and its parquet)
+IMG2DATASET_FIELDS = frozenset({"key", "status", "error_message", "width", "height", "original_width",
+                                "original_height"})
 
 
-def _json_rest(meta: dict) -> str | None:
-    """A sidecar JSON's fields that have no column of their own, as JSON text (kept in ``extra``)."""
-    rest = {k: v for k, v in meta.items() if k not in _JSON_MAPPED}
-    return json.dumps(rest, ensure_ascii=False, sort_keys=True, default=str) if rest else None
+def stored_sha256_field(meta: dict) -> str | None:
+    """The field of a sidecar JSON that holds the sha256 of the image stored beside it, or None.
+
+    img2dataset's ``sha256`` (a JSON carrying all of :data:`IMG2DATASET_FIELDS`) is the hash of
+    the ORIGINAL download, taken before img2dataset resizes and re-encodes it (its default): it
+    says nothing about the stored file, so it is kept in ``extra`` and never compared. curate's
+    own webdataset export writes the stored file's hash as ``image_sha256`` (``sha256`` there is
+    the source image's). Any other sidecar's ``sha256`` is taken as the stored file's."""
+    if "image_sha256" in meta:
+        return "image_sha256"
+    if IMG2DATASET_FIELDS <= meta.keys():
+        return None
+    return "sha256" if "sha256" in meta else None
+
+
+def first_caption(value: Any, notes: list[str], column: str = "caption") -> str | None:
+    """A caption given as a list of alternative captions → its first non-empty one (``[]`` → ``''``),
+    with a note ``caption_list(<column>): N captions; kept the first non-empty`` when there were
+    several; anything else as it is (None stays None)."""
+    if not isinstance(value, list):
+        return value
+    texts = [str(v) for v in value if v is not None]
+    if len(value) > 1:
+        notes.append(f"caption_list({column}): {len(value)} captions; kept the first non-empty")
+    return next((t for t in texts if t.strip()), "")
+
+
+def _sidecar_fields(meta: dict, notes: list[str]) -> tuple[Any, Any, Any, str | None]:
+    """(caption, url, sha256 of the stored image, the other fields as JSON text for ``extra``) of a
+    sidecar JSON (:func:`stored_sha256_field`, :func:`first_caption`)."""
+    sha_field = stored_sha256_field(meta)
+    used = {"caption", "url", "key", *([sha_field] if sha_field else [])}
+    rest = {k: v for k, v in meta.items() if k not in used}
+    extra = json.dumps(rest, ensure_ascii=False, sort_keys=True, default=str) if rest else None
+    return first_caption(meta.get("caption"), notes), meta.get("url"), meta.get(sha_field) if sha_field else None, extra
 
 
 #: the mapping of a webdataset / folder table: its columns already have the canonical names
@@ -406,8 +466,7 @@ def webdataset_table(shard: Path, ref_shard: str | None = None) -> tuple[pa.Tabl
                 if "json" in g and _fits(g["json"].size, f"{key}.json", kn):
                     meta = _sidecar_json(tf.extractfile(g["json"]).read(), f"{key}.json", kn)
                     if meta is not None:
-                        caption, url, sha = meta.get("caption"), meta.get("url"), meta.get("sha256")
-                        extra = _json_rest(meta)
+                        caption, url, sha, extra = _sidecar_fields(meta, kn)
                 if "txt" in g and _fits(g["txt"].size, f"{key}.txt", kn):
                     caption = _text(tf.extractfile(g["txt"]).read(), "txt", kn)
             except (tarfile.TarError, OSError, EOFError) as e:
@@ -418,9 +477,10 @@ def webdataset_table(shard: Path, ref_shard: str | None = None) -> tuple[pa.Tabl
     return pa.table(rows, schema=_WDS_SCHEMA), unit_notes
 
 
-def companion_refs(images: Path | str, ws: Workspace) -> pa.Table:
+def companion_refs(images: Path | str, ws: Workspace, follow_symlinks: str = "inside") -> pa.Table:
     """key → image reference for an img2dataset shard's ``NNNNN.tar`` or ``NNNNN/`` folder
-    (local, or a URI)."""
+    (local, or a URI); a file of a local folder that may not be read (``follow_symlinks``,
+    :class:`curate.stages.ingest.units.RealPaths`) → ``missing:<why>``."""
     keys, refs = [], []
     if isinstance(images, str):
         st = fsio.stat(images)
@@ -444,8 +504,13 @@ def companion_refs(images: Path | str, ws: Workspace) -> pa.Table:
                 keys.append(key.rpartition("/")[2])
                 refs.append(tar_ref(images, img.name, img.offset_data, img.size))
     else:
+        paths = RealPaths(images, follow_symlinks)
         for p in folder_files(images, ws.root):
+            real, why = paths.check(p.relative_to(images).as_posix())
             keys.append(p.name.partition(".")[0])
-            refs.append(str(p.resolve()))
-    return pa.table({"__k": pa.array(keys, pa.string()), "__ref": pa.array(refs, pa.string())})
+            refs.append(real if why is None else f"missing:{why}")
+    first = {}  # one image per key (``a.jpg`` beside ``a.png``, or in two sub-folders): the first, never two rows
+    for k, r in zip(keys, refs):
+        first.setdefault(k, r)
+    return pa.table({"__k": pa.array(list(first), pa.string()), "__ref": pa.array(list(first.values()), pa.string())})
 

@@ -7,7 +7,10 @@ Units and resumability: an input is split into *units* (one metadata file, one s
 folder). One unit is ingested in one transaction, so a run killed mid-unit (even SIGKILL)
 leaves nothing of it and the re-run ingests it whole; units already ingested with the same
 fingerprint are skipped, so adding a file to a set ingests only that file. A unit that
-changed after it was ingested is an error (sample ids would silently change meaning).
+changed after it was ingested is brought up to date when its rows keep their meaning (an image
+folder: files added become new samples, deleted files keep theirs; any other unit: the same
+rows, new image references) and is an error otherwise, saying what to do
+(:mod:`curate.stages.ingest.changes`): sample ids never silently change meaning.
 Paths inside the workspace are never inputs: a glob skips them, a named path is an error.
 
 Reading: parquet goes straight through DuckDB's ``read_parquet`` (streamed, never whole in
@@ -35,13 +38,19 @@ every number, so a threshold rule would otherwise treat it as "unsafe", case K15
 Per-row notes are ``<code>(<column>): <detail>``; codes: ``not_integer``, ``not_bigint``,
 ``not_finite``, ``invalid_utf8``, ``not_a_url``, ``repeated_member``, ``bad_json`` (a sidecar
 JSON that is invalid or nested deeper than 64 levels: not used), ``sidecar_too_large`` (a
-sidecar over 1 MiB: not read). A sidecar never fails the unit (:mod:`curate.stages.ingest.readers`).
+sidecar over 1 MiB: not read), ``caption_list`` / ``list_value`` (a list of alternatives: the first
+non-empty one kept), ``duplicate_key`` (a key an earlier row of the unit has; the row is kept),
+``symlink_outside_source`` / ``symlink_not_followed`` / ``path_outside_source`` (a sidecar or a
+relative image path not read, ``ingest.follow_symlinks``). A sidecar never fails the unit
+(:mod:`curate.stages.ingest.readers`).
 
 Reject reasons: ``no_url_or_image`` (nothing identifies the sample), ``invalid_url`` (a URL
 that is not ``scheme://host…``, or whose host holds an invisible character —
 ``invalid_url: invisible character U+200B in the host: …``, :mod:`curate.store.hosts` — and no
 image either — e.g. LAION's NSFW/similarity values shifted into URL/TEXT), ``malformed_row``
-(a TSV line with the wrong number of fields).
+(a TSV line with the wrong number of fields), ``symlink_outside_source`` / ``symlink_not_followed``
+(an image file of a folder that is a link leaving its folder, or any link under
+``ingest.follow_symlinks: never``; never read).
 """
 from __future__ import annotations
 
@@ -52,6 +61,7 @@ from typing import Any
 from curate.config import RunConfig
 from curate.errors import InputError
 from curate.progress import bar, info
+from curate.stages.ingest.changes import update_unit
 from curate.stages.ingest.load import Utf8Fallback, ingest_parquet_batches, ingest_unit
 from curate.stages.ingest.readers import TMP_PREFIX
 from curate.stages.ingest.units import Unit, fingerprint, unit_list
@@ -69,7 +79,8 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
 
     Raises:
         InputError: an input that cannot be used at all (unreadable file, unknown layout,
-            case-colliding columns, a changed file that was already ingested).
+            case-colliding columns, a file whose rows changed after it was ingested:
+            :func:`curate.stages.ingest.changes.update_unit`).
     """
     counters: dict[str, Any] = {"units": 0, "units_skipped": 0, "rows": 0, "samples": 0, "rejected": 0, "layouts": {}}
     units, skipped = unit_list(ws, cfg)
@@ -129,11 +140,10 @@ def _ingest_units(ws: Workspace, cfg: RunConfig, units: list[Unit], counters: di
             ws.con.execute("DELETE FROM sources WHERE source_id = ?", [row[0][0]])  # a skipped file, now changed: retry
             row = []
         if row:
-            if row[0][1] != fp:
-                raise InputError(
-                    f"{uri} changed since it was ingested (source_id {row[0][0]}); start a new workspace "
-                    "or restore the file — curate does not silently re-number samples"
-                )
+            if row[0][1] != fp:  # changed since ingested: kept up to date when its rows keep their meaning, else an error
+                done = update_unit(ws, cfg, unit, row[0][0], fp)
+                _count_update(counters, uri, done)
+                continue
             counters["units_skipped"] += 1
             continue
         source_id = (ws.scalar("SELECT max(source_id) FROM sources") or 0) + 1
@@ -158,6 +168,24 @@ def _ingest_units(ws: Workspace, cfg: RunConfig, units: list[Unit], counters: di
         counters["samples"] += n_ok
         counters["rejected"] += n_rej
         counters["layouts"][mapping.layout] = counters["layouts"].get(mapping.layout, 0) + 1
+
+
+def _count_update(counters: dict[str, Any], uri: str, done: dict[str, Any]) -> None:
+    """Counters of a changed unit brought up to date (:func:`curate.stages.ingest.changes.update_unit`)."""
+    if done["kind"] == "folder":
+        counters["folders_updated"] = counters.get("folders_updated", 0) + 1
+        counters["samples"] += done["added"]
+        counters["rejected"] += done["rejected"]
+        counters["rows"] += done["added"] + done["rejected"]
+        counters["folder_files_gone"] = counters.get("folder_files_gone", 0) + done["gone"]
+        if done["added"] or done["gone"]:
+            info(f"[ingest] {uri}: {done['added']} new image file(s) ingested, {done['gone']} gone "
+                 "(their samples stay; the hash stage marks them missing until the files are back)")
+    else:
+        counters["units_unchanged_rows"] = counters.get("units_unchanged_rows", 0) + 1
+        info(f"[ingest] {uri} changed on disk but holds the same rows: kept "
+             f"({done['refs_updated']} image reference(s) updated)")
+    counters["image_refs_updated"] = counters.get("image_refs_updated", 0) + done["refs_updated"]
 
 
 def _totals(ws: Workspace, counters: dict[str, Any]) -> None:

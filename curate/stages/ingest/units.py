@@ -274,6 +274,42 @@ def folder_files(root: Path, skip: Path | None = None) -> list[Path]:
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
+class RealPaths:
+    """Resolve files under one local source folder and say which may be read
+    (``ingest.follow_symlinks``): ``inside`` — a symbolic link (the file, or a folder on its way)
+    only when it resolves inside ``root``; ``never`` — no link; ``always`` — any. A relative path
+    that leaves ``root`` without a link (``..`` in a metadata file's ``file`` column) is refused
+    under every policy. ``root`` itself may be a link (it is the config's choice). Resolved
+    folders are cached, so a file costs one ``lstat``."""
+
+    def __init__(self, root: Path | str, policy: str = "inside"):
+        self.root = os.path.realpath(root)
+        self.policy = policy
+        self._dirs: dict[str, str] = {}
+
+    def _inside(self, p: str) -> bool:
+        return fsio.is_within(self.root, p)
+
+    def check(self, rel: str) -> tuple[str, str | None]:
+        """``rel`` (a path relative to the root) → (its resolved absolute path, None) when it may be
+        read, else (the unresolved path, reason): ``symlink_outside_source: <rel> → <target>``,
+        ``symlink_not_followed: <rel> → <target>`` or ``path_outside_source: <rel> → <path>``."""
+        full = os.path.join(self.root, rel.lstrip("/"))  # as the OS reads "<root>/" + rel
+        lexical = os.path.normpath(full)
+        if not self._inside(lexical):
+            return full, f"path_outside_source: {rel} → {lexical}"
+        d, name = os.path.split(lexical)
+        rd = self._dirs.get(d)
+        if rd is None:
+            rd = self._dirs[d] = os.path.realpath(d)
+        real = os.path.realpath(lexical) if os.path.islink(lexical) else os.path.join(rd, name)
+        if real == lexical or self.policy == "always":
+            return real, None
+        if self.policy == "never":
+            return full, f"symlink_not_followed: {rel} → {real}"
+        return (real, None) if self._inside(real) else (full, f"symlink_outside_source: {rel} → {real}")
+
+
 def uri_image_files(root: str, listing: list[fsio.FileStat] | None = None) -> list[tuple[str, fsio.FileStat]]:
     """(path relative to ``root``, entry) of every image file under a URI folder, in the order
     of :func:`folder_files` (relative POSIX path); ``listing``: ``fsio.walk(root)`` if done."""

@@ -3,6 +3,8 @@
 Thumbnails are inline JPEG data URIs made by the shared loader; a Content-Security-Policy
 forbids every network fetch; all captions, URLs and evidence are HTML-escaped by Jinja2's
 autoescaping. The page holds no timestamps, so the same catalog gives the same bytes.
+``report/`` (index.html + report.json) replaces the previous one whole
+(:func:`curate.store.outdir.publish`); the rest of ``out/`` is carried over unchanged.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from curate.probes.report import context as probe_context
 from curate.stages.export.stage import summary
 from curate.store.catalog import Workspace
 from curate.store.fsio import atomic_write_bytes
+from curate.store.outdir import publish
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> Any:
@@ -94,6 +97,30 @@ def build_context(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
                 verified_min_fraction=cfg.dedup.verified_min_fraction)
 
 
+#: characters of one caption, prompt, URL or evidence text shown in the report (the catalog keeps them whole)
+MAX_TEXT_CHARS = 500
+
+
+def clip(text: Any, n: int = MAX_TEXT_CHARS) -> str:
+    """``text`` as shown in the report: at most ``n`` characters, then ``… (+M chars)`` saying how
+    many are left out (None → ''). A 1 MB caption stays a card, not 1 MB of HTML."""
+    if text is None:
+        return ""
+    text = str(text)
+    return text if len(text) <= n else f"{text[:n]}… (+{len(text) - n:,} chars)"
+
+
+def clip_all(obj: Any) -> Any:
+    """``obj`` (JSON-like) with every string :func:`clip`-ped: what ``report.json`` holds."""
+    if isinstance(obj, str):
+        return clip(obj)
+    if isinstance(obj, dict):
+        return {k: clip_all(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clip_all(v) for v in obj]
+    return obj
+
+
 def render(ctx: dict[str, Any]) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -101,16 +128,19 @@ def render(ctx: dict[str, Any]) -> str:
         loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
+    env.filters["clip"] = clip
     return env.get_template("report.html.j2").render(**ctx)
 
 
 def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     ctx = build_context(ws, cfg)
-    d = ws.out / "report"
-    d.mkdir(parents=True, exist_ok=True)
     html = render(ctx).encode("utf-8")
-    atomic_write_bytes(d / "index.html", html)
-    data = {**ctx["s"], "probes": ctx["probes_data"],
-            "containment": [{k: v for k, v in r.items() if not k.endswith("_thumb")} for r in ctx["containment"]]}
-    atomic_write_bytes(d / "report.json", (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+    data = clip_all({**ctx["s"], "probes": ctx["probes_data"],
+                     "containment": [{k: v for k, v in r.items() if not k.endswith("_thumb")} for r in ctx["containment"]]})
+    # index.html and report.json replace the old report/ together (curate.store.outdir), never one alone
+    with publish(ws.root, ("report",)) as out:
+        d = out / "report"
+        d.mkdir()
+        atomic_write_bytes(d / "index.html", html)
+        atomic_write_bytes(d / "report.json", (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
     return {"clusters_shown": len(ctx["clusters"]), "bytes": len(html)}

@@ -61,3 +61,76 @@ def test_sample_hopper_cluster_keeps_a_colour_copy(sample_ws):
     assert len(rows) == 1
     ref, mode, colour = rows[0]
     assert "hopper" in ref and mode != "1" and colour >= 4, rows
+
+
+def _meme(im: Image.Image, bar: float = 0.18) -> Image.Image:
+    """``im`` with white text bars above and below (each ``bar`` of its height)."""
+    from PIL import ImageDraw, ImageFont
+
+    w, h = im.size
+    b = round(h * bar)
+    out = Image.new("RGB", (w, h + 2 * b), (255, 255, 255))
+    out.paste(im, (0, b))
+    d = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=max(10, round(b * 0.8)))
+    d.text((w / 2, b / 2), "WHEN THE COFFEE IS", font=font, fill=(0, 0, 0), anchor="mm")
+    d.text((w / 2, h + 1.5 * b), "JUST RIGHT AT 6AM", font=font, fill=(0, 0, 0), anchor="mm")
+    return out
+
+
+def _trainer_cases(tmp_path, rule: list[str] | None) -> tuple[dict[str, str], dict]:
+    """Three clusters where more pixels is the wrong copy: a meme of the coffee photo (text bars
+    added), an enlarged crop to 70 % of the rocket photo, and the astronaut re-saved as a
+    larger JPEG at quality 30. Returns ({cluster's original: its keeper}, images rows by name)."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    coffee = Image.open(SAMPLE / "photos" / "skimage_coffee.png").convert("RGB")  # 600×400
+    coffee.save(d / "coffee.png")
+    _meme(coffee).save(d / "coffee_meme.png")  # 600×544: more pixels
+    rocket = Image.open(SAMPLE / "photos" / "skimage_rocket.jpg").convert("RGB")  # 640×427
+    rocket.save(d / "rocket.jpg", quality=95)
+    w, h = rocket.size
+    crop = rocket.crop((round(w * 0.15), round(h * 0.1), round(w * 0.85), round(h * 0.8)))
+    crop.resize((crop.width * 3 // 2, crop.height * 3 // 2), Image.LANCZOS).save(d / "rocket_crop70.jpg", quality=95)
+    astronaut = Image.open(SAMPLE / "photos" / "skimage_astronaut.png").convert("RGB")  # 512×512
+    astronaut.save(d / "astronaut.jpg", quality=92)
+    astronaut.resize((600, 600), Image.LANCZOS).save(d / "astronaut_q30.jpg", quality=30)
+    dedup = {} if rule is None else {"keeper_rule": rule}
+    cfg = RunConfig.model_validate({"sources": [{"name": "f", "images": "imgs"}], "flag": {"packs": []},
+                                    "dedup": dedup})
+    cfg.base_dir = str(tmp_path)
+    ws = tmp_path / "ws"
+    api.run(ws, cfg)
+    names = _names(ws)
+    keepers = {}
+    for sid, keeper in query(ws, "SELECT sample_id, keeper_sample_id FROM decisions WHERE keeper_sample_id IS NOT NULL"):
+        keepers[names[sid].split("_")[0].split(".")[0]] = names[keeper]
+    rows = {names[r[0]]: r[1:] for r in query(ws, "SELECT sample_id, jpeg_quality, format FROM images")}
+    return keepers, rows
+
+
+def test_the_clean_whole_least_compressed_picture_is_kept_over_bigger_copies(tmp_path):
+    keepers, images = _trainer_cases(tmp_path, None)
+    assert keepers == {"coffee": "coffee.png", "rocket": "rocket.jpg", "astronaut": "astronaut.jpg"}, keepers
+    assert images["astronaut_q30.jpg"][0] == 30 and images["astronaut.jpg"][0] == 92
+    assert images["coffee.png"][0] is None  # not a JPEG: not measured
+    ws = tmp_path / "ws"
+    judged = {r[0]: r[1:] for r in query(ws, """SELECT regexp_extract(s.image_ref, '[^/]+$'),
+                                    json_extract_string(x.region, '$.surround'),
+                                    CAST(json_extract(x.region, '$.surround_flatness') AS DOUBLE)
+                             FROM containment x JOIN samples s ON s.sample_id = x.container_id
+                             WHERE json_extract_string(x.region, '$.surround') IS NOT NULL""")}
+    assert judged["coffee_meme.png"][0] == "addition" and judged["rocket.jpg"][0] == "picture", judged
+    assert judged["coffee_meme.png"][1] >= 0.9 > judged["rocket.jpg"][1], judged  # bars vs. more photograph
+    reasons = dict(query(ws, "SELECT regexp_extract(s.image_ref, '[^/]+$'), c.keeper_reason FROM clusters c "
+                             "JOIN samples s USING (sample_id) WHERE c.is_keeper"))
+    assert reasons == {"coffee.png": "no_additions", "rocket.jpg": "whole_picture", "astronaut.jpg": "compression"}
+
+
+def test_with_pixels_first_the_meme_the_crop_and_the_q30_copy_are_kept(tmp_path):
+    """The control: the rule before these criteria keeps each cluster's biggest copy."""
+    old = ["image_ok", "not_flagged", "has_caption", "colour", "no_border", "pixels", "aesthetic", "similarity",
+           "smallest_id"]
+    keepers, _ = _trainer_cases(tmp_path, old)
+    assert keepers == {"coffee": "coffee_meme.png", "rocket": "rocket_crop70.jpg",
+                       "astronaut": "astronaut_q30.jpg"}, keepers

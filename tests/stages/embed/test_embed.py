@@ -384,14 +384,18 @@ def test_decode_workers_auto_leaves_cpu_cores_to_the_model():
     assert decode_workers(0, "cuda", cpus=16) == 0         # an explicit count is used as given
 
 
-def test_missing_weights_after_workers_started_is_a_clear_error_and_leaves_no_workers(tmp_path, tiny):
+def test_missing_weights_after_workers_started_is_a_clear_error_and_leaves_no_workers(tmp_path, tiny, monkeypatch):
+    """The weights vanish after the up-front check (api.check_config, which names a missing file
+    before any stage): the embed stage's own error, with its decode workers shut down."""
     import multiprocessing
 
     _images(tmp_path / "imgs", 6)
-    cfg = _cfg(_config(tmp_path, tmp_path / "no-such-model.pt", num_workers=2))
     ws = tmp_path / "ws"
-    api.run_one(ws, "ingest", cfg)
-    api.run_one(ws, "hash", cfg)
+    api.run(ws, _cfg(_config(tmp_path, tiny, num_workers=2)), stages=["ingest", "hash"])
+    cfg = _cfg(_config(tmp_path, tmp_path / "no-such-model.pt", num_workers=2))
+    with pytest.raises(ConfigError, match="no-such-model.pt"):
+        api.check_config(cfg)  # what a run meets first
+    monkeypatch.setattr(api, "check_config", lambda cfg: None)  # deleted after the check
     with pytest.raises(ConfigError, match="no-such-model.pt"):
         api.run_one(ws, "embed", cfg)
     assert multiprocessing.active_children() == []

@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 import tarfile
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -197,7 +198,11 @@ def _hf_image_paths():
 def test_hf_datasets_save_to_disk_and_parquet_image_column(tmp_path):
     import datasets
 
-    paths = _hf_image_paths()
+    # save_to_disk keeps the image paths (no bytes): curate reads a cell's path only inside the
+    # dataset's own folder (tests/test_hostile.py), so the images live there
+    (tmp_path / "hf" / "images").mkdir(parents=True)
+    paths = [shutil.copy(p, tmp_path / "hf" / "images" / p.name) for p in _hf_image_paths()]
+    paths = [Path(p) for p in paths]
     ds = datasets.Dataset.from_dict({"image": [str(p) for p in paths], "text": ["astronaut", "coffee", "cat"]})
     ds = ds.cast_column("image", datasets.Image())
     ds.save_to_disk(str(tmp_path / "hf"))
@@ -231,7 +236,7 @@ def test_real_data_juicer_list_of_bytes_column(tmp_path):
 
 def _img2dataset_output(root, fmt):
     """An img2dataset output folder (shard 00000) built from the real sample_image.parquet:
-    both its rows (row 1 carries a wrong sha256 on purpose) + one failed download."""
+    both its rows (row 1 carries another sha256, as a re-encoded download does) + one failed download."""
     src = pq.read_table(META / "img2dataset_sample_image.parquet").to_pylist()
     png = (SHARED / "near-dup-groups" / "img2dataset-resize" / "original.png").read_bytes()
     rows = []
@@ -262,21 +267,24 @@ def _img2dataset_output(root, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["files", "webdataset", "parquet"])
-def test_img2dataset_output_formats_and_sha256_verified_against_bytes(tmp_path, fmt):
+def test_img2dataset_output_formats_and_sha256_kept_as_the_original_downloads(tmp_path, fmt):
     _img2dataset_output(tmp_path / "out", fmt)
     ing, exp, con = _run(tmp_path, [{"name": "i2d", "img2dataset": "out"}], stages=("ingest", "hash", "export"))
     assert ing["layouts"] == {"img2dataset": 1}
     assert (exp["input_rows"], exp["kept"], exp["removed"]) == (3, 1, 2)
-    # rows 0 and 1 carry the same bytes: row 1 is also an exact duplicate of row 0 (dedup ran)
-    assert exp["reasons"] == {"image:missing": 1, "sha256_mismatch": 1, "duplicate": 1}
+    # img2dataset's sha256 is the hash of the original download (it re-encodes by default): kept in
+    # extra, never compared with the stored file. Rows 0 and 1 carry the same bytes: row 1 is an
+    # exact duplicate of row 0 (dedup ran)
+    assert exp["reasons"] == {"image:missing": 1, "duplicate": 1}
     d = dict(con.execute("SELECT s.source_row, d.reasons FROM decisions d JOIN samples s USING (sample_id)").fetchall())
-    assert d == {0: [], 1: ["sha256_mismatch", "duplicate"], 2: ["image:missing"]}
+    assert d == {0: [], 1: ["duplicate"], 2: ["image:missing"]}
+    sha = con.execute("SELECT sha256_meta, json_extract_string(extra, '$.sha256') FROM samples WHERE source_row = 1")
+    assert sha.fetchall() == [(None, "08dc1f9bc6a55a04882a2cc3ac792fec7030362ddd62990c74b708fe1606ef47")]
     ref = con.execute("SELECT image_ref FROM samples WHERE source_row = 2").fetchall()[0][0]
-    assert ref == "missing:img2dataset failed_to_download: HTTP Error 404: Not Found" or fmt == "parquet"
+    assert ref == "missing:img2dataset failed_to_download: HTTP Error 404: Not Found"
     ws = tmp_path / "ws"
-    ev = (ws / "out" / "removals" / "all.csv").read_text()
-    assert "sha256 in metadata 08dc1f9bc6a55a04882a2cc3ac792fec7030362ddd62990c74b708fe1606ef47 but bytes hash to " \
-           "08dc1f9bc6a55a04882a2cc3ac792feca030362ddd62990c74b708fe1606ef47" in ev
+    rem = (ws / "out" / "removals" / "all.csv").read_text()
+    assert "sha256 in metadata" not in rem and "img2dataset failed_to_download: HTTP Error 404: Not Found" in rem
 
 
 def test_sha256_verification_on_plain_metadata_with_files(tmp_path):
