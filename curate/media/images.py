@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -415,13 +416,23 @@ def _unsupported(data: bytes, why: str | None = None) -> Decoded | None:
     return Decoded("unsupported_format", detail, format=fmt)
 
 
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR, without Pillow (which refuses to open a bomb), or None."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
 def _open_checked(data: bytes, max_pixels: int, draft: int | None, notes: list[str]):
     from PIL import Image, UnidentifiedImageError
 
     try:
         im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        return Decoded("too_large", str(e)), None
+    except Image.DecompressionBombError as e:  # above twice Pillow's own limit, refused at open
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        size = _header_size(data)
+        what = f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels" if size else (f"{m.group(1)} pixels" if m else "the header")
+        return Decoded("too_large", f"{what} > max_pixels {max_pixels} (Pillow: {e})", format=_sniff(data)), None
     except UnidentifiedImageError:
         unsupported = _unsupported(data)
         if unsupported is not None:

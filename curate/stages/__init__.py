@@ -214,6 +214,7 @@ def out_of_date(status: dict[str, Any]) -> list[str]:
 
 def _short(counters: dict[str, Any]) -> str:
     items = [f"{k}={v}" for k, v in counters.items() if isinstance(v, (int, float, str))]
-    # nested counters (per rule, per claimant, …): their size, so the line never ends empty
-    items += [f"{k}: {len(v)}" for k, v in counters.items() if isinstance(v, (dict, list)) and v]
+    # nested counters (per rule, per claimant, …): how many entries (not a count of hits), so the line never ends empty
+    items += [f"{k}: {len(v)} {'entry' if len(v) == 1 else 'entries'}" for k, v in counters.items()
+              if isinstance(v, (dict, list)) and v]
     return ", ".join(items[:8]) or "nothing to report"

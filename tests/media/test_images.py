@@ -384,3 +384,19 @@ def test_16_bit_rgb_png_is_rescaled_by_high_byte_and_noted():
     d = decode(png)
     assert d.status == "ok" and any(n.startswith("bit_depth=16") for n in d.notes)
     assert (d.rgb == (arr >> 8).astype(np.uint8)).all()  # rescaled, never clipped at 255
+
+
+def test_a_decompression_bomb_names_curates_own_pixel_limit():
+    """Pillow refuses a header above twice its MAX_IMAGE_PIXELS at open time with its own limit in
+    the message; the detail says which curate setting applies (hash.max_pixels)."""
+    import struct
+    import zlib
+
+    w = h = 20_000  # 4·10⁸ pixels > 2 × Pillow's 89,478,485
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    d = decode(png, max_pixels=1_000_000)
+    assert d.status == "too_large" and "max_pixels 1000000" in d.detail and "20000x20000" in d.detail, d.detail

@@ -121,3 +121,12 @@ def test_status_marks_readers_of_a_rerun_stage_out_of_date(sample_ws, tmp_path):
     assert st["hash"]["status"] == "ok" and "out_of_date" not in st["hash"]
     for s in ("embed", "dedup", "flag", "export", "report"):
         assert st[s].get("out_of_date"), s
+
+
+def test_the_end_of_stage_line_says_nested_counters_are_entries_not_counts():
+    """`[flag] done …: hits_per_rule: 16` read as 16 hits (a new user's trial): nested counters
+    show how many entries they hold, named as such."""
+    from curate.stages import _short
+
+    line = _short({"flagged": 700, "hits_per_rule": {f"r{k}": 40 for k in range(16)}, "claimants": ["a"]})
+    assert line == "flagged=700, hits_per_rule: 16 entries, claimants: 1 entry"
