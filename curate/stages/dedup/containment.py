@@ -67,6 +67,7 @@ from curate.config import DedupConfig, RunConfig
 from curate.media.images import DEFAULT_MAX_PIXELS, open_image, read_ref
 from curate.media.trim import picture_box
 from curate.stages.dedup.clusters import components
+from curate.stages.dedup.rows import unit_rows
 from curate.store.catalog import Workspace
 from curate.store.embeddings import load_all
 
@@ -466,10 +467,10 @@ def params_of(dc: DedupConfig) -> Params:
     return Params(min_inliers=dc.containment_min_inliers)
 
 
-def containment_rows(ws: Workspace, cfg: RunConfig, key: str, eligible_sql: str,
+def containment_rows(ws: Workspace, cfg: RunConfig, key: str, eligible_sql: str, eligible_params: list,
                      tol: float) -> tuple[list[tuple], dict[str, Any]]:
     """The dedup stage's containment rows: candidates from the embeddings of key ``key``
-    (samples of ``eligible_sql`` with a decoded image), every candidate verified (those already
+    (samples of ``eligible_sql`` under ``eligible_params`` with a decoded image), every candidate verified (those already
     in one component of ``dup_edges`` counted in ``same_cluster``).
 
     Returns (rows (container_id, contained_id, inliers, inlier_ratio, coverage, region JSON,
@@ -482,12 +483,11 @@ def containment_rows(ws: Workspace, cfg: RunConfig, key: str, eligible_sql: str,
     info = {int(r[0]): (r[1], int(r[2]), int(r[3])) for r in ws.q(
         f"SELECT s.sample_id, s.image_ref, i.width, i.height FROM samples s JOIN images i USING (sample_id) "
         f"WHERE i.status = 'ok' AND s.image_ref IS NOT NULL AND s.sample_id IN ({eligible_sql})",
-        [key, dc.embedding_min_side, dc.embedding_min_quality])}
+        eligible_params)}
     ids, vecs = load_all(ws.embeddings_dir(key), only=set(info), dtype=np.float16) if info else (
         np.zeros(0, np.int64), np.zeros((0, 0), np.float16))
     if len(ids):
-        norms = np.sqrt(np.einsum("ij,ij->i", vecs.astype(np.float32), vecs.astype(np.float32)))
-        good = np.isfinite(norms) & (np.abs(norms - 1.0) <= tol)
+        good = unit_rows(vecs, tol)
         ids, vecs = ids[good], vecs[good]
     i, j, _ = neighbour_pairs(vecs, dc.containment_neighbours, dc.containment_min_cosine, dc.embedding_min_cosine,
                               ivf_min_n=dc.embedding_ivf_min_n, nprobe=dc.embedding_nprobe)

@@ -49,6 +49,13 @@ def row_norms(vecs: np.ndarray) -> np.ndarray:
     return out
 
 
+def unit_rows(vecs: np.ndarray, tol: float) -> np.ndarray:
+    """bool (n,): the rows of float (n, d) that are finite and of L2 norm 1 ± ``tol`` (case K13:
+    what dedup searches; the others are excluded and counted), norms as :func:`row_norms`."""
+    norms = row_norms(vecs)
+    return np.isfinite(norms) & (np.abs(norms - 1.0) <= tol)
+
+
 def check_normalised(vecs: np.ndarray, tol: float = 1e-2) -> None:
     """Raise ValueError unless every row of float (n, d) has L2 norm 1 ± ``tol`` (case K13)."""
     norms = np.linalg.norm(vecs, axis=1)

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from curate.engine import get_engine
-from curate.stages.dedup.rows import ADD_BLOCK, row_hashes, row_norms, row_words
+from curate.stages.dedup.rows import ADD_BLOCK, row_hashes, row_words, unit_rows
 from curate.store import embeddings
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -261,9 +261,7 @@ def survey_part(folder, key: int, tol: float = 1e-2) -> tuple[np.ndarray, np.nda
         ValueError: the part's vector and id files differ in length.
     """
     ids, vecs = _read_part(folder, key)
-    norms = row_norms(vecs)
-    unit = np.isfinite(norms) & (np.abs(norms - 1.0) <= tol)
-    return np.asarray(ids, np.int64), unit, content_keys(vecs)
+    return np.asarray(ids, np.int64), unit_rows(vecs, tol), content_keys(vecs)
 
 
 def survey(folder, parts: list[int], engine: str = "local", sec=None, tol: float = 1e-2,

@@ -63,7 +63,7 @@ from curate.stages.dedup.containment import containment_rows
 from curate.stages.dedup.keeper import ranked_sql
 from curate.stages.dedup.surround import measure_surrounds
 from curate.stages.dedup.phash_search import phash_edges
-from curate.stages.dedup.rows import row_norms
+from curate.stages.dedup.rows import unit_rows
 from curate.stages.dedup.sources import PartsSource, survey
 from curate.stages.dedup.vector_search import embedding_edges
 from curate.store.catalog import Workspace
@@ -175,8 +175,7 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
                 ok = {r[0] for r in ws.q(ELIGIBLE_SQL, eligible_params(key, dc))}
                 ids, vecs = load_all(ws.embeddings_dir(key), only=ok, dtype=np.float16)
                 if len(ids):  # K13: a row that is not finite and unit-length is excluded and counted
-                    norms = row_norms(vecs)
-                    good = np.isfinite(norms) & (np.abs(norms - 1.0) <= UNIT_TOL)
+                    good = unit_rows(vecs, UNIT_TOL)
                     counters["embedding_vectors_excluded"] = int((~good).sum())
                     if not good.all():
                         ids, vecs = ids[good], vecs[good]
@@ -240,7 +239,8 @@ def _containment(ws: Workspace, cfg: RunConfig, counters: dict[str, Any]) -> Non
     if dc.embedding_search == "ivfpq":
         counters["containment"] = {"skipped": "embedding_search ivfpq: vectors are not loaded"}
         return
-    rows, got = containment_rows(ws, cfg, image_key(cfg), ELIGIBLE_SQL, UNIT_TOL)
+    key = image_key(cfg)
+    rows, got = containment_rows(ws, cfg, key, ELIGIBLE_SQL, eligible_params(key, dc), UNIT_TOL)
     counters["containment"] = got
     if rows:
         ws.con.executemany("INSERT INTO containment VALUES (?, ?, ?, ?, ?, ?, ?)", rows)

@@ -44,12 +44,9 @@ from curate.store.catalog import Workspace
 def ref_file(ref: str | None) -> str | None:
     """The file whose bytes an image reference reads (:func:`curate.media.images.read_ref`): the
     path or URI itself, the shard of a ``tar:`` reference, the table of a ``parquet:`` /
-    ``arrow:`` one; None for ``missing:…`` or None. The same as :func:`file_sql` in SQL."""
+    ``arrow:`` one; None for ``missing:…`` or None. The same as
+    :func:`curate.media.refs.ref_file_sql` in SQL."""
     return parse_ref(ref).file if ref else None
-
-
-#: SQL of :func:`ref_file` over a column expression (generated next to :func:`parse_ref`)
-file_sql = ref_file_sql
 
 
 def stat_file(f: str) -> tuple[int, int | None] | None:
@@ -77,7 +74,8 @@ def load_current(ws: Workspace) -> int:
     ``_hash_files`` (file, size, mtime_ns, present) of this connection. Returns how many files."""
     import pyarrow as pa
 
-    files = [f for f, in ws.q(f"SELECT DISTINCT {file_sql('image_ref')} AS f FROM samples WHERE f IS NOT NULL ORDER BY f")]
+    files = [f for f, in ws.q(f"SELECT DISTINCT {ref_file_sql('image_ref')} AS f FROM samples "
+                              "WHERE f IS NOT NULL ORDER BY f")]
     stats = [stat_file(f) for f in files]
     t = pa.table({
         "file": pa.array(files, pa.string()),
@@ -117,7 +115,7 @@ def files_digest(ws: Workspace) -> str:
 #: sample_id, image_ref, sha256, present (the file is there now), size, mtime_ns (now)
 CHANGED_SQL = f"""
 SELECT i.sample_id, s.image_ref, i.sha256, coalesce(f.present, false) AS present, f.size, f.mtime_ns
-FROM {{images}} i JOIN samples s USING (sample_id) LEFT JOIN {CURRENT_TABLE} f ON f.file = {file_sql('s.image_ref')}
+FROM {{images}} i JOIN samples s USING (sample_id) LEFT JOIN {CURRENT_TABLE} f ON f.file = {ref_file_sql('s.image_ref')}
 WHERE NOT (
     (coalesce(f.present, false) AND i.file_size IS NOT DISTINCT FROM f.size
      AND i.file_mtime_ns IS NOT DISTINCT FROM f.mtime_ns AND i.file_size IS NOT NULL AND i.status <> 'unreadable')

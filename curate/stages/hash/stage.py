@@ -40,14 +40,13 @@ from typing import Any
 from curate.config import RunConfig
 from curate.engine import get_engine
 from curate.media import lanczos
-from curate.media.refs import clear_caches
+from curate.media.refs import clear_caches, ref_file_sql
 from curate.progress import bar
 from curate.stages.hash.compute import hash_items, images_schema, rows_table, run_size, work, worker_init  # noqa: F401
 from curate.stages.hash.changes import (
     CURRENT_TABLE,
     content_digest,
     ensure_current,
-    file_sql,
     files_digest,
     forget_changed,
     load_current,
@@ -68,7 +67,7 @@ def _insert(ws: Workspace, rows) -> None:
             con.execute(f"INSERT INTO images ({cols}, file_size, file_mtime_ns) "
                         f"SELECT {', '.join('b.' + c for c in images_schema().names)}, f.size, f.mtime_ns "
                         f"FROM _img_batch b JOIN samples s USING (sample_id) "
-                        f"LEFT JOIN {CURRENT_TABLE} f ON f.present AND f.file = {file_sql('s.image_ref')}")
+                        f"LEFT JOIN {CURRENT_TABLE} f ON f.present AND f.file = {ref_file_sql('s.image_ref')}")
         finally:
             con.unregister("_img_batch")
 
