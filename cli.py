@@ -48,7 +48,8 @@ STAGE_OPTIONS = {
               ("--num-workers", "num_workers", str, "decoding worker processes, or auto (see curate.models.feeder.decode_workers)"),
               ("--precision", "precision", click.Choice(["auto", "fp32", "fp16", "bf16"]),
                "autocast dtype (auto: bf16/fp16 on GPU, fp32 on CPU)"),
-              ("--preprocess", "preprocess", click.Choice(["auto", "model", "full", "sscd_288", "sscd_320", "dcr_224"]),
+              ("--preprocess", "preprocess", click.Choice(["auto", "model", "full", "sscd_288", "sscd_320", "dcr_224",
+                                                          "dcr_laion_224"]),
                "input preprocessing: auto, model (the model's own), full (whole image, no crop), SSCD presets; "
                "part of the embedding key"),
               ("--caption-model", "caption_model", str, "all-MiniLM-L6-v2 | open_clip:<arch>/<pretrained> (captions)"),
@@ -142,17 +143,26 @@ def _print_json(data) -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, metavar="CONFIG.yaml | PATH...")
 @click.option("--force", is_flag=True, help="Re-run every stage even if up to date (hash reads every image again).")
 @click.pass_context
-def run(ctx, config, force):
-    """Run every stage with CONFIG (a curate.yaml); prints the summary as JSON.
+def run(ctx, inputs, force):
+    """Run every stage; prints the summary as JSON.
 
-    Example: curate --workspace ws run examples/sample/curate.yaml
+    With one CONFIG.yaml: its sources and settings. With PATHs (parquet/TSV files, globs, brace
+    patterns, image folders, webdataset shards, img2dataset or save_to_disk folders): each is
+    detected as a source, every other setting is the default, and the config used is written to
+    WORKSPACE/curate.yaml (edit it and run it to change a setting).
+
+    Examples: curate --workspace ws run examples/sample/curate.yaml;
+    curate --workspace ws run 'shards/{00000..00009}.tar' photos/
     """
     from curate import api
 
-    res = api.run(_ws(ctx), config, force=force)
+    if len(inputs) == 1 and inputs[0].lower().endswith((".yaml", ".yml")):
+        res = api.run(_ws(ctx), _cwd_path(inputs[0], "CONFIG"), force=force)
+    else:
+        res = api.run_inputs(_ws(ctx), list(inputs), force=force)
     _print_json(res["summary"])
 
 
@@ -171,14 +181,17 @@ def status(ctx, as_json):
         _print_json(st)
         return
     for stage, info in st.items():
-        counters = ", ".join(f"{k}={v}" for k, v in info.get("counters", {}).items() if not isinstance(v, (dict, list)))
-        state = info["status"] + (" (out of date: an upstream stage ran since)" if info.get("out_of_date") else "")
+        counters = api.counter_text(info.get("counters") or {})
+        state = info["status"] + (f" (out of date: {info['out_of_date_because']})" if info.get("out_of_date") else "")
         if info.get("changed_images"):
-            state = (f"{info['status']} (out of date: {info['changed_images']} image file(s) changed since they were "
-                     "hashed; `curate run` hashes them again)")
+            state += "; `curate run` hashes them again"
         click.echo(f"{stage:8s} {state:10s} {counters}")
         if info.get("error"):
             click.echo(f"         error: {info['error'].splitlines()[0]}")
+        for r in (info.get("counters") or {}).get("rules") or []:  # flag: per-rule coverage
+            if isinstance(r, dict) and {"checked", "unknown", "hits"} <= set(r):
+                click.echo(f"         {r['pack']}/{r['rule_id']}: checked {r['checked']}, unknown {r['unknown']} "
+                           f"({r['unknown_action']}), hits {r['hits']}")
         if info.get("run"):  # a run holds the catalog: what its status.json says
             r, p = info["run"], info["run"].get("progress")
             done = f", {p['desc']} {p['done']}/{p['total'] if p['total'] is not None else '?'} {p['unit']}" if p else ""
@@ -348,8 +361,10 @@ def probe_import(ctx, folder, prompts, gen_set, config):
 @probe.command("score")
 @_CONFIG_OPT
 @click.option("--sscd", help="copy-detection descriptor: sscd or sscd_distilled (offline ONNX), or an .onnx / SSCD "
-              "TorchScript file; default: the embed model")
-@click.option("--sscd-preprocess", type=click.Choice(["sscd_288", "sscd_320", "dcr_224"]), help="SSCD preprocessing")
+              "TorchScript file; catalog: the catalog's vectors as they are; default: the embed model (at "
+              "--sscd-preprocess when it is an SSCD descriptor)")
+@click.option("--sscd-preprocess", type=click.Choice(["sscd_288", "sscd_320", "dcr_224", "dcr_laion_224"]),
+              help="SSCD preprocessing (default dcr_laion_224: DCR's LAION search transform, where 0.5 was calibrated)")
 @click.option("--matches", type=int, help="nearest training images stored per generation (default 5)")
 @click.option("--replicated-similarity", type=float, help="top-1 similarity above which a generation is replicated")
 @click.option("--close-similarity", type=float, help="top-1 similarity above which a generation is close")
@@ -367,9 +382,9 @@ def probe_score(ctx, config, sscd, gen_set, **opts):
     """
     from pathlib import Path
 
-    if sscd and sscd not in ("sscd", "sscd_distilled"):
+    if sscd and sscd not in ("sscd", "sscd_distilled", "catalog"):
         if not Path(sscd).is_file():
-            raise click.BadParameter(f"{sscd!r} is neither sscd, sscd_distilled nor a file", param_hint="--sscd")
+            raise click.BadParameter(f"{sscd!r} is neither sscd, sscd_distilled, catalog nor a file", param_hint="--sscd")
         sscd = str(Path(sscd).resolve())
     _probe_run(ctx, "score", config, {"sscd": sscd, **opts}, gen_set=gen_set)
 

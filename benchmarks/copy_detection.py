@@ -46,13 +46,11 @@ import io
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -1048,18 +1046,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.docs_only:
         write_docs(json.loads((a.out / "copy_detection.json").read_text()))
         return 0
-    os.environ.setdefault("CURATE_QUIET", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not (a.data / "images-captioned").is_dir():
         raise SystemExit(f"{a.data} does not hold the shared data (images-captioned/); pass --data")
     t_start = time.perf_counter()
-    tmp = None
-    work = a.work
-    if work is None:
-        tmp = tempfile.mkdtemp(prefix="copy_detection_")
-        work = Path(tmp)
-    try:
+    with dq.bench_workspace(a.work, "copy_detection_") as work:
         items, notes = dq.collect_items(a.data, limit=a.limit)
         folder = work / "images"
         if folder.exists():
@@ -1091,13 +1081,10 @@ def main(argv: list[str] | None = None) -> int:
                 systems.append(run_fastdup(py, folder, work, truth, ignore))
         if not a.no_imagededup:
             systems.append(run_imagededup(folder, truth, ignore, a.num_workers))
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
     res = {"dataset": ds, "partial_transforms": list(PARTIAL), "full_transforms": list(FULL),
            "transforms": {t: [lv.name for lv in lvs] for t, lvs in TRANSFORMS.items()},
            "systems": systems, "seconds_total": round(time.perf_counter() - t_start, 1),
-           "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+           "machine": dq.machine(),
            "command": "python benchmarks/copy_detection.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
            "truth": {"columns": ["file", "group", "role", "transform", "level", "source", "inside"],
                      "rows": [[t.file, t.group, t.role, t.transform, t.level, t.source, list(t.inside)]

@@ -59,9 +59,10 @@ import tarfile
 import tempfile
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -1749,6 +1750,30 @@ def headline(res: dict) -> dict:
     return out
 
 
+def machine() -> dict[str, object]:
+    """The machine a benchmark ran on, as its results JSON records it."""
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+
+
+@contextmanager
+def bench_workspace(work: Path | None, prefix: str) -> Iterator[Path]:
+    """The folder a quality benchmark builds its image set and workspaces in: ``work`` (kept),
+    or a temporary folder removed afterwards. Sets the environment every such run wants first:
+    curate quiet, the Hugging Face hub offline, OpenMP threads that sleep instead of spinning
+    (2 shared cores)."""
+    os.environ.setdefault("CURATE_QUIET", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if work is not None:
+        yield work
+        return
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for dedup_quality.json")
@@ -1763,21 +1788,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", action="store_true",
                     help="ablations with the centre-crop embedding too (one more embedding pass: a few minutes)")
     a = ap.parse_args(argv)
-    os.environ.setdefault("CURATE_QUIET", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tmp = None
-    work = a.work
-    if work is None:
-        tmp = tempfile.mkdtemp(prefix="dedup_quality_")
-        work = Path(tmp)
-    try:
+    with bench_workspace(a.work, "dedup_quality_") as work:
         res = run_benchmark(work, min_side=a.min_side, limit=a.limit, all_levels=a.all_levels,
                             baseline=not a.no_baseline, num_workers=a.num_workers, reuse=a.reuse and a.work is not None,
                             heavy=a.experiments)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    res["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    res["machine"] = machine()
     res["command"] = "python benchmarks/dedup_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "dedup_quality.json").write_text(json.dumps(res, separators=(",", ":")) + "\n")

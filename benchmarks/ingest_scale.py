@@ -46,7 +46,7 @@ def real_pool() -> tuple[list[str], list[str]]:
     return [urls[i] for i in keep], [caps[i] for i in keep]
 
 
-def generate(folder: Path, rows: int, files: int, seed: int = 0) -> None:
+def generate(folder: Path, rows: int, files: int, seed: int = 0, layout: str = "laion400m") -> None:
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -66,16 +66,26 @@ def generate(folder: Path, rows: int, files: int, seed: int = 0) -> None:
         ic = pa.array(rng.integers(0, len(caps), n))
         ids = np.arange(start, start + n, dtype=np.int64)
         suffix = pc.binary_join_element_wise("?r=", pc.cast(pa.array(ids), pa.string()), "")
-        t = pa.table({
-            "SAMPLE_ID": pa.array(ids),
-            "URL": pc.binary_join_element_wise(ua.take(iu), suffix, ""),
-            "TEXT": ca.take(ic),
-            "HEIGHT": pa.array(rng.integers(64, 2048, n).astype(np.int32)),
-            "WIDTH": pa.array(rng.integers(64, 2048, n).astype(np.int32)),
-            "LICENSE": pa.array(np.where(rng.random(n) < 0.9, "?", "by-sa")),
-            "NSFW": pa.array(np.where(rng.random(n) < 0.95, "UNLIKELY", "UNSURE")),
-            "similarity": pa.array(rng.uniform(0.28, 0.45, n)),
-        })
+        url, text = pc.binary_join_element_wise(ua.take(iu), suffix, ""), ca.take(ic)
+        if layout == "laion2b_joined":  # laion2B-en-joined's columns and types
+            t = pa.table({
+                "URL": url, "TEXT": text,
+                "WIDTH": pa.array(rng.integers(64, 2048, n).astype(np.int32)),
+                "HEIGHT": pa.array(rng.integers(64, 2048, n).astype(np.int32)),
+                "similarity": pa.array(rng.uniform(0.28, 0.45, n)),
+                "hash": pa.array(rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)),
+                "punsafe": pa.array(rng.beta(0.5, 8, n).astype(np.float32)),
+                "pwatermark": pa.array(rng.beta(1, 4, n).astype(np.float32)),
+            })
+        else:
+            t = pa.table({
+                "SAMPLE_ID": pa.array(ids), "URL": url, "TEXT": text,
+                "HEIGHT": pa.array(rng.integers(64, 2048, n).astype(np.int32)),
+                "WIDTH": pa.array(rng.integers(64, 2048, n).astype(np.int32)),
+                "LICENSE": pa.array(np.where(rng.random(n) < 0.9, "?", "by-sa")),
+                "NSFW": pa.array(np.where(rng.random(n) < 0.95, "UNLIKELY", "UNSURE")),
+                "similarity": pa.array(rng.uniform(0.28, 0.45, n)),
+            })
         pq.write_table(t, folder / f"part-{f:05d}.parquet", row_group_size=128_000)
         start += n
 
@@ -115,6 +125,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed afterwards")
+    ap.add_argument("--layout", choices=["laion400m", "laion2b_joined"], default="laion400m")
     ap.add_argument("--write-docs", action="store_true")
     a = ap.parse_args()
     work = a.workdir or Path(tempfile.mkdtemp(prefix="curate-ingest-bench-"))
@@ -122,7 +133,7 @@ def main() -> None:
         data = work / "data"
         t = time.perf_counter()
         if not data.is_dir():
-            generate(data, a.rows, a.files)
+            generate(data, a.rows, a.files, layout=a.layout)
         gen_s = time.perf_counter() - t
         size = sum(p.stat().st_size for p in data.glob("*.parquet"))
         for p in (work / "baseline.duckdb", work / "ws"):

@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from curate.config import RunConfig, load_config, with_overrides, with_schema  # noqa: F401  (part of the API)
 from curate.errors import ConfigError, CurateError
 from curate.probes import PROBE_STAGES, generate, score, select
-from curate.progress import set_quiet  # noqa: F401  (part of the API: the CLI's --quiet)
-from curate.stages import check_upstream, downstream, never_run_upstream, out_of_date, record_run, run_stage
+from curate.progress import info, set_quiet  # noqa: F401  (set_quiet is part of the API: the CLI's --quiet)
+from curate.stages import check_upstream, downstream, out_of_date, record_run, run_stage, with_upstream
+from curate.stages import counter_text  # noqa: F401  (part of the API: `curate status` lines)
 from curate.models.image import weights_file
 from curate.models.recipe import caption_key, image_key
 from curate.stages.flag.claims import run_claims
@@ -26,6 +29,7 @@ from curate.stages.flag.retrieval import retrieval_fingerprint
 from curate.stages.flag.rules import Retrieval
 from curate.stages.hash.changes import count_changed
 from curate.stages.flag.stage import hit_counts, load_claims, load_packs
+from curate.stages.ingest.detect import detect_sources
 from curate.stages.ingest.schemas import Layout, load_layouts
 from curate.store import fsio, runstate
 from curate.store.catalog import STAGES, CatalogLocked, Workspace, digest_of
@@ -109,11 +113,64 @@ def check_config(cfg: RunConfig) -> None:
         claim.reference_files()
 
 
+#: the config :func:`run_inputs` writes into the workspace, and the first line that marks it as curate's
+INPUTS_CONFIG, INPUTS_HEADER = "curate.yaml", "# written by `curate run PATH…`"
+
+
+def config_for_inputs(inputs: list[str], cwd: str | Path | None = None) -> RunConfig:
+    """The config ``curate run PATH…`` runs: one source per input
+    (:func:`curate.stages.ingest.detect.detect_sources`), every other setting at its default.
+
+    Raises:
+        InputError: an input curate cannot read, saying what to pass instead.
+    """
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    cfg = RunConfig(sources=detect_sources(inputs, base))
+    cfg.base_dir = str(base.resolve())
+    return cfg
+
+
+def write_inputs_config(ws_root: str | Path, cfg: RunConfig) -> Path:
+    """``<workspace>/curate.yaml``: ``cfg`` with every setting spelled out and absolute source
+    paths, so ``curate --workspace WS run WS/curate.yaml`` repeats the run and is where to change
+    a setting. Replaces an earlier one written by curate; never a file of the user's.
+
+    Raises:
+        CurateError: the workspace holds a ``curate.yaml`` that curate did not write.
+    """
+    path = Path(ws_root) / INPUTS_CONFIG
+    if path.is_file() and not path.read_text(errors="replace").startswith(INPUTS_HEADER):
+        raise CurateError(f"{path} exists and was not written by curate; move it, or run `curate run {path}`")
+    body = yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)
+    text = (f"{INPUTS_HEADER}: the inputs it detected, every other setting at its default.\n"
+            f"# Edit and re-run with: curate --workspace {Path(ws_root)} run {path}\n{body}")
+    Path(ws_root).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
+
+
+def run_inputs(workspace: str | Path, inputs: list[str], *, force: bool = False) -> dict[str, Any]:
+    """``curate run PATH…``: detect what each input is (:func:`config_for_inputs`), write the
+    config into the workspace (:func:`write_inputs_config`), and run every stage with it.
+
+    Returns:
+        :func:`run`'s result, plus ``config``: the path of the written config.
+
+    Raises:
+        InputError: an input curate cannot read; ConfigError / CurateError as :func:`run`.
+    """
+    cfg = config_for_inputs(inputs)
+    check_config(cfg)
+    written = write_inputs_config(workspace, cfg)
+    info(f"config written to {written} (edit it and `curate run` it to change a setting)")
+    return {**run(workspace, cfg, force=force), "config": str(written)}
+
+
 def run(workspace: str | Path, config: str | Path | RunConfig, *, stages: list[str] | None = None,
         force: bool = False) -> dict[str, Any]:
-    """Run the pipeline (all stages, or ``stages`` in pipeline order). An upstream stage of one
-    of ``stages`` that never ran in this workspace runs first (a stage never computes on
-    missing upstream work).
+    """Run the pipeline (all stages, or ``stages`` in pipeline order). The upstream stages of
+    ``stages`` run first, each skipped when up to date (:func:`curate.stages.run_stage`): a stage
+    never computes on missing or stale upstream work.
 
     Returns:
         {'stages': [per-stage result, in the order they ran, each with its 'stage' name],
@@ -128,12 +185,9 @@ def run(workspace: str | Path, config: str | Path | RunConfig, *, stages: list[s
     ws = open_workspace(workspace, cfg)
     try:
         save_config(ws.root, cfg)
-        results = []
-        for st in STAGES:
-            if stages is None or st in stages:
-                # a stage never computes on missing upstream work: never-run upstream stages run first
-                results += [run_stage(ws, cfg, u) for u in never_run_upstream(ws, st)]
-                results.append(run_stage(ws, cfg, st, force=force))
+        # a stage never computes on missing or stale upstream work: upstream stages run first (skipped when up to date)
+        wanted = set(STAGES if stages is None else stages)
+        results = [run_stage(ws, cfg, st, force=force and st in wanted) for st in with_upstream(wanted)]
     finally:
         ws.close()
     summ = Path(workspace) / "out" / "summary.json"
@@ -143,12 +197,13 @@ def run(workspace: str | Path, config: str | Path | RunConfig, *, stages: list[s
 def run_one(workspace: str | Path, stage: str, cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
     """Run one stage with ``cfg`` (saved as the workspace config for later stage commands).
 
-    Upstream stages that never ran in this workspace run first, in pipeline order (a stage is
-    never computed on missing upstream work); their results are listed under ``upstream``.
+    Upstream stages that never ran, or are not up to date with ``cfg`` and their own upstream,
+    run first, in pipeline order (a stage is never computed on missing or stale upstream work);
+    their results are listed under ``upstream``.
 
     Returns:
         the stage's result as :func:`curate.stages.run_stage` gives it, plus ``upstream``: the
-        results of the upstream stages this call ran (empty when none was missing).
+        results of the upstream stages this call ran (empty when all were up to date).
 
     Raises:
         ConfigError: a bad name or missing file anywhere in ``cfg`` (:func:`check_config`), before anything runs.
@@ -158,8 +213,8 @@ def run_one(workspace: str | Path, stage: str, cfg: RunConfig, *, force: bool = 
     ws = open_workspace(workspace, cfg)
     try:
         save_config(ws.root, cfg)
-        ran = [run_stage(ws, cfg, u) for u in never_run_upstream(ws, stage)]
-        return {**run_stage(ws, cfg, stage, force=force), "upstream": ran}
+        ran = [run_stage(ws, cfg, u) for u in with_upstream([stage]) if u != stage]
+        return {**run_stage(ws, cfg, stage, force=force), "upstream": [r for r in ran if not r["skipped"]]}
     finally:
         ws.close()
 
@@ -215,21 +270,33 @@ def status(workspace: str | Path) -> dict[str, Any]:
         else:  # the command holds the workspace between two stages (or before its first)
             at = state.get("last_stage") if state.get("last_stage") in st else next(iter(st))
             st[at] = {**st[at], "run": run | {"started": state.get("opened"), "between_stages": True}}
-        for name in out_of_date(st):
-            st[name]["out_of_date"] = True
-        return st
+        return _mark_out_of_date(st)
     try:
         st = ws.status()
         changed = count_changed(ws) if st["hash"].get("status") == "ok" else 0
     finally:
         ws.close()
-    for name in out_of_date(st):
-        st[name]["out_of_date"] = True
     if changed:  # image files replaced, deleted or restored since they were hashed: `curate run` re-hashes them
         st["hash"]["changed_images"] = changed
-        for name in ("hash", *downstream("hash")):
-            if st[name].get("status") == "ok":
-                st[name]["out_of_date"] = True
+        st["hash"]["out_of_date"] = True
+        st["hash"]["out_of_date_because"] = f"{changed} image file(s) changed since they were hashed"
+    return _mark_out_of_date(st)
+
+
+def _mark_out_of_date(st: dict[str, Any]) -> dict[str, Any]:
+    """``out_of_date`` and ``out_of_date_because`` on the stale stages (:func:`curate.stages.out_of_date`,
+    the rule the stage runner skips by), after hash when image files changed; the bookkeeping keys
+    that rule reads (``ok_run_id``, ``result``, ``built_on``) are left out of what status returns."""
+    stale = out_of_date(st)
+    if st.get("hash", {}).get("out_of_date"):
+        stale = {"hash": st["hash"]["out_of_date_because"],
+                 **{d: "hash is out of date" for d in downstream("hash") if st.get(d, {}).get("status") == "ok"}, **stale}
+    for name, why in stale.items():
+        st[name]["out_of_date"] = True
+        st[name].setdefault("out_of_date_because", why)
+    for entry in st.values():
+        for k in ("ok_run_id", "result", "built_on"):
+            entry.pop(k, None)
     return st
 
 

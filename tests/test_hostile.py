@@ -388,11 +388,24 @@ def test_a_file_swapped_for_a_symlink_after_ingest_is_not_read(tmp_path):
     api.run_one(ws, "ingest", cfg)
     (img / "a.png").unlink()
     (img / "a.png").symlink_to(o / "secret.png")
-    api.run_one(ws, "hash", cfg)
+    from curate.stages import run_stage
+
+    w = api.open_workspace(ws, cfg)
+    try:  # the hash stage on the rows ingest recorded (`curate hash` would first ingest the changed folder again)
+        run_stage(w, cfg, "hash")
+    finally:
+        w.close()
     rows = dict((k, r) for k, *r in _q(ws, "SELECT s.key, i.status, i.detail, i.n_bytes FROM samples s "
                                            "JOIN images i USING (sample_id)"))
     assert rows["b.png"][0] == "ok"
     assert rows["a.png"][0] == "missing" and rows["a.png"][2] is None and rows["a.png"][1].startswith("symlink: ")
+    # `curate hash`: ingest is out of date (the folder changed) and runs first; the sample keeps its reference
+    # (its id is its file), and the image is still `missing` for the link, never read and never a silent NULL
+    res = api.run_one(ws, "hash", cfg)
+    assert [r["stage"] for r in res["upstream"]] == ["ingest"]
+    again = dict((k, r) for k, *r in _q(ws, "SELECT s.key, i.status, i.detail, s.image_ref IS NOT NULL FROM samples s "
+                                            "JOIN images i USING (sample_id)"))
+    assert again["a.png"][0] == "missing" and again["a.png"][1].startswith("symlink: ") and again["a.png"][2]
 
 
 def test_claim_paths_outside_the_claim_folder_are_config_errors(tmp_path):

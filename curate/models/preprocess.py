@@ -1,6 +1,6 @@
 """What a model sees: decode-side preprocessing (:class:`Preprocess`: resize, crop, border
 trimming, JPEG draft, mean/std), the presets (ImageNet, SSCD's ``sscd_288`` / ``sscd_320``,
-DCR's ``dcr_224``) and the uniform-border trim. :meth:`Preprocess.identity` is part of every
+DCR's ``dcr_224`` and ``dcr_laion_224``) and the uniform-border trim. :meth:`Preprocess.identity` is part of every
 embedding key, so changing the pixels a model sees never mixes old and new vectors."""
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ SSCD_PRESETS = {
     # Somepalli et al. 2023, DCR code (github.com/somepago/DCR): Resize(256), CenterCrop(224),
     # Normalize(0.5, 0.5)
     "dcr_224": dict(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="shortest"),
+    # Somepalli et al. 2023, DCR's LAION / Stable Diffusion search (embedding_search/utils.py,
+    # get_transform): torchvision Resize(256) (bilinear), CenterCrop(224), ImageNet mean/std — the
+    # transform their 0.5 replication threshold was calibrated on (the probe's default)
+    "dcr_laion_224": dict(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode="torchvision",
+                          interpolation="bilinear"),
 }
 # Presets for any image model (config ``embed.preprocess``):
 #   model  the model's own preprocessing (efficientnet_lite0: short side 256, centre crop 224;
@@ -50,7 +55,9 @@ class Preprocess:
 
     Steps: (JPEG draft decode at ≥ ``resize`` px when ``jpeg_draft``) → trim flat borders
     (``trim_border``, see :func:`trim_uniform_border`) → resize (``resize_mode`` 'shortest':
-    short side to ``resize`` px, aspect kept; 'squash': to ``resize``×``resize``) with
+    short side to ``resize`` px, aspect kept; 'squash': to ``resize``×``resize``; 'torchvision':
+    as torchvision's ``Resize(resize)`` + ``CenterCrop(crop)`` on a PIL image — long side
+    truncated, one plain resize, crop offsets rounded) with
     Pillow's ``interpolation`` filter (``reducing_gap=2``: a downscale by more than 4× first
     averages integer blocks) → centre crop ``crop``×``crop`` (``None``: no crop) → normalise
     ``(x/255 − mean)/std`` per channel.
@@ -101,13 +108,21 @@ class Preprocess:
             s = self.resize / min(w, h)
             lo = self.crop or 1
             nw, nh = max(lo, round(w * s)), max(lo, round(h * s))
+        elif self.resize_mode == "torchvision":  # torchvision Resize(int) on a PIL image: long side truncated
+            short, long = min(w, h), max(w, h)
+            ns, nl = self.resize, max(self.crop or 1, int(self.resize * long / short))
+            nw, nh = (ns, nl) if w <= h else (nl, ns)
         else:
             raise ValueError(f"unknown resize_mode {self.resize_mode!r}")
         if (nw, nh) != (w, h):
             # reducing_gap: a large downscale first averages integer blocks (Image.reduce), then
-            # resamples the last ≤ 2× (what Pillow's thumbnail does); JPEGs arrive drafted
-            im = im.resize((nw, nh), filt, reducing_gap=2.0)
-        if self.crop:
+            # resamples the last ≤ 2× (what Pillow's thumbnail does); JPEGs arrive drafted.
+            # torchvision mode: one plain Pillow resize, as torchvision calls it
+            im = im.resize((nw, nh), filt, reducing_gap=None if self.resize_mode == "torchvision" else 2.0)
+        if self.crop and self.resize_mode == "torchvision":  # torchvision CenterCrop: offsets rounded
+            left, top = int(round((nw - self.crop) / 2.0)), int(round((nh - self.crop) / 2.0))
+            im = im.crop((left, top, left + self.crop, top + self.crop))
+        elif self.crop:
             left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
             im = im.crop((left, top, left + self.crop, top + self.crop))
         return np.array(im, dtype=np.uint8)  # writable (torch.from_numpy warns on read-only arrays)

@@ -20,6 +20,13 @@ one-step detector); ``noise_magnitude`` is the mean over steps, d(p) in the pape
 prompts give larger values (AUC ≈ 0.99 on 500 memorized vs 500 ordinary SD v1 prompts, 50 DDIM
 steps, 4 generations). It needs guidance (``guidance_scale > 1``): without it the pipeline never
 evaluates the empty prompt and the magnitude is NULL. The empty prompt itself has d = 0.
+Pipelines that differ from Stable Diffusion v1 are brought to the paper's quantity or refused
+(:class:`NoiseTracker`): an SDXL-type pipeline (``force_zeros_for_empty_prompt``: a zero
+embedding instead of the empty prompt's) gets the empty prompt as its negative prompt, so the
+unconditional branch is e_∅ (recorded in the settings as ``unconditional``); a denoiser that also
+predicts the variance (output channels = 2 × input: DeepFloyd IF, learned-sigma UNets) is
+measured on its noise half; a ``v_prediction`` output is converted to the noise; flow-matching
+and ``sample`` outputs are refused with a ConfigError.
 
 **Files and resume.** Images go to ``<workspace>/probes/<set>/<probe_id>/seed-<seed>.png`` with a
 sidecar ``.json`` (gen_id, prompt, seed, model, settings, noise values), each written atomically,
@@ -142,9 +149,24 @@ class NoiseTracker:
     """Forward hook on a pipeline's denoiser that records Wen et al.'s per-step noise difference.
 
     While active, every denoiser call whose batch is ``2 · n`` (classifier-free guidance: the
-    empty-prompt half first, then the prompt half, as diffusers' SD pipelines concatenate them)
+    unconditional half first, then the prompt half, as diffusers' pipelines concatenate them)
     appends, per image, ``‖ε_text − ε_uncond‖₂`` over the whole latent (float32) to
     :attr:`steps`. Calls of another batch size are counted in :attr:`other_calls`.
+
+    Wen et al. (ICLR 2024) define d(p) on the *noise prediction* ε; denoisers that output
+    something else are brought back to it or refused, never measured as they are:
+
+    - learned variance (output channels = 2 × input channels: DeepFloyd IF, DiT, PixArt-α, the
+      learned-sigma UNets): the first half of the channels is ε (the pipelines split it so),
+      the second the variance — only ε is measured (:attr:`variance_channels` says how many
+      channels were left out);
+    - ``v_prediction`` schedulers (Stable Diffusion 2 768-v): v = (ε − σ_t·x_t)/α_t with
+      α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), so at the same x_t ε_text − ε_uncond = α_t·(v_text − v_uncond);
+    - any other output (``sample`` prediction, flow matching, a channel count that is neither)
+      is refused with a :class:`~curate.errors.ConfigError`.
+
+    Raises:
+        ConfigError: no denoiser, or an output the noise difference cannot be taken of.
     """
 
     def __init__(self, pipe, n: int):
@@ -154,20 +176,64 @@ class NoiseTracker:
         net = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
         if net is None:
             raise ConfigError(f"{type(pipe).__name__} has neither a unet nor a transformer to measure")
-        self._handle = net.register_forward_hook(self._hook)
+        conf = _config_dict(getattr(net, "config", None))
+        cin, cout = conf.get("in_channels"), conf.get("out_channels")
+        self.variance_channels = 0
+        if cin and cout and cout != cin:
+            if cout != 2 * cin:
+                raise ConfigError(
+                    f"{type(net).__name__} has {cin} input and {cout} output channels: neither a noise prediction nor "
+                    "noise + learned variance, so Wen et al.'s noise difference cannot be measured; generate with "
+                    "--guidance-scale 1 (no measurement) or elsewhere and `curate probe import` the images")
+            self.variance_channels = cout - cin
+        sched = getattr(pipe, "scheduler", None)
+        sconf = _config_dict(getattr(sched, "config", None))
+        self.prediction = sconf.get("prediction_type")
+        if self.prediction not in ("epsilon", "v_prediction"):
+            what = ("a flow velocity (flow matching)" if self.prediction is None else f"{self.prediction!r}")
+            raise ConfigError(
+                f"{type(sched).__name__} predicts {what}, not the noise: Wen et al.'s noise-difference magnitude is "
+                "defined on the noise prediction (epsilon; v_prediction is converted). Generate with "
+                "--guidance-scale 1 (no measurement) or elsewhere and `curate probe import` the images")
+        self._alphas = getattr(sched, "alphas_cumprod", None) if self.prediction == "v_prediction" else None
+        if self.prediction == "v_prediction" and self._alphas is None:
+            raise ConfigError(f"{type(sched).__name__} predicts v but has no alphas_cumprod to convert it to the noise")
+        self._handle = net.register_forward_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, module, args, output):
+    def _hook(self, module, args, kwargs, output):
         out = output[0] if isinstance(output, (tuple, list)) else getattr(output, "sample", output)
         if out.shape[0] != 2 * self.n:
             self.other_calls += 1
             return
-        uncond, text = out.float().chunk(2)
+        eps = out.float()
+        if self.variance_channels:
+            eps = eps[:, : eps.shape[1] - self.variance_channels]  # noise first, then the learned variance
+        uncond, text = eps.chunk(2)
         d = (text - uncond).flatten(1).norm(p=2, dim=1)
+        if self._alphas is not None:
+            t = args[1] if len(args) > 1 else kwargs.get("timestep")
+            t = int(t.flatten()[0]) if hasattr(t, "flatten") else int(t)
+            d = d * float(self._alphas[t]) ** 0.5
         for j, v in enumerate(d.tolist()):
             self.steps[j].append(float(v))
 
     def close(self) -> None:
         self._handle.remove()
+
+
+def _config_dict(conf) -> dict:
+    """A diffusers config (FrozenDict), a plain dict or an object with attributes → dict."""
+    if conf is None:
+        return {}
+    if isinstance(conf, dict):
+        return dict(conf)
+    return {k: getattr(conf, k) for k in ("in_channels", "out_channels", "prediction_type") if hasattr(conf, k)}
+
+
+def zero_unconditional(pipe) -> bool:
+    """Whether the pipeline replaces the empty prompt by a zero embedding for the unconditional
+    branch when no negative prompt is given (SDXL and its kin: ``force_zeros_for_empty_prompt``)."""
+    return bool(_config_dict(getattr(pipe, "config", None)).get("force_zeros_for_empty_prompt"))
 
 
 def _settings(pc, desc: dict | None = None) -> dict:
@@ -178,6 +244,8 @@ def _settings(pc, desc: dict | None = None) -> dict:
                               "over the whole latent"}
     if desc:
         out.update(scheduler=desc["scheduler"], dtype=desc["dtype"], pipeline=desc["pipeline"])
+        if "unconditional" in desc:
+            out["unconditional"] = desc["unconditional"]
     return out
 
 
@@ -279,9 +347,15 @@ def generate(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None, limit
         desc = {"pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
                 "device": str(getattr(pipe, "device", "cpu")), "dtype": str(getattr(pipe, "dtype", "")).replace("torch.", ""),
                 "diffusers": diffusers.__version__}
+    measure = pc.guidance_scale > 1.0
+    # Wen et al.'s d(p) compares with the empty prompt's embedding; an SDXL-type pipeline would use a
+    # zero embedding, so the empty prompt is passed as the negative prompt (the images follow it too)
+    zeros = zero_unconditional(pipe)
+    desc["unconditional"] = ("empty prompt (passed as negative_prompt: this pipeline would use a zero embedding)"
+                             if zeros else "empty prompt (the pipeline's own unconditional branch)")
     settings = _settings(pc, desc)
     counters["pipeline"] = desc
-    measure = pc.guidance_scale > 1.0
+    counters["unconditional"] = desc["unconditional"]
     total = sum(len(t[2]) for t in todo)
     with bar(total=total, desc=f"generate {gen_set}", unit="img") as pb:
         for pid, prompt, missing in todo:
@@ -295,6 +369,8 @@ def generate(ws: Workspace, cfg: RunConfig, *, gen_set: str | None = None, limit
                         kw["height"] = pc.height
                     if pc.width:
                         kw["width"] = pc.width
+                    if zeros:
+                        kw["negative_prompt"] = ""
                     out = pipe(prompt, num_images_per_prompt=len(batch), generator=gens, num_inference_steps=pc.steps,
                                guidance_scale=pc.guidance_scale, output_type="pil", **kw)
                 finally:

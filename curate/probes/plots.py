@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 
-from curate.probes.stats import BIN_WIDTH, N_BINS
+from curate.probes.stats import BIN_EDGES, N_BINS
 
 
 def _png(fig) -> str:
@@ -32,17 +32,25 @@ def _figure(w: float = 7.0, h: float = 3.4):
     return plt.subplots(figsize=(w, h))
 
 
+def _stairs(hist: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(density, edges) of a stored histogram: DCR's bins, or — for statistics stored by an older
+    curate — equal bins of [0, 1] of its own length."""
+    c = np.asarray(hist, float)
+    edges = BIN_EDGES if len(c) == N_BINS else np.linspace(0.0, 1.0, len(c) + 1)
+    return c / (c.sum() * np.diff(edges)), edges
+
+
 def similarity_histogram(gen_hist: list[int], bg_hist: list[int] | None, lines: dict[str, float], title: str) -> str:
     """Somepalli et al.'s figure: top-1 similarity of generations vs the train→train background,
-    0.005-wide bins on [0, 1], each as a density (area 1) on its own y axis (generations left,
+    in DCR's bins (``numpy.linspace(0, 1, 200)``: 199 bins), each as a density (area 1, DCR's
+    ``density=True``) on its own y axis (generations left,
     background right), so a handful of generations does not flatten the background; vertical
     lines at ``lines`` (label → similarity). Returns base64 PNG."""
     fig, ax = _figure()
-    edges = np.arange(N_BINS + 1) * BIN_WIDTH
     handles = []
     if bg_hist and sum(bg_hist):
         bx = ax.twinx()
-        dens = np.asarray(bg_hist, float) / (sum(bg_hist) * BIN_WIDTH)
+        dens, edges = _stairs(bg_hist)
         handles.append(bx.stairs(dens, edges, fill=True, color="#bbbbbb", alpha=0.6,
                                  label=f"train → train (background), n={sum(bg_hist)}; right axis"))
         bx.set_ylabel("density (background)", color="#777777")
@@ -50,7 +58,7 @@ def similarity_histogram(gen_hist: list[int], bg_hist: list[int] | None, lines: 
         ax.set_zorder(bx.get_zorder() + 1)
         ax.patch.set_visible(False)
     if gen_hist and sum(gen_hist):
-        dens = np.asarray(gen_hist, float) / (sum(gen_hist) * BIN_WIDTH)
+        dens, edges = _stairs(gen_hist)
         handles.append(ax.stairs(dens, edges, color="#c0392b", linewidth=1.5,
                                  label=f"generations → train, n={sum(gen_hist)}; left axis"))
     for (label, x), style in zip(lines.items(), ("--", ":", "-.", (0, (1, 3)))):

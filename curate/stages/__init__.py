@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import time
 import traceback
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from curate.config import ENGINE_KEYS, RunConfig
 from curate.errors import CurateError
 from curate.progress import info, set_listener
 from curate.store import runstate
-from curate.store.catalog import STAGES, Workspace, digest_of
+from curate.store.catalog import STAGES, Workspace, digest_of, result_digest
 
 #: the memorization-probe commands (``curate probe …``): their tables, for the same derivation
 PROBE_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -67,14 +68,16 @@ def upstream(name: str) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s != name and reads & set(tables(s)[1]))
 
 
+def built_on(ws: Workspace, name: str) -> dict[str, Any]:
+    """{upstream stage: :func:`result_digest` of its last successful run}: what a run of ``name``
+    now would be built on. Recorded with each run (``runs.config.built_on``) so that staleness
+    (:func:`out_of_date`) and skipping (:func:`run_stage`) follow one rule."""
+    return {u: result_digest(ws.last_run(u)) for u in upstream(name)}
+
+
 def stage_digest(ws: Workspace, cfg: RunConfig, name: str) -> str:
     mod = stage_module(name)
-    ups = []
-    for u in upstream(name):
-        r = ws.last_run(u)
-        out = (r.get("counters") or {}).get("output_digest") if r else None
-        # a stage may say what it wrote (hash: a digest of `images`): a forced run that changed it changes its readers' digests
-        ups.append(r["digest"] if not out else [r["digest"], out])
+    ups = list(built_on(ws, name).values())
     own = mod.inputs(ws, cfg)
     section = cfg.model_dump(mode="json", by_alias=True).get(name)
     if isinstance(section, dict):  # where a stage runs (local / ray, actors, GPUs) never changes its results
@@ -145,34 +148,39 @@ def run_stage(ws: Workspace, cfg: RunConfig, name: str, *, force: bool = False) 
     digest = stage_digest(ws, cfg, name)
     last = ws.last_run(name)
     if not force and last is not None and last["digest"] == digest:
+        if "built_on" not in last["config"]:  # recorded before runs kept it: the same digest means the same upstream
+            ws.con.execute("UPDATE runs SET config = ? WHERE run_id = ?",
+                           [json.dumps({**last["config"], "built_on": built_on(ws, name)}, sort_keys=True), last["run_id"]])
         info(f"[{name}] up to date (run {last['run_id']}), skipped")
         return {"stage": name, "skipped": True, "counters": last["counters"], "seconds": 0.0}
     section = cfg.model_dump(mode="json", by_alias=True).get(name)
     run = stage_module(name).run
     # `force` reaches a stage that takes it (hash: read every file again); the others recompute when they run
     kw = {"force": True} if force and "force" in inspect.signature(run).parameters else {}
-    counters, dt = record_run(ws, name, {"section": section, "base_dir": cfg.base_dir}, digest,
-                              lambda: run(ws, cfg, **kw))
+    counters, dt = record_run(ws, name, {"section": section, "base_dir": cfg.base_dir, "built_on": built_on(ws, name)},
+                              digest, lambda: run(ws, cfg, **kw))
     return {"stage": name, "skipped": False, "counters": counters, "seconds": dt}
 
 
-def never_run_upstream(ws: Workspace, name: str) -> list[str]:
-    """The upstream stages of ``name``, transitively, that have never run in ``ws`` (in pipeline
-    order): what has to run before ``name`` can."""
-    todo: set[str] = set()
-    frontier = [name]
+def with_upstream(names: Iterable[str]) -> list[str]:
+    """``names`` and every stage they read from, transitively, in pipeline order: what
+    :func:`curate.api.run` passes through :func:`run_stage` (which skips the ones up to date) so
+    that a stage is never computed on missing or stale upstream work."""
+    todo = set(names)
+    frontier = list(todo)
     while frontier:
         for u in upstream(frontier.pop()):
-            if u not in todo and ws.last_run(u, status=None) is None:
+            if u not in todo:
                 todo.add(u)
                 frontier.append(u)
     return [s for s in STAGES if s in todo]
 
 
 def check_upstream(ws: Workspace, name: str) -> None:
-    """Refuse to build on a stage that never ran, or whose latest run failed or was killed (its
-    tables may be partial): a result computed on missing upstream work is an error, not an
-    empty success.
+    """Refuse to build on a stage that never ran, whose latest run failed or was killed (its
+    tables may be partial), or that is out of date (:func:`out_of_date`: it was built on results
+    an earlier stage has since replaced): a result computed on missing or stale upstream work is
+    an error, not an empty success.
 
     Raises:
         CurateError: naming the upstream stage and the command to run.
@@ -188,6 +196,11 @@ def check_upstream(ws: Workspace, name: str) -> None:
                 f"{name} needs {u}, whose last run ({r['run_id']}) {r['status']}: {why}; fix that and re-run "
                 f"`curate {u}` (or `curate run CONFIG.yaml`)"
             )
+    stale = out_of_date(ws.status())
+    for u in upstream(name):
+        if u in stale:
+            raise CurateError(f"{name} needs {u}, which is out of date ({stale[u]}); run `curate {u}` first "
+                              f"(or `curate run CONFIG.yaml`)")
 
 
 def downstream(name: str) -> tuple[str, ...]:
@@ -199,16 +212,34 @@ def downstream(name: str) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in below and s != name)
 
 
-def out_of_date(status: dict[str, Any]) -> list[str]:
-    """Stages whose last successful run is older than an upstream stage's (their outputs are stale)."""
-    stale: list[str] = []
+def out_of_date(status: dict[str, Any]) -> dict[str, str]:
+    """Stages whose outputs are stale, each with why: an upstream stage's last successful run is
+    not the one it was built on (it re-ran and its result changed), or an upstream stage is itself
+    out of date. The same rule :func:`run_stage` skips by (a stage whose upstream results are
+    unchanged is up to date, even when the upstream re-ran). ``status`` is
+    :meth:`Workspace.status`'s: per stage ``result`` (:func:`result_digest`) and ``built_on``;
+    a run recorded before ``built_on`` existed falls back to run order.
+
+    Returns:
+        {stage: reason}, in pipeline order.
+    """
+    stale: dict[str, str] = {}
     for name in STAGES:
         own = status.get(name, {})
         if own.get("status") != "ok":
             continue
-        ups = upstream(name)
-        if any(status.get(u, {}).get("run_id", 0) > own["run_id"] for u in ups) or any(u in stale for u in ups):
-            stale.append(name)
+        for u in upstream(name):
+            up = status.get(u, {})
+            rec = own.get("built_on")
+            if u in stale:
+                stale[name] = f"{u} is out of date"
+            elif rec is not None and u in rec and rec[u] != up.get("result"):
+                stale[name] = f"{u} changed since {name} ran"
+            elif (rec is None or u not in rec) and up.get("ok_run_id", 0) > own["run_id"]:
+                stale[name] = f"{u} ran after {name}"
+            else:
+                continue
+            break
     return stale
 
 
@@ -218,3 +249,23 @@ def _short(counters: dict[str, Any]) -> str:
     items += [f"{k}: {len(v)} {'entry' if len(v) == 1 else 'entries'}" for k, v in counters.items()
               if isinstance(v, (dict, list)) and v]
     return ", ".join(items[:8]) or "nothing to report"
+
+
+def counter_text(counters: dict[str, Any]) -> str:
+    """A stage's counters on one line (``curate status``): numbers and words as ``k=v``; a list of words joined
+    (``packs: a, b``); a small mapping of numbers spelled out (``samples_by_action: remove=3``);
+    anything larger or deeper as its number of entries — never silently left out (flag's
+    per-rule lines follow the row)."""
+    items = []
+    for k, v in counters.items():
+        if not isinstance(v, (dict, list)):
+            items.append(f"{k}={v}")
+        elif not v:
+            items.append(f"{k}: none")
+        elif isinstance(v, list) and len(v) <= 8 and all(isinstance(x, (str, int, float)) for x in v):
+            items.append(f"{k}: {', '.join(map(str, v))}")
+        elif isinstance(v, dict) and len(v) <= 6 and all(isinstance(x, (str, int, float)) for x in v.values()):
+            items.append(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}")
+        else:
+            items.append(f"{k}: {len(v)} {'entry' if len(v) == 1 else 'entries'}")
+    return ", ".join(items)

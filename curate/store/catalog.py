@@ -93,6 +93,15 @@ CREATE TABLE IF NOT EXISTS flags (
     category VARCHAR NOT NULL, action VARCHAR NOT NULL, score DOUBLE, evidence VARCHAR,
     holder VARCHAR
 );
+-- flag: per-rule coverage (curate.stages.flag.coverage): samples checked, unknown and hit
+CREATE TABLE IF NOT EXISTS rule_stats (
+    pack VARCHAR NOT NULL, rule_id VARCHAR NOT NULL, category VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+    reads VARCHAR, action VARCHAR NOT NULL, checked BIGINT NOT NULL, unknown BIGINT NOT NULL,
+    unknown_action VARCHAR NOT NULL, hits BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS category_stats (
+    category VARCHAR NOT NULL, unscored BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS claims (
     claimant VARCHAR NOT NULL, slug VARCHAR NOT NULL, contact VARCHAR, category VARCHAR NOT NULL,
     action VARCHAR NOT NULL, kind VARCHAR, value VARCHAR
@@ -143,6 +152,11 @@ CREATE TABLE IF NOT EXISTS probe_stats (
 CREATE TABLE IF NOT EXISTS containment (
     container_id BIGINT NOT NULL, contained_id BIGINT NOT NULL, inliers INTEGER, inlier_ratio DOUBLE,
     coverage DOUBLE, region JSON, score DOUBLE
+);
+-- dedup: each aligned cluster member against the others: an overlay drawn on it, or blur (curate.stages.dedup.fidelity)
+CREATE TABLE IF NOT EXISTS copy_fidelity (
+    sample_id BIGINT NOT NULL, cluster_id BIGINT NOT NULL, peers INTEGER NOT NULL, added DOUBLE, lost DOUBLE,
+    detail DOUBLE, overlay BOOLEAN NOT NULL, soft BOOLEAN NOT NULL
 );
 """
 
@@ -361,7 +375,23 @@ class Workspace:
             }
             if r["error"]:
                 out[stage]["error"] = r["error"]
+            ok = r if r["status"] == "ok" else self.last_run(stage)
+            if ok is not None:  # what its readers were built on, and what it was built on (curate.stages.out_of_date)
+                out[stage] |= {"ok_run_id": ok["run_id"], "result": result_digest(ok)}
+                if "built_on" in ok["config"]:
+                    out[stage]["built_on"] = ok["config"]["built_on"]
         return out
+
+
+def result_digest(run: dict | None) -> Any:
+    """What a stage's successful run means to its readers: its digest, and the digest of what it
+    wrote when it says so (hash's ``output_digest``: a forced run that changed ``images`` changes
+    its readers' digests; one that changed nothing does not). None when there is no such run.
+    JSON-shaped (a str or a 2-list), as recorded in ``runs.config.built_on``."""
+    if run is None:
+        return None
+    out = (run.get("counters") or {}).get("output_digest")
+    return run["digest"] if not out else [run["digest"], out]
 
 
 def digest_of(*parts: Any) -> str:

@@ -85,7 +85,7 @@ def test_report_opens_in_chromium_runs_nothing_requests_nothing(sample_ws, tmp_p
     ref = con.execute("SELECT image_ref FROM samples WHERE sample_id = ?", [ids[0]]).fetchone()[0]
     con.close()
 
-    cli("-w", str(ws), "probe", "select", "--top-k", "5")
+    cli("-w", str(ws), "probe", "select", "--top-k", "8")  # the 17 payload-captioned pairs rank 7th
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: OpenMP threads would only spin on a busy machine
     try:
@@ -118,7 +118,8 @@ def test_report_opens_in_chromium_runs_nothing_requests_nothing(sample_ws, tmp_p
     assert "<script>" not in html and 'onerror="' not in html  # …and only escaped in the page
     assert "&lt;script&gt;document.title=&#34;pwned-caption-script&#34;&lt;/script&gt;" in html
     assert html.count("data:image/png;base64,") >= 3  # histograms per set + risk plot, inline
-    assert not re.search(r'(src|href)="(?!data:)', html)  # nothing to fetch: every src is a data: URI
+    assert not re.search(r'src="(?!data:)', html)  # nothing to fetch: every src is a data: URI…
+    assert not re.search(r'<(?!a )[^>]*\bhref=', html)  # …and only links (<a>, followed on a click) have an href
     elsewhere = next(s for s in probes["sets"] if s["set"] == "elsewhere")
     row = next(r for r in elsewhere["grid"] if r["prompt"] == prompt)
     assert row["sample_id"] in ids and row["verdict"] == "replicated" and row["train_caption"] == cap

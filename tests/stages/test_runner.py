@@ -32,11 +32,21 @@ def test_upstream_is_derived_from_the_tables_each_stage_reads():
 
 
 def test_out_of_date_follows_the_derived_upstream():
-    st = {s: {"status": "ok", "run_id": i + 1} for i, s in enumerate(STAGES)}
-    assert out_of_date(st) == []
-    st["hash"]["run_id"] = 99  # hash ran again after everything else
+    # runs recorded before `built_on` existed: by run order
+    st = {s: {"status": "ok", "run_id": i + 1, "ok_run_id": i + 1} for i, s in enumerate(STAGES)}
+    assert out_of_date(st) == {}
+    st["hash"]["run_id"] = st["hash"]["ok_run_id"] = 99  # hash ran again after everything else
     stale = out_of_date(st)
     assert "embed" in stale and "dedup" in stale and "report" in stale and "ingest" not in stale
+    assert stale["embed"] == "hash ran after embed" and stale["dedup"] in ("hash ran after dedup", "embed is out of date")
+    # with `built_on`: by what each was built on, whatever the run order
+    st = {s: {"status": "ok", "run_id": i + 1, "ok_run_id": i + 1, "result": f"d-{s}",
+              "built_on": {u: f"d-{u}" for u in upstream(s)}} for i, s in enumerate(STAGES)}
+    st["hash"]["run_id"] = st["hash"]["ok_run_id"] = 99  # re-ran, same result
+    assert out_of_date(st) == {}
+    st["hash"]["result"] = ["d-hash", "new output"]
+    stale = out_of_date(st)
+    assert stale["embed"] == "hash changed since embed ran" and "ingest" not in stale and "report" in stale
 
 
 @contextmanager
@@ -116,11 +126,43 @@ def test_status_marks_readers_of_a_rerun_stage_out_of_date(sample_ws, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(src, ws)
     cfg = api.workspace_config(ws)
-    api.run_one(ws, "hash", cfg, force=True)
+    api.run_one(ws, "hash", cfg, force=True)  # every file read again, the same hashes: nothing downstream is stale
     st = api.status(ws)
-    assert st["hash"]["status"] == "ok" and "out_of_date" not in st["hash"]
-    for s in ("embed", "dedup", "flag", "export", "report"):
+    assert not any(st[s].get("out_of_date") for s in STAGES)
+    assert api.run_one(ws, "embed", cfg)["skipped"]  # the runner agrees
+    loose = api.with_overrides(cfg, "dedup", {"phash_mirror": not cfg.dedup.phash_mirror})
+    api.run(ws, loose, stages=["dedup"])
+    st = api.status(ws)
+    assert "out_of_date" not in st["dedup"]
+    for s in ("flag", "export", "report"):
         assert st[s].get("out_of_date"), s
+    assert st["flag"]["out_of_date_because"] == "dedup changed since flag ran"
+    assert st["export"]["out_of_date_because"] in ("dedup changed since export ran", "flag is out of date")
+    assert not {"result", "built_on", "ok_run_id"} & set(st["flag"])  # bookkeeping stays inside
+
+
+def test_a_stage_is_never_built_on_a_stale_upstream(sample_ws, tmp_path):
+    """Issue: `curate dedup` (new settings) then `curate export` exported the flags computed on the
+    old clusters, while `curate status` called flag out of date and `curate export` said up to date.
+    Now one rule: export runs flag first; building on a stale stage directly is refused."""
+    src, _ = sample_ws
+    ws = tmp_path / "ws"
+    shutil.copytree(src, ws)
+    cfg = api.workspace_config(ws)
+    loose = api.with_overrides(cfg, "dedup", {"phash_mirror": not cfg.dedup.phash_mirror})
+    api.run_one(ws, "dedup", loose)
+    with duckdb_workspace(ws) as w:
+        with pytest.raises(CurateError, match=r"export needs flag, which is out of date \(dedup changed since flag ran\)"):
+            check_upstream(w, "export")
+    res = api.run_one(ws, "export", loose)
+    assert [r["stage"] for r in res["upstream"]] == ["flag"] and not res["skipped"]
+    st = api.status(ws)
+    assert not any(st[s].get("out_of_date") for s in ("ingest", "hash", "embed", "dedup", "flag", "export"))
+    assert st["report"].get("out_of_date")
+    plain = tmp_path / "plain"
+    shutil.copytree(src, plain)
+    api.run(plain, loose, stages=["export"])  # the same through run(): dedup and flag first
+    assert _outputs(ws)[0] == _outputs(plain)[0]
 
 
 def test_the_end_of_stage_line_says_nested_counters_are_entries_not_counts():

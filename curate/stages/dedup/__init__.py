@@ -7,4 +7,5 @@ catalog tables it reads and writes: the stage runner derives the stage's upstrea
 from curate.stages.dedup.stage import inputs, run  # noqa: F401
 
 READS: tuple[str, ...] = ('sources', 'samples', 'images', 'embeddings', 'image_text')
-WRITES: tuple[str, ...] = ('dup_edges', 'clusters', 'cluster_stats', 'caption_stats', 'containment')
+WRITES: tuple[str, ...] = ('dup_edges', 'clusters', 'cluster_stats', 'caption_stats', 'containment',
+                           'copy_fidelity')

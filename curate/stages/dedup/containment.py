@@ -32,7 +32,7 @@ itself) and its bounding box clipped to the container's frame. ``score`` = inlie
 min(1, support / 0.5): how many tentative matches agree with the geometry, times how much of
 the contained picture they span (full credit from half its area).
 
-**Candidates** (:func:`neighbour_pairs`): each sample's ``k`` nearest neighbours by stored
+**Candidates** (:func:`curate.stages.dedup.vector_search.knn_pairs`): each sample's ``k`` nearest neighbours by stored
 image embedding with cosine in [floor, edge threshold) — pairs at or above the threshold are
 already one cluster by the embedding edge, a crop or a collage usually falls below it; pairs
 the other signals already put in one cluster are verified as well (the row and its region are
@@ -48,7 +48,7 @@ sample's 1,715 verified pairs (images with few keypoints stop early). The sample
 went from 0.2 s to 6.4 s wall, ≈ 11 s of CPU (458 images, 1,762 candidates, 30 containments). At k = 10
 count ≈ 0.1 s of features plus ≤ 5 pairs per image: ≈ 0.15 s of CPU per image, ≈ 40 CPU-hours
 per million, in this process (``dedup.containment: false`` turns it off). The kNN search is
-faiss exact inner product (IVF from ``ivf_min_n`` vectors); under ``embedding_search: ivfpq``,
+the dedup search's faiss exact inner product (IVF from ``ivf_min_n`` vectors); under ``embedding_search: ivfpq``,
 which never loads the vectors, containment is skipped.
 """
 from __future__ import annotations
@@ -59,15 +59,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from curate.config import DedupConfig, RunConfig
 from curate.media.images import DEFAULT_MAX_PIXELS, open_image, read_ref
 from curate.media.trim import picture_box
-from curate.stages.dedup.clusters import components
 from curate.stages.dedup.rows import unit_rows
+from curate.stages.dedup.vector_search import knn_pairs
 from curate.store.catalog import Workspace
 from curate.store.embeddings import load_all
 
@@ -409,72 +409,38 @@ def verify_pairs(pairs: Iterable[tuple[str, str]], params: Params = Params(), *,
     return out
 
 
-def neighbour_pairs(vecs: np.ndarray, k: int, min_cosine: float, max_cosine: float | None, *,
-                    ivf_min_n: int = 200_000, nprobe: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate pairs (i < j, row indices) among each row's ``k`` nearest neighbours by inner
-    product with ``min_cosine`` ≤ cosine < ``max_cosine`` (≤ 1 when None), sorted by (i, j).
-
-    ``vecs`` float (n, d), L2-normalised. Exact faiss ``IndexFlatIP`` search in blocks below
-    ``ivf_min_n`` rows; above, ``IndexIVFFlat`` (≈ 4√n lists, ``nprobe`` probed), approximate.
-    """
-    import faiss
-
-    n = len(vecs)
-    empty = np.zeros(0, np.int64)
-    if n < 2 or k < 1:
-        return empty, empty, np.zeros(0, np.float32)
-    d = vecs.shape[1]
-    block = 16384
-    if n >= ivf_min_n:
-        nlist = int(4 * math.sqrt(n))
-        quant = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        step = max(1, n // (64 * nlist))
-        index.train(np.ascontiguousarray(vecs[::step][: 64 * nlist], np.float32))
-        index.nprobe = nprobe
-    else:
-        index = faiss.IndexFlatIP(d)
-    for s in range(0, n, block):
-        index.add(np.ascontiguousarray(vecs[s : s + block], np.float32))
-    kk = min(k + 1, n)
-    ii, jj, cc = [], [], []
-    for s in range(0, n, block):
-        sims, nb = index.search(np.ascontiguousarray(vecs[s : s + block], np.float32), kk)
-        rows = np.repeat(np.arange(s, s + len(nb), dtype=np.int64), kk)
-        nb, sims = nb.ravel().astype(np.int64), sims.ravel()
-        keep = (nb >= 0) & (nb != rows) & (sims >= min_cosine)
-        if max_cosine is not None:
-            keep &= sims < max_cosine
-        ii.append(np.minimum(rows, nb)[keep])
-        jj.append(np.maximum(rows, nb)[keep])
-        cc.append(sims[keep])
-    i, j, c = np.concatenate(ii), np.concatenate(jj), np.concatenate(cc).astype(np.float32)
-    key = i * n + j
-    _, first = np.unique(key, return_index=True)  # sorted by (i, j), each pair once
-    return i[first], j[first], c[first]
-
-
-def _cluster_of(nodes: np.ndarray, cids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """The component id of each of ``ids`` (−1 for ids in no edge); ``nodes`` sorted."""
-    if len(nodes) == 0:
-        return np.full(len(ids), -1, np.int64)
-    pos = np.minimum(np.searchsorted(nodes, ids), len(nodes) - 1)
-    return np.where(nodes[pos] == ids, cids[pos], -1)
-
-
 def params_of(dc: DedupConfig) -> Params:
     """:class:`Params` with the thresholds set in a :class:`curate.config.DedupConfig`."""
     return Params(min_inliers=dc.containment_min_inliers)
 
 
-def containment_rows(ws: Workspace, cfg: RunConfig, key: str, eligible_sql: str, eligible_params: list,
-                     tol: float) -> tuple[list[tuple], dict[str, Any]]:
-    """The dedup stage's containment rows: candidates from the embeddings of key ``key``
-    (samples of ``eligible_sql`` under ``eligible_params`` with a decoded image), every candidate verified (those already
-    in one component of ``dup_edges`` counted in ``same_cluster``).
+class ContainmentRow(NamedTuple):
+    """One verified containment found by :func:`containment_rows`: ``catalog_row`` is its
+    ``containment`` table row; ``container_fraction`` (:class:`Match`) decides whether it is a
+    whole-picture copy (the stage's ``verified`` edges) without reading the region JSON back."""
 
-    Returns (rows (container_id, contained_id, inliers, inlier_ratio, coverage, region JSON,
-    score) sorted by (container_id, contained_id), counters: candidates, verified, found,
+    container_id: int
+    contained_id: int
+    inliers: int
+    inlier_ratio: float
+    coverage: float
+    region: str
+    score: float
+    container_fraction: float
+
+    @property
+    def catalog_row(self) -> tuple:
+        """(container_id, contained_id, inliers, inlier_ratio, coverage, region JSON, score)."""
+        return tuple(self)[:7]
+
+
+def containment_rows(ws: Workspace, cfg: RunConfig, key: str, eligible_sql: str, eligible_params: list,
+                     tol: float) -> tuple[list[ContainmentRow], dict[str, Any]]:
+    """The dedup stage's containment rows: candidates from the embeddings of key ``key``
+    (samples of ``eligible_sql`` under ``eligible_params`` with a decoded image), every candidate
+    verified, those already joined by other signals too (the row is evidence).
+
+    Returns (rows sorted by (container_id, contained_id), counters: candidates, verified, found,
     features (images whose features were computed), seconds).
     """
     dc = cfg.dedup
@@ -489,16 +455,10 @@ def containment_rows(ws: Workspace, cfg: RunConfig, key: str, eligible_sql: str,
     if len(ids):
         good = unit_rows(vecs, tol)
         ids, vecs = ids[good], vecs[good]
-    i, j, _ = neighbour_pairs(vecs, dc.containment_neighbours, dc.containment_min_cosine, dc.embedding_min_cosine,
+    i, j, _ = knn_pairs(vecs, dc.containment_neighbours, dc.containment_min_cosine, dc.embedding_min_cosine,
                               ivf_min_n=dc.embedding_ivf_min_n, nprobe=dc.embedding_nprobe)
     a, b = ids[i], ids[j]
     counters["candidates"] = len(a)
-    if len(a):  # pairs the other signals already put in one cluster are verified too: the row is evidence
-        edges = ws.con.execute("SELECT a, b FROM dup_edges").fetchnumpy()
-        nodes, cids = components(np.zeros(0, np.int64), np.asarray(edges["a"], np.int64),
-                                 np.asarray(edges["b"], np.int64))
-        same = (_cluster_of(nodes, cids, a) == _cluster_of(nodes, cids, b)) & (_cluster_of(nodes, cids, a) >= 0)
-        counters["same_cluster"] = int(same.sum())  # (a crop to 50 % joined through other copies still gets its row)
     todo = sorted(zip(a.tolist(), b.tolist()))
     p = params_of(dc)
     cache = FeatureCache()
@@ -513,8 +473,8 @@ def containment_rows(ws: Workspace, cfg: RunConfig, key: str, eligible_sql: str,
         m = match(fa, fb, p)
         if m is not None:
             cont, inner = (sa, sb) if m.container == 0 else (sb, sa)
-            rows.append((int(cont), int(inner), m.inliers, round(m.inlier_ratio, 6), round(m.coverage, 6),
-                         json.dumps(m.region()), round(m.score, 6)))
+            rows.append(ContainmentRow(int(cont), int(inner), m.inliers, round(m.inlier_ratio, 6), round(m.coverage, 6),
+                                       json.dumps(m.region()), round(m.score, 6), round(m.container_fraction, 4)))
     rows.sort(key=lambda r: (r[0], r[1]))
     counters["found"] = len(rows)
     counters["features"] = cache.computed

@@ -13,12 +13,28 @@ so the choice never depends on iteration or batch order:
                    there is one) before undecodable, missing or mismatched images
 - ``not_flagged``  no ``remove`` flag before flagged
 - ``has_caption``  non-empty caption first
+- ``no_overlay``   no text watermark, logo or stamp drawn over the picture: a member that
+                   :func:`curate.stages.dedup.fidelity.judge` finds adding detail in some cells
+                   and losing it in none, against its cluster's aligned members at a common scale
+                   (``copy_fidelity.overlay``), ranks after
+- ``sharp``        not blurred: a member three quarters of whose textured cells, at the common
+                   scale, hold at most :data:`~curate.stages.dedup.fidelity.SOFT_MAX_UPPER` of the
+                   detail of the sharpest aligned members without an overlay (``copy_fidelity.soft``,
+                   :func:`curate.stages.dedup.fidelity.judge`; a blurred copy, or a small one blown
+                   up) ranks after. Judged after overlays: a watermark adds edges, so "sharper" alone
+                   would prefer the watermarked copy. Both compare only members of one framing
+                   (aligned at the common scale), so they come first: a containment judgement
+                   below (the original read as a crop, or as holding an addition) must not hand the
+                   cluster to a blurred or watermarked copy (on a 120-original cut of the copy-detection
+                   benchmark, with them after ``no_border``, blurred copies still ranked above their
+                   original in 26 of 117 clusters, where the original lost on ``no_additions`` or
+                   ``whole_picture`` first; placed first, in 4)
 - ``no_additions`` no text bars, caption strip, screenshot frame or collage around the picture: a
                    member that contains another member of its cluster inside an *addition*
                    (surround judged ``'addition'``: flat drawn surroundings, or a seam at the pasted
-                   picture's edge) ranks after (flat padding is
-                   ``no_border``'s; a text watermark drawn *over* the picture is not measured).
-                   Before ``colour``: a collage of a gray picture gains colour from its other tiles
+                   picture's edge) ranks after (flat padding is ``no_border``'s, a text watermark
+                   drawn *over* the picture ``no_overlay``'s). Before ``colour``: a collage of a gray
+                   picture gains colour from its other tiles
 - ``colour``       full colour before grayscale before 1-bit: a 1-bit original mode ranks 0, a
                    colourfulness (Hasler & Süsstrunk 2003, on the pHash's 32×32 colour pixels,
                    :func:`curate.media.phash.colourfulness`) under :data:`GRAY_COLOURFULNESS`
@@ -78,6 +94,8 @@ CRITERIA: dict[str, str] = {
     "no_border": f"CAST(coalesce(i.border, 0) <= b.border_min + {BORDER_MARGIN} AS INTEGER) DESC",
     "whole_picture": "CAST(kc.sample_id IS NULL AS INTEGER) DESC",
     "no_additions": "CAST(ka.sample_id IS NULL AS INTEGER) DESC",
+    "no_overlay": "CAST(NOT coalesce(q.overlay, false) AS INTEGER) DESC",
+    "sharp": "CAST(NOT coalesce(q.soft, false) AS INTEGER) DESC",
     "compression": (f"CAST(NOT (coalesce(i.jpeg_quality, 100) < {COMPRESSED_BELOW} "
                     f"AND coalesce(i.jpeg_quality, 100) < b.quality_max - {QUALITY_MARGIN}) AS INTEGER) DESC"),
     "pixels": "coalesce(CAST(i.width AS BIGINT) * i.height, CAST(s.width AS BIGINT) * s.height, 0) DESC",
@@ -105,7 +123,9 @@ def ranked_sql(rule: list[str], members_table: str, removal_flags: str | None) -
 
     Returns a query with columns sample_id, cluster_id, keeper_rank (1 = keeper) and
     keeper_reason (for rank 1: the first criterion on which it beats the runner-up).
-    ``removal_flags`` is a table/subquery of sample_ids with a remove flag, or None.
+    ``removal_flags`` is a table/subquery of sample_ids with a remove flag, or None. ``no_overlay``
+    and ``sharp`` read ``copy_fidelity`` (:func:`curate.stages.dedup.fidelity.measure_fidelity`,
+    run by the dedup stage on the same members); a member without a row there is neither.
     """
     flags = removal_flags or "(SELECT CAST(NULL AS BIGINT) AS sample_id WHERE false)"
     order = ", ".join(CRITERIA[c] for c in rule)
@@ -127,6 +147,7 @@ def ranked_sql(rule: list[str], members_table: str, removal_flags: str | None) -
                ON b.cluster_id = c.cluster_id
         LEFT JOIN ({_inside_sql(members_table, "contained_id", "picture")}) kc ON kc.sample_id = c.sample_id
         LEFT JOIN ({_inside_sql(members_table, "container_id", "addition")}) ka ON ka.sample_id = c.sample_id
+        LEFT JOIN copy_fidelity q ON q.sample_id = c.sample_id AND q.cluster_id = c.cluster_id
     )
     SELECT m.sample_id, m.cluster_id, m.keeper_rank,
            CASE WHEN m.keeper_rank = 1 THEN (

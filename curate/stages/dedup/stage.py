@@ -47,7 +47,6 @@ recomputes everything from the catalog, so re-running it is safe.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,7 @@ from curate.models.recipe import image_key
 from curate.stages.dedup import ivfpq
 from curate.stages.dedup.clusters import cluster_statistics, components
 from curate.stages.dedup.containment import containment_rows
+from curate.stages.dedup.fidelity import measure_fidelity
 from curate.stages.dedup.keeper import ranked_sql
 from curate.stages.dedup.surround import measure_surrounds
 from curate.stages.dedup.phash_search import phash_edges
@@ -205,6 +205,9 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
             con.unregister("_members")
         if dc.containment:  # what surrounds a copy inside its cluster: a crop's whole picture, or bars (keeper)
             counters["surrounds_measured"] = measure_surrounds(ws, "_m", cfg.hash.max_pixels)
+        con.execute("DELETE FROM copy_fidelity")
+        if {"no_overlay", "sharp"} & set(dc.keeper_rule):  # overlays and blur among aligned members (keeper)
+            counters["fidelity"] = measure_fidelity(ws, "_m", cfg.hash.max_pixels)
         con.execute(
             f"""INSERT INTO clusters
             SELECT r.sample_id, r.cluster_id, count(*) OVER (PARTITION BY r.cluster_id), r.keeper_rank,
@@ -218,6 +221,11 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
                WHERE clusters.cluster_id = x.cluster_id"""
         )
         con.execute("DROP TABLE _m")
+        if dc.containment and isinstance(counters.get("containment"), dict) and "found" in counters["containment"]:
+            # containments whose two samples ended in one cluster (through any signal): the row is their evidence
+            counters["containment"]["same_cluster"] = int(ws.scalar(
+                "SELECT count(*) FROM containment t JOIN clusters x ON x.sample_id = t.container_id "
+                "JOIN clusters y ON y.sample_id = t.contained_id WHERE x.cluster_id = y.cluster_id"))
         cluster_statistics(ws)
         counters["captions"] = captions.compute(ws)
     n_clusters, n_members, largest = ws.q(
@@ -243,16 +251,16 @@ def _containment(ws: Workspace, cfg: RunConfig, counters: dict[str, Any]) -> Non
     rows, got = containment_rows(ws, cfg, key, ELIGIBLE_SQL, eligible_params(key, dc), UNIT_TOL)
     counters["containment"] = got
     if rows:
-        ws.con.executemany("INSERT INTO containment VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        ws.con.executemany("INSERT INTO containment VALUES (?, ?, ?, ?, ?, ?, ?)", [r.catalog_row for r in rows])
     if dc.containment_merges_clusters:
         counters["edges"]["containment"] = _add_edges(
-            ws, np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64), "containment",
-            np.array([1.0 - r[6] for r in rows], np.float64))
+            ws, np.array([r.container_id for r in rows], np.int64), np.array([r.contained_id for r in rows], np.int64),
+            "containment", np.array([1.0 - r.score for r in rows], np.float64))
     elif dc.verified_min_fraction is not None:  # whole-picture copies only: a crop to 70 %, not a collage tile
-        whole = [r for r in rows if json.loads(r[5])["container_fraction"] >= dc.verified_min_fraction]
+        whole = [r for r in rows if r.container_fraction >= dc.verified_min_fraction]
         counters["edges"]["verified"] = _add_edges(
-            ws, np.array([r[0] for r in whole], np.int64), np.array([r[1] for r in whole], np.int64), "verified",
-            np.array([1.0 - r[6] for r in whole], np.float64))
+            ws, np.array([r.container_id for r in whole], np.int64), np.array([r.contained_id for r in whole], np.int64),
+            "verified", np.array([1.0 - r.score for r in whole], np.float64))
 
 
 def _embedding_edges_from_parts(ws: Workspace, cfg: RunConfig, key: str, counters: dict[str, Any]) -> None:

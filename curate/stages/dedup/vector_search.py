@@ -35,16 +35,78 @@ def cosine_pairs(vecs: np.ndarray, min_cosine: float) -> tuple[np.ndarray, np.nd
     """
     import faiss
 
-    n = len(vecs)
-    if n < 2:
+    if len(vecs) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    index = faiss.IndexFlatIP(vecs.shape[1])
-    for start in range(0, n, ADD_BLOCK):  # faiss gets C-contiguous float32 blocks, never one big copy
+    index = _filled(faiss.IndexFlatIP(vecs.shape[1]), vecs)
+    i, j, sims = range_pairs(index, vecs, float(min_cosine) - 1e-4, min_value=min_cosine, dtype=np.float32)
+    return i, j, sims.astype(np.float32)
+
+
+def _filled(index, vecs: np.ndarray):
+    """``index`` with every row of ``vecs`` added as C-contiguous float32 blocks of ``ADD_BLOCK``
+    rows (never one big copy), each checked L2-normalised (K13; ValueError otherwise)."""
+    for start in range(0, len(vecs), ADD_BLOCK):
         block = np.ascontiguousarray(vecs[start : start + ADD_BLOCK], dtype=np.float32)
         check_normalised(block)
         index.add(block)
-    i, j, sims = range_pairs(index, vecs, float(min_cosine) - 1e-4, min_value=min_cosine, dtype=np.float32)
-    return i, j, sims.astype(np.float32)
+    return index
+
+
+KNN_QUERY_BLOCK = 16384  # query rows per faiss kNN search call
+
+
+def knn_pairs(vecs: np.ndarray, k: int, min_cosine: float, max_cosine: float | None, *,
+              ivf_min_n: int = 200_000, nprobe: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j, row indices) among each row's ``k`` nearest neighbours by inner product with
+    ``min_cosine`` ≤ cosine < ``max_cosine`` (≤ 1 when None), each pair once, sorted by (i, j):
+    the containment candidates (:mod:`curate.stages.dedup.containment`), which sit below the
+    edge threshold where a range search would return too many pairs.
+
+    Args:
+        vecs: float16 or float32 (n, d), L2-normalised rows (K13; checked per block).
+        k: neighbours per row (≥ 1; 0 gives no pair).
+        min_cosine, max_cosine: the cosine band in [-1, 1].
+        ivf_min_n: rows from which the search is faiss ``IndexIVFFlat`` (≈ 4√n lists trained on
+            ≤ 64 rows per list, ``nprobe`` probed; approximate) instead of exact ``IndexFlatIP``,
+            the index :func:`cosine_pairs` uses.
+
+    Returns:
+        (i int64 (m,), j int64 (m,), cosine float32 (m,)).
+
+    Raises:
+        ValueError: a row is not L2-normalised.
+    """
+    import faiss
+
+    n = len(vecs)
+    empty = np.zeros(0, np.int64)
+    if n < 2 or k < 1:
+        return empty, empty, np.zeros(0, np.float32)
+    d = vecs.shape[1]
+    if n >= ivf_min_n:
+        nlist = int(4 * math.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        step = max(1, n // (64 * nlist))
+        index.train(np.ascontiguousarray(vecs[::step][: 64 * nlist], np.float32))
+        index.nprobe = nprobe
+    else:
+        index = faiss.IndexFlatIP(d)
+    _filled(index, vecs)
+    kk = min(k + 1, n)
+    ii, jj, cc = [], [], []
+    for s in range(0, n, KNN_QUERY_BLOCK):
+        sims, nb = index.search(np.ascontiguousarray(vecs[s : s + KNN_QUERY_BLOCK], np.float32), kk)
+        rows = np.repeat(np.arange(s, s + len(nb), dtype=np.int64), kk)
+        nb, sims = nb.ravel().astype(np.int64), sims.ravel()
+        keep = (nb >= 0) & (nb != rows) & (sims >= min_cosine)
+        if max_cosine is not None:
+            keep &= sims < max_cosine
+        ii.append(np.minimum(rows, nb)[keep])
+        jj.append(np.maximum(rows, nb)[keep])
+        cc.append(sims[keep])
+    i, j, c = np.concatenate(ii), np.concatenate(jj), np.concatenate(cc).astype(np.float32)
+    _, first = np.unique(i * n + j, return_index=True)  # sorted by (i, j), each pair once
+    return i[first], j[first], c[first]
 
 
 def embedding_edges(

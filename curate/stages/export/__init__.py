@@ -6,5 +6,5 @@ catalog tables it reads and writes: the stage runner derives the stage's upstrea
 """
 from curate.stages.export.stage import inputs, run  # noqa: F401
 
-READS: tuple[str, ...] = ('sources', 'samples', 'rejects', 'images', 'clusters', 'cluster_stats', 'caption_stats', 'dup_edges', 'flags', 'claims', 'claim_matches')
+READS: tuple[str, ...] = ('sources', 'samples', 'rejects', 'images', 'clusters', 'cluster_stats', 'caption_stats', 'dup_edges', 'flags', 'claims', 'claim_matches', 'rule_stats', 'category_stats')
 WRITES: tuple[str, ...] = ('decisions',)

@@ -32,6 +32,7 @@ from curate.progress import info
 from curate.stages.dedup.keeper import SHA_MISMATCH, ranked_sql
 from curate.stages.export.webdataset import write_webdataset
 from curate.stages.flag.claims import RESERVED_SLUGS, assign_slugs, match_counts
+from curate.stages.flag.coverage import rule_summary
 from curate.stages.ingest.normalise import SIZE_MISMATCH_SQL
 from curate.stages.ingest.stage import caption_and_note_counts, notes_by_code, rejected_by_reason
 from curate.store.catalog import Workspace
@@ -201,7 +202,18 @@ def write_claimant_lists(ws: Workspace, folder: Path, claimants: dict[str, Any])
 
 
 def summary(ws: Workspace) -> dict[str, Any]:
-    """The numbers a user checks first (also written to out/summary.json)."""
+    """The numbers a user checks first (also written to out/summary.json).
+
+    ``rules``: one entry per rule of the flag run's packs, zero-hit rules included, sorted by
+    pack and rule id — ``{pack, rule_id, category, kind, reads, action, checked, unknown,
+    unknown_action, hits}`` (samples; :mod:`curate.stages.flag.coverage`); ``unscored``:
+    rule category → samples no rule of it could check (``nsfw``: no punsafe, NSFW tag or
+    classifier score).
+
+    Raises:
+        CurateError: flags without coverage counts (:func:`curate.stages.flag.coverage.rule_summary`).
+    """
+    rules, unscored = rule_summary(ws)
     input_rows = int(ws.scalar("SELECT coalesce(sum(n_rows), 0) FROM sources"))
     kept = int(ws.scalar("SELECT count(*) FROM decisions WHERE keep"))
     removed = int(ws.scalar("SELECT count(*) FROM decisions WHERE NOT keep"))
@@ -257,6 +269,8 @@ def summary(ws: Workspace) -> dict[str, Any]:
                 "SELECT pack, rule_id, action, count(DISTINCT sample_id) FROM flags GROUP BY ALL ORDER BY pack, rule_id"
             )
         },
+        "rules": rules,
+        "unscored": unscored,
         "sources": [
             {"name": n, "uri": u, "format": f, "schema": s, "rows": int(r), "samples": int(k), "rejected": int(j),
              "notes": json.loads(nt) if nt else []}

@@ -7,4 +7,4 @@ catalog tables it reads and writes: the stage runner derives the stage's upstrea
 from curate.stages.flag.stage import inputs, run  # noqa: F401
 
 READS: tuple[str, ...] = ('samples', 'images', 'embeddings', 'clusters', 'dup_edges')
-WRITES: tuple[str, ...] = ('flags', 'claims', 'claim_matches', 'image_scores')
+WRITES: tuple[str, ...] = ('flags', 'claims', 'claim_matches', 'image_scores', 'rule_stats', 'category_stats')

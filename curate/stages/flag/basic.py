@@ -1,7 +1,9 @@
 """SQL of the rule kinds that need no image classifier: captions, URLs, domains, metadata,
 image size, and ``retrieval`` rules' prepared hits.
 
-Each rule becomes one ``SELECT sample_id, score, evidence``. A ``retrieval`` rule reads the temp
+Each rule becomes one ``SELECT sample_id, score, evidence`` (:func:`basic_sql`), and its scope
+one ``SELECT sample_id, known`` (:func:`basic_known_sql`: which samples it could read, for
+:mod:`curate.stages.flag.coverage`). A ``retrieval`` rule reads the temp
 table :func:`retrieval_table` names, which :func:`curate.stages.flag.retrieval.prepare_retrieval`
 fills first (it needs images and a model). Classifier rules select their candidates with this
 module (``only_if_hit``), so it sits below :mod:`curate.stages.flag.classifiers`.
@@ -14,7 +16,7 @@ from curate.errors import ConfigError
 from curate.stages.flag.patterns import lit
 from curate.stages.flag.rules import (CaptionRegex, CaptionWords, DomainList, ImageSize, MetadataThreshold,
                                       MetadataValue, Retrieval, UrlRegex, rule_patterns)
-from curate.stages.flag.urls import domain_hits_sql
+from curate.stages.flag.urls import domain_hits_sql, raw_host_sql
 
 
 def retrieval_table(rule) -> str:
@@ -80,4 +82,29 @@ def basic_sql(rule) -> str:
         )
     if isinstance(rule, Retrieval):  # filled by curate.stages.flag.retrieval.prepare_retrieval (needs images and a model)
         return f"SELECT sample_id, score, evidence FROM {retrieval_table(rule)}"
+    raise TypeError(f"unhandled rule kind {type(rule).__name__}")  # pragma: no cover
+
+
+def basic_known_sql(rule) -> str:
+    """SELECT sample_id, known BOOLEAN for every sample (the scope of a rule of these kinds):
+    ``known`` when the sample has what the rule reads — a caption (caption rules), a URL (URL
+    rules), a URL with a host (``domain_list``), a non-NULL value of the column (metadata rules;
+    NaN scores are NULL from ingest on, an empty tag is unknown), a width and a height (decoded,
+    else the metadata's: ``image_size``), a stored image vector or image bytes (``retrieval``:
+    the scope table :func:`curate.stages.flag.retrieval.prepare_retrieval` fills)."""
+    if isinstance(rule, (CaptionRegex, CaptionWords)):
+        return "SELECT sample_id, caption IS NOT NULL AS known FROM samples"
+    if isinstance(rule, UrlRegex):
+        return "SELECT sample_id, url IS NOT NULL AS known FROM samples"
+    if isinstance(rule, DomainList):
+        return f"SELECT sample_id, coalesce({raw_host_sql('url')} <> '', false) AS known FROM samples"
+    if isinstance(rule, MetadataThreshold):
+        return f"SELECT sample_id, {rule.column} IS NOT NULL AS known FROM samples"
+    if isinstance(rule, MetadataValue):
+        return f"SELECT sample_id, nullif(trim({rule.column}), '') IS NOT NULL AS known FROM samples"
+    if isinstance(rule, ImageSize):
+        return ("SELECT s.sample_id, coalesce(i.width, s.width) IS NOT NULL AND coalesce(i.height, s.height) "
+                "IS NOT NULL AS known FROM samples s LEFT JOIN images i USING (sample_id)")
+    if isinstance(rule, Retrieval):
+        return f"SELECT sample_id, known FROM {retrieval_table(rule)}_scope"
     raise TypeError(f"unhandled rule kind {type(rule).__name__}")  # pragma: no cover

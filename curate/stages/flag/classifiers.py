@@ -200,6 +200,16 @@ def rule_sql(rule) -> str:
     raise TypeError(f"unhandled rule kind {rule.kind}")  # pragma: no cover
 
 
+def known_sql(rule) -> str:
+    """SELECT sample_id, known BOOLEAN for every candidate of a classifier rule
+    (:func:`candidates_sql`): ``known`` when a usable score row is stored for the sample's image
+    (what :func:`rule_sql` reads); no image, an undecodable one, a classifier error or not yet
+    classified is unknown."""
+    spec = spec_of(rule)
+    return (f"SELECT c.sample_id, sc.sample_id IS NOT NULL AS known FROM ({candidates_sql(rule)}) c "
+            f"LEFT JOIN ({scores_sql(spec.key, SUMMARY_LABEL[spec.name])}) sc ON sc.sample_id = c.sample_id")
+
+
 def _todo_sql(key: str, cands: list[str]) -> str:
     """Samples among the candidates with a decoded image and no row under ``key`` for those bytes."""
     union = "SELECT sample_id FROM samples" if any(c is None for c in cands) else \

@@ -57,7 +57,9 @@ def retrieval_rows(ws, cfg, rule, base: str | Path) -> list[tuple]:
 
 def prepare_retrieval(ws, cfg, packs) -> dict[str, int]:
     """Evaluate every retrieval rule of ``packs`` into its temp table (one row per sample:
-    best score, all evidence). Returns hits per ``pack/rule``."""
+    best score, all evidence) and its scope table ``<table>_scope`` (sample_id, known: the
+    sample has an image vector under the embedding key, or was matched by another signal —
+    what :func:`curate.stages.flag.basic.basic_known_sql` reads). Returns hits per ``pack/rule``."""
     out = {}
     for pack in packs:
         for rule in pack.rules:
@@ -74,6 +76,11 @@ def prepare_retrieval(ws, cfg, packs) -> dict[str, int]:
                            "string_agg(signal || ': ' || evidence, ' | ' ORDER BY signal, evidence) AS evidence "
                            f"FROM {t}_raw GROUP BY sample_id")
             ws.con.execute(f"DROP TABLE {t}_raw")
+            # coverage (curate.stages.flag.coverage): compared = an image vector under the key, or a hit
+            ws.con.execute(f"CREATE OR REPLACE TEMP TABLE {t}_scope AS SELECT s.sample_id, (e.sample_id IS NOT NULL "
+                           f"OR h.sample_id IS NOT NULL) AS known FROM samples s LEFT JOIN (SELECT DISTINCT sample_id "
+                           "FROM embeddings WHERE model = ? AND status = 'ok') e USING (sample_id) "
+                           f"LEFT JOIN {t} h USING (sample_id)", [image_key(cfg)])
             out[f"{pack.pack}/{rule.id}"] = len({r[0] for r in rows})
     return out
 

@@ -29,6 +29,9 @@ limits them to the samples hit by other rules of the pack (see :mod:`curate.stag
 
 Every rule yields rows (sample_id, score, evidence): the evidence says what matched
 (:func:`curate.stages.flag.evaluate.rule_sql`, which hands each kind to the module that owns it).
+Every rule also reports which samples it could not read (``unknown``: a NULL score, no caption,
+an image never classified) and what it did with them (``unknown: pass`` → ``passed``, ``flag``
+→ its action): :mod:`curate.stages.flag.coverage`.
 """
 from __future__ import annotations
 

@@ -85,8 +85,11 @@ def _update_folder(ws: Workspace, cfg: RunConfig, unit: Unit, source_id: int, fp
     ws.con.register("_folder_refs", kept)
     try:
         refs = ws.con.execute(
+            # a file that may no longer be read (swapped for a link out of the folder) keeps its reference: the
+            # hash stage's read-time check then records its image `missing` with the reason (never a silent NULL)
             "UPDATE samples SET image_ref = r.image_ref FROM _folder_refs r WHERE samples.source_id = ? "
-            "AND samples.key = r.key AND samples.image_ref IS DISTINCT FROM r.image_ref", [source_id]).fetchall()[0][0]
+            "AND samples.key = r.key AND r.image_ref IS NOT NULL AND samples.image_ref IS DISTINCT FROM r.image_ref",
+            [source_id]).fetchall()[0][0]
     finally:
         ws.con.unregister("_folder_refs")
     ws.con.execute("UPDATE sources SET fingerprint = ?, n_rows = n_rows + ?, n_samples = n_samples + ?, "

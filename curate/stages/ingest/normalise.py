@@ -64,6 +64,13 @@ class Plan:
     types: dict[str, pa.DataType] = field(default_factory=dict)  # source column types, when known
 
 
+def _trimmed(v: str) -> str:
+    """SQL: ``v`` without leading and trailing spaces, NULL when nothing is left — as
+    ``NULLIF(trim(v), '')``, but a value with no space at either end (nearly every URL) is passed
+    through instead of copied: trimming every URL was a third of a 10M-row ingest."""
+    return f"NULLIF(CASE WHEN starts_with({v}, ' ') OR ends_with({v}, ' ') THEN trim({v}) ELSE {v} END, '')"
+
+
 def _select_sql(plan: Plan, source_id: int, from_sql: str) -> str:
     """SELECT turning the rows of ``from_sql`` (alias ``b``) into ``samples`` columns.
 
@@ -85,13 +92,13 @@ def _select_sql(plan: Plan, source_id: int, from_sql: str) -> str:
             # '' for an empty list, a note when there were several (never the list's text)
             first = f"list_filter({col}, lambda x: x IS NOT NULL AND trim(CAST(x AS VARCHAR)) <> '')[1]"
             v = f"(CASE WHEN {col} IS NOT NULL THEN coalesce(CAST({first} AS VARCHAR), '') END)"
-            e = f"NULLIF(trim({v}), '')" if canon in ("url", "image_ref") else v
+            e = _trimmed(v) if canon in ("url", "image_ref") else v
             code, what = ("caption_list", "captions") if canon == "caption" else ("list_value", "values")
             notes.append((f"len({col}) > 1",
                           f"'{code}({canon}): ' || len({col}) || ' {what}; kept the first non-empty'"))
         elif typ == "VARCHAR":
             v = col if is_str else f"CAST({col} AS VARCHAR)"
-            e = f"NULLIF(trim({v}), '')" if canon in ("url", "image_ref") else v
+            e = _trimmed(v) if canon in ("url", "image_ref") else v
         elif t is not None and pa.types.is_integer(t) and _fits(t, typ):
             e = f"CAST({col} AS {typ})"  # exact: every value of the source type fits (no note possible)
         elif t is not None and pa.types.is_integer(t):

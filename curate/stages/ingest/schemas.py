@@ -4,7 +4,9 @@ Each layout maps canonical columns (below) to the alternative names a source fil
 Detection (``--schema auto``): a layout is a candidate when its file format matches and
 every one of its ``required`` canonical columns is present in the file; ``generic`` layouts
 (``url_caption``, ``image_text``) are candidates only when no specific layout fits; the
-candidate mapping the most columns wins; a tie is an error naming the candidates. Names are
+candidate mapping the most columns wins; a tie is an error naming the candidates; the winner
+also maps any other column whose exact name a layout gives to a canonical column it leaves
+unmapped (:func:`with_known_columns`: ``punsafe`` beside laion400m's columns). Names are
 matched exactly (case-sensitive) after a check that no two columns of the file differ only
 in case (case K01).
 
@@ -185,7 +187,32 @@ def resolve(
             f"{where}: ambiguous layout, candidates {[m.layout for m in top]} each map {best} columns; "
             "choose one with schema: in the config or --schema"
         )
-    return top[0]
+    return with_known_columns(top[0], layouts)
+
+
+#: canonical score columns that rules read: :func:`with_known_columns` maps them by their layouts' names
+SCORE_COLUMNS = ("punsafe", "pwatermark", "aesthetic", "similarity")
+
+
+def with_known_columns(m: Mapping, layouts: dict[str, Layout]) -> Mapping:
+    """``m`` plus the file's unmapped columns whose exact name some layout gives to a score
+    column (:data:`SCORE_COLUMNS`) that ``m`` leaves unmapped (a column named ``punsafe`` beside
+    laion400m's columns is the NSFW score, not an ``extra`` field that no rule reads). A name that
+    layouts give to different canonical columns stays in ``extra``; so do generic names such as
+    ``hash``, whose meaning differs between datasets."""
+    known: dict[str, set[str]] = {}
+    for lay in layouts.values():
+        for canon, alts in lay.columns.items():
+            for a in alts:
+                known.setdefault(a, set()).add(canon)
+    cols, left = dict(m.columns), []
+    for c in m.unmapped:
+        canon = known.get(c, set())
+        if len(canon) == 1 and (k := next(iter(canon))) not in cols and k in SCORE_COLUMNS:
+            cols[k] = c
+        else:
+            left.append(c)
+    return m if len(left) == len(m.unmapped) else Mapping(m.layout, cols, left)
 
 
 URL_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#]+")

@@ -6,5 +6,6 @@ catalog tables it reads and writes: the stage runner derives the stage's upstrea
 """
 from curate.stages.report.stage import inputs, run  # noqa: F401
 
-READS: tuple[str, ...] = ('samples', 'images', 'clusters', 'containment', 'flags', 'decisions')
+READS: tuple[str, ...] = ('samples', 'images', 'clusters', 'containment', 'flags', 'decisions', 'rule_stats', 'category_stats',
+                          'cluster_stats', 'caption_stats', 'dup_edges', 'claim_matches')
 WRITES: tuple[str, ...] = ()

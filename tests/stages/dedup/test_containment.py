@@ -171,6 +171,8 @@ def test_stage_writes_containment_rows_without_merging_clusters(folder_ws):
     cc = c["containment"]
     assert cc["found"] == len(rows) and cc["verified"] <= cc["candidates"] and cc["candidates"] >= len(rows)
     assert cc["seconds"] >= 0 and "containment" not in c["edges"]
+    in_one = sum(1 for a, b in rows if _cluster_of(ws).get(a) is not None and _cluster_of(ws).get(a) == _cluster_of(ws).get(b))
+    assert cc["same_cluster"] == in_one < len(rows)
     # by default a containment joins no cluster: neither pair shares one
     cl = _cluster_of(ws)
     assert cl.get("coffee_crop.png") is None or cl.get("coffee_crop.png") != cl.get("skimage_coffee.png")
@@ -184,6 +186,7 @@ def test_containment_merges_clusters_when_asked_and_can_be_switched_off(folder_w
     c = api.run_one(ws, "dedup", merge)["counters"]
     n = len(_rows(ws))
     assert c["edges"]["containment"] == n == c["containment"]["found"]
+    assert c["containment"]["same_cluster"] == n  # every containment row's two samples now share a cluster
     cl = _cluster_of(ws)
     assert cl["coffee_crop.png"] == cl["skimage_coffee.png"] and cl["collage.png"] == cl["skimage_astronaut.png"]
     # the reason it is off by default: the collage also contains its tiles, chaining distinct photos
@@ -196,17 +199,17 @@ def test_containment_merges_clusters_when_asked_and_can_be_switched_off(folder_w
     assert "containment" not in c and not _q(ws, "SELECT * FROM containment")
 
 
-def test_neighbour_pairs_keep_the_cosine_band_and_ivf_finds_the_exact_pairs():
-    from curate.stages.dedup.containment import neighbour_pairs
+def test_knn_pairs_keep_the_cosine_band_and_ivf_finds_the_exact_pairs():
+    from curate.stages.dedup.vector_search import knn_pairs
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    i, j, c = neighbour_pairs(x, 5, 0.5, 0.9)
+    i, j, c = knn_pairs(x, 5, 0.5, 0.9)
     assert len(i) > 1000 and np.all(i < j) and np.all((c >= 0.5) & (c < 0.9))
     assert np.allclose(c, np.einsum("ij,ij->i", x[i], x[j]), atol=1e-5)
     assert len(set(zip(i.tolist(), j.tolist()))) == len(i)  # each pair once
-    vi, vj, _ = neighbour_pairs(x, 5, 0.5, 0.9, ivf_min_n=1000, nprobe=10_000)  # every list probed: exact
+    vi, vj, _ = knn_pairs(x, 5, 0.5, 0.9, ivf_min_n=1000, nprobe=10_000)  # every list probed: exact
     assert np.array_equal(vi, i) and np.array_equal(vj, j)
 
 

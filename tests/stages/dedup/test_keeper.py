@@ -134,3 +134,91 @@ def test_with_pixels_first_the_meme_the_crop_and_the_q30_copy_are_kept(tmp_path)
     keepers, _ = _trainer_cases(tmp_path, old)
     assert keepers == {"coffee": "coffee_meme.png", "rocket": "rocket_crop70.jpg",
                        "astronaut": "astronaut_q30.jpg"}, keepers
+
+
+def _watermark(im: Image.Image, text: str = "© stockphoto") -> Image.Image:
+    """``im`` with a semi-transparent white text watermark (black outline) across its middle."""
+    from PIL import ImageDraw, ImageFont
+
+    w, h = im.size
+    layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    font = ImageFont.load_default(size=max(10, round(min(w, h) * 0.16)))
+    ImageDraw.Draw(layer).text((w / 2, h / 2), text, font=font, anchor="mm", fill=(255, 255, 255, 110),
+                               stroke_width=max(1, round(min(w, h) * 0.01)), stroke_fill=(0, 0, 0, 110))
+    return Image.alpha_composite(im.convert("RGBA"), layer).convert("RGB")
+
+
+def _blurred(im: Image.Image, frac: float = 0.012) -> Image.Image:
+    from PIL import ImageFilter
+
+    return im.filter(ImageFilter.GaussianBlur(radius=frac * min(im.size)))
+
+
+def test_fidelity_finds_the_watermark_before_judging_sharpness():
+    """A watermark adds edges: by total detail the watermarked copy is the sharpest, so a blur test
+    alone would call the clean picture soft. Judged cell by cell, overlay first: the watermark is
+    an overlay, the blurred copy soft, the clean picture neither — as a pair and in a cluster."""
+    from curate.stages.dedup.fidelity import cell_detail, common_luma, judge
+
+    for name in ("skimage_chelsea.png", "skimage_astronaut.png", "sklearn_china.jpg"):
+        clean = Image.open(SAMPLE / "photos" / name).convert("RGB")
+        big = clean.resize((clean.width * 5 // 4, clean.height * 5 // 4), Image.LANCZOS)
+        lumas = [common_luma(im) for im in (clean, _watermark(big), _blurred(big))]
+        assert cell_detail(lumas[1]).sum() > cell_detail(lumas[0]).sum() > cell_detail(lumas[2]).sum(), name
+        three, pair = judge(lumas), judge(lumas[:2])
+        assert [(three[k]["overlay"], three[k]["soft"]) for k in range(3)] == [(False, False), (True, False),
+                                                                               (False, True)], (name, three)
+        assert [(pair[k]["overlay"], pair[k]["soft"]) for k in range(2)] == [(False, False), (True, False)], pair
+        blur_pair = judge([lumas[0], lumas[2]])  # a sharp picture gains detail over a blurred one everywhere
+        assert [(blur_pair[k]["overlay"], blur_pair[k]["soft"]) for k in range(2)] == [(False, False), (False, True)]
+    coffee = Image.open(SAMPLE / "photos" / "skimage_coffee.png").convert("RGB")
+    copies = judge([common_luma(im) for im in (coffee, coffee.resize((900, 600)), coffee.convert("L"),
+                                               ImageOps.mirror(coffee))])
+    assert not any(r["overlay"] or r["soft"] for r in copies.values()) and len(copies) == 4, copies
+
+
+def _clean_cases(tmp_path, rule: list[str] | None) -> tuple[dict[str, str], dict[str, str], dict]:
+    """Two clusters where the biggest copy is drawn over or blurred: the cat photo with a
+    watermarked copy and a blurred copy, both larger; the astronaut with a larger watermarked
+    copy only (a pair). Returns ({cluster: keeper file}, {keeper file: keeper_reason},
+    {file: (overlay, soft)} from ``copy_fidelity``)."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    cat = Image.open(SAMPLE / "photos" / "skimage_chelsea.png").convert("RGB")  # 451×300
+    cat.save(d / "cat.png")
+    big = cat.resize((564, 375), Image.LANCZOS)
+    _watermark(big).save(d / "cat_wm.jpg", quality=95)
+    _blurred(cat.resize((676, 450), Image.LANCZOS)).save(d / "cat_blur.jpg", quality=95)
+    astronaut = Image.open(SAMPLE / "photos" / "skimage_astronaut.png").convert("RGB")  # 512×512
+    astronaut.save(d / "astronaut.png")
+    _watermark(astronaut.resize((640, 640), Image.LANCZOS), "PREVIEW").save(d / "astronaut_wm.jpg", quality=95)
+    dedup = {} if rule is None else {"keeper_rule": rule}
+    cfg = RunConfig.model_validate({"sources": [{"name": "f", "images": "imgs"}], "flag": {"packs": []},
+                                    "dedup": dedup})
+    cfg.base_dir = str(tmp_path)
+    ws = tmp_path / "ws"
+    api.run(ws, cfg)
+    names = _names(ws)
+    keepers = {}
+    for sid, keeper in query(ws, "SELECT sample_id, keeper_sample_id FROM decisions WHERE keeper_sample_id IS NOT NULL"):
+        keepers[names[sid].split("_")[0].split(".")[0]] = names[keeper]
+    reasons = {names[s]: r for s, r in query(ws, "SELECT sample_id, keeper_reason FROM clusters WHERE is_keeper")}
+    fidelity = {names[s]: (o, b) for s, o, b in query(ws, "SELECT sample_id, overlay, soft FROM copy_fidelity")}
+    return keepers, reasons, fidelity
+
+
+def test_the_clean_sharp_picture_is_kept_over_bigger_watermarked_and_blurred_copies(tmp_path):
+    keepers, reasons, fidelity = _clean_cases(tmp_path, None)
+    assert keepers == {"cat": "cat.png", "astronaut": "astronaut.png"}, keepers
+    assert fidelity == {"cat.png": (False, False), "cat_wm.jpg": (True, False), "cat_blur.jpg": (False, True),
+                        "astronaut.png": (False, False), "astronaut_wm.jpg": (True, False)}, fidelity
+    assert reasons == {"cat.png": "sharp", "astronaut.png": "no_overlay"}, reasons  # runner-up: the blurred cat
+
+
+def test_without_the_overlay_and_sharpness_criteria_the_biggest_copy_wins(tmp_path):
+    """The control: the rule before these criteria keeps the watermarked or the blurred copy."""
+    old = ["image_ok", "not_flagged", "has_caption", "no_additions", "colour", "whole_picture", "no_border",
+           "compression", "pixels", "aesthetic", "similarity", "smallest_id"]
+    keepers, _, fidelity = _clean_cases(tmp_path, old)
+    assert keepers == {"cat": "cat_blur.jpg", "astronaut": "astronaut_wm.jpg"}, keepers
+    assert fidelity == {}  # not measured when the rule does not ask for it

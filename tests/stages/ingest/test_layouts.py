@@ -22,7 +22,8 @@ from curate import api
 from curate.config import RunConfig
 from curate.errors import InputError
 
-from tests.conftest import SHARED
+from curate.stages.ingest.schemas import resolve
+from tests.conftest import SHARED, query
 
 META = SHARED / "laion-meta"
 pytestmark = pytest.mark.skipif(not META.is_dir(), reason="needs ../shared/data")
@@ -299,3 +300,17 @@ def test_sha256_verification_on_plain_metadata_with_files(tmp_path):
     assert ing["layouts"] == {"url_caption": 1}
     # both rows name the same file: one is also an exact duplicate of the other (dedup ran)
     assert exp["reasons"] == {"sha256_mismatch": 1, "duplicate": 1} and exp["kept"] == 1
+
+
+def test_a_known_score_column_beside_another_layout_is_mapped_not_left_in_extra(tmp_path):
+    """laion400m's columns plus `punsafe` (no `pwatermark`, so not laion2b_joined): the score
+    went into `extra` and every NSFW rule saw an unknown value."""
+    pq.write_table(pa.table({"URL": ["https://a.example/1.jpg", "https://a.example/2.jpg"], "TEXT": ["a", "b"],
+                             "punsafe": pa.array([0.9, 0.1], pa.float32()), "WIDTH": [10, 20], "HEIGHT": [10, 20],
+                             "odd": [1, 2]}), tmp_path / "m.parquet")
+    m = resolve(["URL", "TEXT", "punsafe", "WIDTH", "HEIGHT", "odd"], "auto", "m.parquet")
+    assert m.layout == "laion400m" and m.columns["punsafe"] == "punsafe" and m.unmapped == ["odd"]
+    cfg = RunConfig.model_validate({"sources": [{"name": "m", "metadata": str(tmp_path / "m.parquet")}]})
+    api.run_one(tmp_path / "ws", "ingest", cfg)
+    assert query(tmp_path / "ws", "SELECT punsafe, extra FROM samples ORDER BY sample_id") == \
+        [(pytest.approx(0.9), '{"odd":1}'), (pytest.approx(0.1), '{"odd":2}')]
