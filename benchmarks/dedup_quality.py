@@ -1717,17 +1717,23 @@ def render_experiments(res: dict) -> list[str]:
     return L
 
 
-def write_docs(res: dict, path: Path = DOCS) -> None:
-    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md; other sections untouched."""
+def replace_section(path: Path, title: str, section: str) -> None:
+    """Replace the section of ``path`` (a Markdown file) that starts with the heading line ``title``
+    by ``section`` (which starts with that heading), up to the next ``## `` heading; append it when
+    there is none. Every other section is left as it is."""
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    section = render_docs(res)
-    start = text.find(SECTION + "\n")
+    start = text.find(title + "\n")
     if start < 0:
         new = text.rstrip() + "\n\n" + section
     else:
-        nxt = text.find("\n## ", start + len(SECTION))
+        nxt = text.find("\n## ", start + len(title))
         new = text[:start] + section + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
     path.write_text(new)
+
+
+def write_docs(res: dict, path: Path = DOCS) -> None:
+    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md; other sections untouched."""
+    replace_section(path, SECTION, render_docs(res))
 
 
 def headline(res: dict) -> dict:

@@ -434,15 +434,10 @@ def render_docs(res: dict) -> str:
 
 def write_docs(res: dict, path: Path = DOCS) -> None:
     """Replace (or append) this benchmark's section of docs/BENCHMARKS.md; other sections untouched."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    section = render_docs(res)
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        new = text.rstrip() + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        new = text[:start] + section + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
-    path.write_text(new)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dedup_quality import replace_section
+
+    replace_section(path, SECTION, render_docs(res))
 
 
 def headline(res: dict) -> dict:

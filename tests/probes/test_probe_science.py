@@ -14,7 +14,6 @@ import json
 import math
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +21,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import SAMPLE
+from tests.conftest import query as q
 
 PHOTOS = ["skimage_astronaut.png", "skimage_coffee.png", "skimage_chelsea.png", "skimage_rocket.jpg"]
 
@@ -52,14 +52,6 @@ def line_chart(seed: int = 0) -> Image.Image:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def q(ws: Path, sql: str, params=None) -> list[tuple]:
-    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,22 @@ def _meme(im: Image.Image, bar: float = 0.18) -> Image.Image:
     return out
 
 
+def _run_folder(tmp_path, rule: list[str] | None) -> tuple:
+    """The pipeline on ``tmp_path/imgs`` (no rule packs; ``rule``: the keeper rule, None = the default).
+    Returns (workspace, {sample_id: file name}, {cluster's file stem: its keeper's file name})."""
+    dedup = {} if rule is None else {"keeper_rule": rule}
+    cfg = RunConfig.model_validate({"sources": [{"name": "f", "images": "imgs"}], "flag": {"packs": []},
+                                    "dedup": dedup})
+    cfg.base_dir = str(tmp_path)
+    ws = tmp_path / "ws"
+    api.run(ws, cfg)
+    names = _names(ws)
+    keepers = {}
+    for sid, keeper in query(ws, "SELECT sample_id, keeper_sample_id FROM decisions WHERE keeper_sample_id IS NOT NULL"):
+        keepers[names[sid].split("_")[0].split(".")[0]] = names[keeper]
+    return ws, names, keepers
+
+
 def _trainer_cases(tmp_path, rule: list[str] | None) -> tuple[dict[str, str], dict]:
     """Three clusters where more pixels is the wrong copy: a meme of the coffee photo (text bars
     added), an enlarged crop to 70 % of the rocket photo, and the astronaut re-saved as a
@@ -95,16 +111,7 @@ def _trainer_cases(tmp_path, rule: list[str] | None) -> tuple[dict[str, str], di
     astronaut = Image.open(SAMPLE / "photos" / "skimage_astronaut.png").convert("RGB")  # 512×512
     astronaut.save(d / "astronaut.jpg", quality=92)
     astronaut.resize((600, 600), Image.LANCZOS).save(d / "astronaut_q30.jpg", quality=30)
-    dedup = {} if rule is None else {"keeper_rule": rule}
-    cfg = RunConfig.model_validate({"sources": [{"name": "f", "images": "imgs"}], "flag": {"packs": []},
-                                    "dedup": dedup})
-    cfg.base_dir = str(tmp_path)
-    ws = tmp_path / "ws"
-    api.run(ws, cfg)
-    names = _names(ws)
-    keepers = {}
-    for sid, keeper in query(ws, "SELECT sample_id, keeper_sample_id FROM decisions WHERE keeper_sample_id IS NOT NULL"):
-        keepers[names[sid].split("_")[0].split(".")[0]] = names[keeper]
+    ws, names, keepers = _run_folder(tmp_path, rule)
     rows = {names[r[0]]: r[1:] for r in query(ws, "SELECT sample_id, jpeg_quality, format FROM images")}
     return keepers, rows
 
@@ -192,16 +199,7 @@ def _clean_cases(tmp_path, rule: list[str] | None) -> tuple[dict[str, str], dict
     astronaut = Image.open(SAMPLE / "photos" / "skimage_astronaut.png").convert("RGB")  # 512×512
     astronaut.save(d / "astronaut.png")
     _watermark(astronaut.resize((640, 640), Image.LANCZOS), "PREVIEW").save(d / "astronaut_wm.jpg", quality=95)
-    dedup = {} if rule is None else {"keeper_rule": rule}
-    cfg = RunConfig.model_validate({"sources": [{"name": "f", "images": "imgs"}], "flag": {"packs": []},
-                                    "dedup": dedup})
-    cfg.base_dir = str(tmp_path)
-    ws = tmp_path / "ws"
-    api.run(ws, cfg)
-    names = _names(ws)
-    keepers = {}
-    for sid, keeper in query(ws, "SELECT sample_id, keeper_sample_id FROM decisions WHERE keeper_sample_id IS NOT NULL"):
-        keepers[names[sid].split("_")[0].split(".")[0]] = names[keeper]
+    ws, names, keepers = _run_folder(tmp_path, rule)
     reasons = {names[s]: r for s, r in query(ws, "SELECT sample_id, keeper_reason FROM clusters WHERE is_keeper")}
     fidelity = {names[s]: (o, b) for s, o, b in query(ws, "SELECT sample_id, overlay, soft FROM copy_fidelity")}
     return keepers, reasons, fidelity
