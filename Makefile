@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 # Test dependency outside pip: headless Chromium (Debian's chromium package) opens the report in
-# tests/test_probe_report.py; without it that test is skipped with this reason.
+# tests/probes/test_probe_report.py and tests/stages/test_report_audit.py; without it they are skipped.
 test-deps:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; } || \

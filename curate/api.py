@@ -62,7 +62,7 @@ def workspace_config(ws_root: str | Path, config_path: str | Path | None = None)
         return load_config(config_path)
     p = Path(ws_root) / CONFIG_FILE
     if not p.is_file():
-        raise CurateError(f"no config given and {p} does not exist; pass --config CONFIG.yaml or run `curate run CONFIG.yaml` first")
+        raise CurateError(f"no config given and {p} does not exist; pass --config CONFIG.yaml or run `curate run CONFIG.yaml` (or `curate run PATH…`) first")
     data = json.loads(p.read_text())
     base = data.pop("__base_dir__")
     cfg = RunConfig.model_validate(data)
@@ -133,17 +133,24 @@ def config_for_inputs(inputs: list[str], cwd: str | Path | None = None) -> RunCo
 def write_inputs_config(ws_root: str | Path, cfg: RunConfig) -> Path:
     """``<workspace>/curate.yaml``: ``cfg`` with every setting spelled out and absolute source
     paths, so ``curate --workspace WS run WS/curate.yaml`` repeats the run and is where to change
-    a setting. Replaces an earlier one written by curate; never a file of the user's.
+    a setting. Never replaces a file of the user's, nor one curate wrote that has been edited since.
 
     Raises:
-        CurateError: the workspace holds a ``curate.yaml`` that curate did not write.
+        CurateError: the workspace holds a ``curate.yaml`` that curate did not write, or one that
+            differs from ``cfg`` (edited, or written for other inputs).
     """
     path = Path(ws_root) / INPUTS_CONFIG
-    if path.is_file() and not path.read_text(errors="replace").startswith(INPUTS_HEADER):
-        raise CurateError(f"{path} exists and was not written by curate; move it, or run `curate run {path}`")
     body = yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)
     text = (f"{INPUTS_HEADER}: the inputs it detected, every other setting at its default.\n"
             f"# Edit and re-run with: curate --workspace {Path(ws_root)} run {path}\n{body}")
+    if path.is_file():
+        old = path.read_text(errors="replace")
+        if not old.startswith(INPUTS_HEADER):
+            raise CurateError(f"{path} exists and was not written by curate; move it, or run `curate run {path}`")
+        if old != text:  # edited since (or other inputs): never lose a user's settings silently
+            raise CurateError(f"{path} differs from the config these inputs give (edited since curate wrote it, or "
+                              f"other inputs): run `curate --workspace {Path(ws_root)} run {path}` to use it, or "
+                              "remove it to detect the inputs again")
     Path(ws_root).mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode("utf-8"))
     return path
@@ -261,7 +268,7 @@ def status(workspace: str | Path) -> dict[str, Any]:
         if not runstate.alive(state):
             raise CurateError(f"{e}; no curate run is in progress there (a notebook with a read-write "
                               "connection?): close that connection, or open it with read_only=True") from None
-        st = state["stages"]
+        st = {name: state["stages"][name] for name in STAGES if name in state["stages"]}  # pipeline order
         run = {k: state.get(k) for k in ("pid", "host", "started", "progress", "written", "stage")} \
             | {"source": "status.json"}
         if state.get("stage"):

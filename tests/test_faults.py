@@ -136,17 +136,24 @@ def test_a_killed_export_leaves_out_old_or_new_whole_and_the_next_run_cleans_up(
     shutil.rmtree(ws)
     rng = random.Random(17)
     seen, stale = [], 0
+    lo, hi = first * 0.9, end  # the kill window; it narrows onto the writing as kills land (load moves it)
     for i in range(10):
         ws = tmp / f"killed{i}"
         shutil.copytree(snap, ws, symlinks=True)
         p = _export_proc(ws)
-        time.sleep(rng.uniform(first * 0.9, end))
+        at = rng.uniform(lo, hi)
+        time.sleep(at)
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
         d = _digest(ws / "out")
         assert d in (old, new), (i, sorted(set(d.items()) ^ set(old.items()) ^ set(new.items())))
         seen.append("old" if d == old else "new")
-        stale += bool(_leftovers(ws))
+        left = bool(_leftovers(ws))
+        stale += left
+        if d == new:  # killed after the switch: aim earlier
+            hi = max(lo, at)
+        elif not left:  # killed before anything was written: aim later (past the calibrated end if need be)
+            lo, hi = at, max(hi, at * 1.3)
         # the next run removes the killed run's staging and writes the new export
         api.run_one(ws, "export", api.workspace_config(ws), force=True)
         assert _digest(ws / "out") == new and _leftovers(ws) == []

@@ -8,7 +8,8 @@ argument                                               source
 ====================================================  ===============================================
 ``*.tar`` file, or a glob / brace pattern of them      ``webdataset`` (the pattern as given)
 ``*.parquet`` / ``*.tsv`` / ``*.tsv.gz`` / ``*.txt``   ``metadata`` (``schema: auto``: the layout is
-file, or a pattern of them                             detected from the columns)
+file, or a pattern of them                             detected from the columns), with ``images``: their
+                                                       folder when it holds image files
 folder with ``NNNNN.parquet`` and ``NNNNN.tar`` /      ``img2dataset``
 ``NNNNN/`` / ``NNNNN_stats.json``
 folder with ``state.json`` and ``dataset_info.json``   ``hf_dataset`` (``datasets.save_to_disk``)
@@ -96,6 +97,18 @@ def _folder(path: Path) -> dict[str, str]:
     return {"images": str(path)}
 
 
+def _images_beside(files: list[str], arg: str) -> dict[str, str]:
+    """``{'images': folder}`` when every local metadata file of ``files`` sits in one folder that
+    holds image files (a layout's relative file column, e.g. fondant's ``file``, names them), else {}."""
+    if "://" in arg:
+        return {}
+    parents = {Path(f).resolve().parent for f in files}
+    if len(parents) != 1:
+        return {}
+    folder = parents.pop()
+    return {"images": str(folder)} if any(_suffix(f.name) in IMAGE_EXTS for f in _files_below(folder)) else {}
+
+
 def _pattern(arg: str, shown: str) -> dict[str, str]:
     """A glob or brace pattern (local or URI): its matches' kind decides the source."""
     if "://" in arg:
@@ -112,7 +125,7 @@ def _pattern(arg: str, shown: str) -> dict[str, str]:
     if kinds == {"webdataset"}:
         return {"webdataset": arg}
     if kinds == {"metadata"}:
-        return {"metadata": arg}
+        return {"metadata": arg, **_images_beside(names, arg)}
     if kinds == {"image"}:
         raise InputError(f"input {shown!r} names image files; pass the folder that holds them (one sample per file)")
     raise InputError(f"input {shown!r} names files of several kinds or that curate does not read "
@@ -132,7 +145,9 @@ def _source_of(arg: str, cwd: Path) -> dict[str, str]:
     if not path.exists():
         raise InputError(f"input {arg!r} does not exist")
     kind = _kind_of_file(path.name)
-    if kind in ("webdataset", "metadata"):
+    if kind == "metadata":
+        return {"metadata": str(path.resolve()), **_images_beside([str(path.resolve())], arg)}
+    if kind == "webdataset":
         return {kind: str(path.resolve())}
     if kind == "config":
         raise InputError(f"{arg} looks like a config file: pass it alone (`curate run {arg}`), not among inputs")

@@ -55,7 +55,7 @@ def test_each_layout_is_detected(tmp_path):
         ("laion", "metadata", str(layout / "*.parquet"), str(layout)),
         ("shards", "webdataset", str(shards / "{00000..00002}.tar"), None),
         ("shards-2", "webdataset", str(shards / "**" / "*.tar"), None),
-        ("meta", "metadata", str(tmp_path / "meta.tsv.gz"), None),
+        ("meta", "metadata", str(tmp_path / "meta.tsv.gz"), str(tmp_path)),  # image files below its folder
         ("shards-3", "webdataset", str(shards / "*.tar"), None),
     ]
     assert _kinds(detect_sources(["s3://bucket/laion/{00000..00009}.parquet"]))[0][:3] == \
@@ -136,6 +136,29 @@ def test_run_with_paths_equals_a_yaml_listing_the_same_inputs(tmp_path, monkeypa
     again = api.run(tmp_path / "ws", written)
     assert all(r["skipped"] for r in again["stages"])
     assert query(tmp_path / "ws", "SELECT count(*) FROM samples")[0][0] == summary["input_rows"]
+
+
+def test_a_metadata_file_given_alone_finds_the_images_its_file_column_names(tmp_path):
+    """fondant's metadata.parquet names `images/<id>.jpg` relative to its folder: given alone it
+    was ingested metadata-only (every image ignored, no duplicates found)."""
+    shutil.copytree(SAMPLE / "fondant-cc25m", tmp_path / "fondant")
+    (src,) = detect_sources([str(tmp_path / "fondant" / "metadata.parquet")])
+    assert (src.kind, src.images) == ("metadata", str(tmp_path / "fondant"))
+    res = api.run_inputs(tmp_path / "ws", [str(tmp_path / "fondant" / "metadata.parquet")])
+    assert query(tmp_path / "ws", "SELECT count(*) FROM images WHERE status = 'ok'")[0][0] > 500
+    assert res["summary"]["removed"] > 0
+
+
+def test_an_edited_config_is_never_overwritten_by_the_next_run_with_paths(tmp_path):
+    _jpeg(tmp_path / "pics" / "x.jpg")
+    ws = tmp_path / "ws"
+    api.write_inputs_config(ws, api.config_for_inputs([str(tmp_path / "pics")]))
+    api.write_inputs_config(ws, api.config_for_inputs([str(tmp_path / "pics")]))  # the same: fine
+    edited = (ws / "curate.yaml").read_text().replace("phash_max_distance: 4", "phash_max_distance: 6")
+    (ws / "curate.yaml").write_text(edited)
+    with pytest.raises(api.CurateError, match="differs from the config these inputs give"):
+        api.write_inputs_config(ws, api.config_for_inputs([str(tmp_path / "pics")]))
+    assert (ws / "curate.yaml").read_text() == edited
 
 
 def test_a_users_own_curate_yaml_in_the_workspace_is_never_overwritten(tmp_path):
