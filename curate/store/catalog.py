@@ -384,14 +384,15 @@ class Workspace:
 
 
 def result_digest(run: dict | None) -> Any:
-    """What a stage's successful run means to its readers: its digest, and the digest of what it
-    wrote when it says so (hash's ``output_digest``: a forced run that changed ``images`` changes
-    its readers' digests; one that changed nothing does not). None when there is no such run.
-    JSON-shaped (a str or a 2-list), as recorded in ``runs.config.built_on``."""
+    """What a stage's successful run means to its readers: the digest of what it wrote when it
+    says so (``output_digest``: ingest's and hash's — a re-run that changed nothing, such as a
+    touched file or a forced re-hash, leaves its readers up to date; one that changed something
+    does not), else its run digest. None when there is no such run. JSON-shaped (a str or a
+    1-list), as recorded in ``runs.config.built_on``."""
     if run is None:
         return None
     out = (run.get("counters") or {}).get("output_digest")
-    return run["digest"] if not out else [run["digest"], out]
+    return run["digest"] if not out else ["output", out]
 
 
 def digest_of(*parts: Any) -> str:

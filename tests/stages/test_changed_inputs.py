@@ -389,3 +389,36 @@ def test_an_image_file_that_cannot_be_read_is_unreadable_with_its_reason_then_re
     got = _images(ws)
     assert got["a.png"][1:] == ("ok", _sha(new)) and got["b.png"][1] == "ok"
     assert a != new
+
+
+def test_a_touched_file_with_the_same_bytes_re_runs_nothing_after_ingest(tmp_path):
+    """A new user's trial: `touch` on one image made ingest run (its fingerprint changed) and with it
+    every later stage, for byte-identical outputs. Ingest now gives its readers a digest of what it
+    wrote (as hash does), so they stay up to date."""
+    import os
+
+    from curate import api
+    from curate.config import RunConfig
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for k, c in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        im = Image.new("RGB", (64, 48), c)
+        im.putpixel((k, k), (255, 255, 255))
+        im.save(d / f"{k}.png")
+    cfg = RunConfig.model_validate({"sources": [{"name": "f", "images": "imgs"}], "flag": {"packs": []}})
+    cfg.base_dir = str(tmp_path)
+    ws = tmp_path / "ws"
+    api.run(ws, cfg)
+    st = os.stat(d / "1.png")
+    os.utime(d / "1.png", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    res = {r["stage"]: r for r in api.run(ws, cfg)["stages"]}
+    assert not res["ingest"]["skipped"] and not res["hash"]["skipped"]  # both look: the folder and the file changed
+    assert res["hash"]["counters"]["rechecked_unchanged"] == 1
+    assert all(res[s]["skipped"] for s in ("embed", "dedup", "flag", "export", "report")), \
+        {s: r["skipped"] for s, r in res.items()}
+    assert not any(v.get("out_of_date") for v in api.status(ws).values())
+    (d / "3.png").write_bytes((d / "0.png").read_bytes())  # a real change: a new sample
+    res = {r["stage"]: r for r in api.run(ws, cfg)["stages"]}
+    assert not any(res[s]["skipped"] for s in ("hash", "embed", "dedup", "export"))

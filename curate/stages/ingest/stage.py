@@ -65,7 +65,7 @@ from curate.stages.ingest.changes import update_unit
 from curate.stages.ingest.load import Utf8Fallback, ingest_parquet_batches, ingest_unit
 from curate.stages.ingest.readers import TMP_PREFIX
 from curate.stages.ingest.units import Unit, fingerprint, unit_list
-from curate.store.catalog import Workspace
+from curate.store.catalog import Workspace, digest_of
 
 
 def inputs(ws: Workspace, cfg: RunConfig) -> list[Any]:
@@ -96,7 +96,22 @@ def run(ws: Workspace, cfg: RunConfig) -> dict[str, Any]:
     finally:
         ws.con.execute("RESET preserve_insertion_order")
     _totals(ws, counters)
+    counters["output_digest"] = output_digest(ws)
     return counters
+
+
+def output_digest(ws: Workspace) -> str:
+    """A digest of what ingest wrote for the stages after it: every ``sources`` column but the
+    fingerprint (a touched or re-packed file whose rows are the same keeps its digest), the sample
+    ids with their image references (the only column an accepted changed unit may change:
+    :mod:`curate.stages.ingest.changes`), and the rejects. The runner gives it to the readers
+    (:func:`curate.store.catalog.result_digest`), so a re-ingest that changed nothing leaves them
+    up to date. Order-independent (XOR of DuckDB row hashes) plus counts."""
+    src = ws.q("SELECT source_id, name, uri, format, schema_name, n_rows, n_samples, n_rejected, "
+               "CAST(column_map AS VARCHAR), CAST(notes AS VARCHAR), CAST(columns AS VARCHAR) FROM sources ORDER BY source_id")
+    n, x = ws.q("SELECT count(*), bit_xor(hash(sample_id, image_ref)) FROM samples")[0]
+    r, y = ws.q("SELECT count(*), bit_xor(hash(source_id, source_row, reason)) FROM rejects")[0]
+    return digest_of(src, int(n), int(x or 0), int(r), int(y or 0))[:16]
 
 
 def _prune(ws: Workspace, units: list[Unit]) -> list[str]:
