@@ -158,10 +158,10 @@ def test_report_opens_in_chromium_runs_nothing_requests_nothing(sample_ws, tmp_p
         assert 'document.title="pwned-caption-script"' in text and "pwned-prompt-onerror" in text  # shown as text
         # screenshots: the top of the report and the probe section
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
-        top = tmp_path / "report-top.png"
+        top = tmp_path / "probe-report-top.png"  # (the audit test saves report-<section>.png)
         browser.screenshot(str(top), 0, 1600)
         y = browser.eval("document.getElementById('probes').getBoundingClientRect().top + window.scrollY")
-        section = tmp_path / "report-probes.png"
+        section = tmp_path / "probe-report-probes.png"
         browser.screenshot(str(section), y, 6000)
     finally:
         browser.close()
