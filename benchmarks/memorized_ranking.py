@@ -55,11 +55,9 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import random
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -67,6 +65,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dedup_quality import bench_workspace, machine, replace_section  # noqa: E402  (a sibling script)
+
 DATA = ROOT.parent / "shared" / "data" / "laion-meta"
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Probe risk ranking against memorized prompts (issue #18)"
@@ -434,9 +435,6 @@ def render_docs(res: dict) -> str:
 
 def write_docs(res: dict, path: Path = DOCS) -> None:
     """Replace (or append) this benchmark's section of docs/BENCHMARKS.md; other sections untouched."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dedup_quality import replace_section
-
     replace_section(path, SECTION, render_docs(res))
 
 
@@ -455,15 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-background", type=int, default=None, help="background rows per file and half (smoke runs)")
     ap.add_argument("--limit-memorized", type=int, default=None, help="first N memorized prompts (smoke runs)")
     a = ap.parse_args(argv)
-    os.environ.setdefault("CURATE_QUIET", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tmp = None if a.work else tempfile.mkdtemp(prefix="memorized_ranking_")
-    try:
-        res = run_benchmark(a.data, a.work or Path(tmp), a.limit_background, a.limit_memorized)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    res["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    with bench_workspace(a.work, "memorized_ranking_") as work:
+        res = run_benchmark(a.data, work, a.limit_background, a.limit_memorized)
+    res["machine"] = machine()
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / RESULT).write_text(json.dumps(res, indent=1) + "\n")
     if a.write_docs:
